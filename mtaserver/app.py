@@ -1,0 +1,215 @@
+"""Composition root: the supervisor, the worker processes, signals and reload.
+
+DESCRIPTION
+    `run(path)` loads the config, recovers the queue (tmp/ swept, active/ requeued), binds
+    one listening socket per listener per worker (SO_REUSEPORT: the kernel spreads new
+    connections over the workers), and then either serves in this process (`workers: 1`)
+    or forks the workers and supervises them: a worker that dies is started again on the
+    same sockets, so no queued connection is lost with it.
+
+    Signals (to the supervisor; it forwards them):
+      SIGHUP   validate the file again and hot-apply it; a bad file is refused, logged with
+               its `file:line: key: message` errors, and the running config stays
+      SIGTERM  graceful stop: stop accepting, 421 4.3.2 to idle sessions, finish commands in
+      SIGINT   progress (commits included) within `SHUTDOWN_GRACE`, then exit 0
+
+SECURITY
+    Binds the listening sockets before forking, so a future privilege drop can happen in the
+    workers before the first accept (STYLE 2.10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from . import config as config_mod
+from . import logutil
+from .config import Config, ConfigError, Endpoint
+from .queue.store import QueueStore
+from .smtpd import ConfigHolder, SmtpServer, make_tls_context
+
+log = logging.getLogger("master")
+
+SHUTDOWN_GRACE = 30.0  # seconds a busy session gets to finish after SIGTERM
+RESTART_DELAY = 1.0  # between a worker's death and its restart
+
+
+def bind(ep: Endpoint, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ep.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((ep.host, ep.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Worker:
+    """One process serving every listener; owns its event loop, sessions and queue handle."""
+
+    def __init__(self, cfg: Config, path: str, sockets: list[socket.socket], index: int) -> None:
+        self.holder = ConfigHolder(cfg)
+        self.path = path
+        self.sockets = sockets
+        self.index = index
+        self.store = QueueStore(cfg.queue_path, sync_threads=cfg.queue.sync_threads)
+        self.servers: list[SmtpServer] = []
+        self._stop = asyncio.Event()
+
+    def reload(self) -> None:
+        try:
+            new = config_mod.load(self.path)
+        except ConfigError as exc:
+            for line in exc.errors:
+                log.error("reload refused: %s", line)
+            return
+        old = self.holder.current
+        if [(x.name, str(x.address)) for x in new.server.listeners] != [(x.name, str(x.address)) for x in old.server.listeners]:
+            log.warning("reload: listener changes need a restart; other settings applied")
+        self.holder.current = new
+        tls = make_tls_context(new)
+        for srv in self.servers:
+            srv.tls_context = tls if srv.listener.tls == "starttls" else None
+        log.info("reload: configuration applied from %s", self.path)
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        self.store.open()
+        cfg = self.holder.current
+        tls = make_tls_context(cfg)
+        listening = []
+        for listener, sock in zip(cfg.server.listeners, self.sockets):
+            srv = SmtpServer(self.holder, listener, self.store, tls)
+            self.servers.append(srv)
+            listening.append(await loop.create_server(srv.protocol, sock=sock))
+        log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
+        await self._stop.wait()
+        log.info("worker %d stopping", self.index)
+        for ls in listening:
+            ls.close()
+        for srv in self.servers:
+            srv.shutdown()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while any(srv.sessions for srv in self.servers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for srv in self.servers:
+            for s in list(srv.sessions):
+                if s.transport is not None:
+                    s.transport.abort()
+        await asyncio.sleep(0)
+        self.store.close()
+
+
+def _run_worker(cfg: Config, path: str, sockets: list[socket.socket], index: int) -> None:
+    import uvloop
+
+    uvloop.run(Worker(cfg, path, sockets, index).serve())
+
+
+def run(path: str) -> int:
+    try:
+        cfg = config_mod.load(path)
+    except ConfigError as exc:
+        logutil.setup("info")
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    logutil.setup(cfg.advanced.log_level)
+    store = QueueStore(cfg.queue_path)
+    counts = store.recover()
+    if any(counts.values()):
+        log.info("queue recovery: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    n = cfg.server.worker_count()
+    try:
+        socks = [[bind(lst.address, reuse_port=n > 1) for lst in cfg.server.listeners] for _ in range(n)]
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        return 1
+    log.info("mtaserver starting: %d worker(s), queue %s", n, cfg.queue_path)
+    if n == 1:
+        _run_worker(cfg, path, socks[0], 0)
+        log.info("mtaserver stopped")
+        return 0
+    return _supervise(cfg, path, socks)
+
+
+def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(i: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            for j, group in enumerate(socks):
+                if j != i:
+                    for s in group:
+                        s.close()
+            code = 0
+            try:
+                _run_worker(cfg, path, socks[i], i)
+            except BaseException:
+                log.exception("worker %d crashed", i)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = i
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        if sig == signal.SIGHUP:
+            try:
+                config_mod.load(path)
+            except ConfigError as exc:
+                for line in exc.errors:
+                    log.error("reload refused: %s", line)
+                return
+        for pid in children:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    for i in range(len(socks)):
+        spawn(i)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        i = children.pop(pid, None)
+        if i is None:
+            continue
+        if not stopping:
+            log.error("worker %d (pid %d) exited with status %d; restarting", i, pid, status)
+            time.sleep(RESTART_DELAY)
+            if not stopping:
+                spawn(i)
+    log.info("mtaserver stopped")
+    return 0
+
+
+def default_config_path() -> str:
+    return os.environ.get("MTASERVER_CONFIG") or str(Path("conf") / "mtaserver.yaml")

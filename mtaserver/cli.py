@@ -1,0 +1,41 @@
+"""The `mtaserver` command: run, check-config.
+
+CONFIG
+    -c FILE, else $MTASERVER_CONFIG, else conf/mtaserver.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import app
+from . import config as config_mod
+
+
+def _check_config(path: str) -> int:
+    try:
+        config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    print("ok")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mtaserver", description="A pure-Python Mail Transfer Agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the MTA in the foreground"), ("check-config", "validate the config file")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("-c", "--config", default=None, help="config file (default: $MTASERVER_CONFIG, else conf/mtaserver.yaml)")
+    args = parser.parse_args(argv)
+    path = args.config or app.default_config_path()
+    if args.command == "check-config":
+        return _check_config(path)
+    return app.run(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,653 @@
+"""The configuration model: one YAML file, validated once, frozen, passed down as slices.
+
+DESCRIPTION
+    `load(path)` reads the YAML file, keeps the line of every key, validates the whole
+    document with pydantic (unknown keys are errors), resolves relative paths and applies
+    the `servers.<hostname>` override for this node. Every error names the file, the line
+    and the key path: `conf/mtaserver.yaml:12: server.workers: ...`. The returned `Config`
+    is immutable; a reload builds a new one and swaps it in only if it validated.
+
+SECURITY
+    Reads a file that only the administrator writes. Paths it names are resolved relative
+    to the config file (or to `server.data_dir`), never relative to the working directory.
+
+CONFIG
+    Every key of `shared/CONFIG.md`, plus `server.limits.*`, documented in `conf/mtaserver.yaml`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used. `errors` are ready-to-print lines."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Value types: durations, sizes, endpoints, networks.
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """`6s`, `5m`, `1h`, `30d`, `2w` or a number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 5m, 1h, 7d")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNIT[m.group(2)]
+    raise ValueError(f"expected a duration like 30s, 5m, 1h, 7d, not {value!r}")
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
+_SIZE_UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """`10240000`, `500K`, `10M`, `1G` -> bytes (K = 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 10240000 or 10M")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNIT[m.group(2).lower()]
+    raise ValueError(f"expected a size like 10240000 or 10M, not {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A TCP endpoint `host:port` (`[v6]:port`), or a UNIX socket `unix:/path`."""
+
+    host: str
+    port: int
+    unix_path: str | None = None
+
+    def __str__(self) -> str:
+        if self.unix_path:
+            return f"unix:{self.unix_path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(value: Any, *, default_port: int | None = None) -> Endpoint:
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected host:port")
+    text = value.strip()
+    if text.startswith("unix:"):
+        return Endpoint("", 0, text[5:])
+    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", text) or re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
+    if not m:
+        raise ValueError(f"expected host:port or [ipv6]:port, not {value!r}")
+    host, port = m.group(1), m.group(2)
+    if port is None:
+        if default_port is None:
+            raise ValueError(f"{value!r} has no port")
+        port_n = default_port
+    else:
+        port_n = int(port)
+    if not 0 < port_n < 65536:
+        raise ValueError(f"port out of range in {value!r}")
+    return Endpoint(host, port_n)
+
+
+@dataclass(frozen=True, slots=True)
+class NetMatch:
+    """One `mynetworks` entry: a network, possibly negated with `!`."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    negate: bool = False
+
+    def __str__(self) -> str:
+        return ("!" if self.negate else "") + str(self.network)
+
+
+def parse_network(value: Any) -> NetMatch:
+    if isinstance(value, NetMatch):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a network like 192.0.2.0/24 or [::1]/128")
+    text = value.strip()
+    negate = text.startswith("!")
+    if negate:
+        text = text[1:].strip()
+    text = re.sub(r"^\[([^\]]+)\]", r"\1", text)  # Postfix writes IPv6 as [::1]/128
+    try:
+        return NetMatch(ipaddress.ip_network(text, strict=False), negate)
+    except ValueError as exc:
+        raise ValueError(f"not a network: {value!r}") from exc
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+EndpointT = Annotated[Endpoint, BeforeValidator(parse_endpoint)]
+Network = Annotated[NetMatch, BeforeValidator(parse_network)]
+PostscreenAction = Literal["ignore", "enforce", "drop"]
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _check_domain(value: str) -> str:
+    v = value.strip().lower().rstrip(".")
+    bare = v[1:] if v.startswith(".") else v
+    if not _HOSTNAME.match(bare):
+        raise ValueError(f"not a domain name: {value!r}")
+    return v
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# server
+
+
+class Listener(Strict):
+    name: str
+    address: EndpointT
+    postscreen: bool = False
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    auth: Literal["none", "offer", "require"] = "offer"
+
+
+class TlsConfig(Strict):
+    cert: str | None = None
+    key: str | None = None
+    min_version: Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+
+class DnsConfig(Strict):
+    nameservers: list[EndpointT] = []
+    timeout: Duration = 5.0
+
+    @field_validator("nameservers", mode="before")
+    @classmethod
+    def _default_port(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [parse_endpoint(x, default_port=53) if isinstance(x, str) else x for x in v]
+        return v
+
+
+class SmtpLimits(Strict):
+    """Session limits. Each has a reply; see conf/mtaserver.yaml for the rationale of each."""
+
+    command_line: int = Field(512, ge=64, le=65536)  # RFC 5321 4.5.3.1.4 -> 500 5.5.2
+    text_line: int = Field(2048, ge=1000, le=1048576)  # RFC 5321 4.5.3.1.6 says 1000 -> drain, 500 5.5.2
+    recipients: int = Field(1000, ge=1)  # Postfix smtpd_recipient_limit -> 452 4.5.3
+    header_size: Size = 102400  # Postfix header_size_limit -> drain, 552 5.3.4
+    command_timeout: Duration = 300.0  # Postfix smtpd_timeout -> 421 4.4.2 and close
+    data_timeout: Duration = 300.0  # no progress within DATA for this long -> 421 4.4.2
+    soft_error_limit: int = Field(10, ge=0)  # past it, each error reply is delayed by error_sleep
+    hard_error_limit: int = Field(20, ge=1)  # -> 421 4.7.0 Error: too many errors, and close
+    error_sleep: Duration = 1.0
+    connections_per_ip: int = Field(50, ge=0)  # 0 = unlimited -> 421 4.7.0 Error: too many connections
+
+
+class ServerConfig(Strict):
+    hostname: str = Field(default_factory=lambda: socket.getfqdn() or "localhost")
+    banner: str = "{hostname} ESMTP mtaserver"
+    data_dir: str = "var"
+    workers: int | Literal["auto"] = "auto"
+    listeners: list[Listener] = [Listener(name="smtp", address=parse_endpoint("127.0.0.1:2525"), postscreen=False)]
+    tls: TlsConfig = TlsConfig()
+    dns: DnsConfig = DnsConfig()
+    limits: SmtpLimits = SmtpLimits()
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        return _check_domain(v)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError("workers must be auto or 1..256")
+        return v
+
+    @field_validator("listeners")
+    @classmethod
+    def _listeners(cls, v: list[Listener]) -> list[Listener]:
+        names = [x.name for x in v]
+        if len(set(names)) != len(names):
+            raise ValueError("listener names must be unique")
+        return v
+
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# domains, auth, inbound
+
+
+class LocalDelivery(Strict):
+    type: Literal["maildir", "lmtp"] = "maildir"
+    path: str = "mail"
+    address: EndpointT | None = None
+
+    @model_validator(mode="after")
+    def _lmtp_needs_address(self) -> LocalDelivery:
+        if self.type == "lmtp" and self.address is None:
+            raise ValueError("type lmtp needs an address")
+        return self
+
+
+class DomainsConfig(Strict):
+    local: list[str] = []
+    relay: list[str] = []
+    local_delivery: LocalDelivery = LocalDelivery()
+    mailboxes: str | None = None
+
+    @field_validator("local", "relay")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        return [_check_domain(d) for d in v]
+
+
+class AuthConfig(Strict):
+    users_file: str | None = None
+    mechanisms: list[Literal["PLAIN", "LOGIN"]] = ["PLAIN", "LOGIN"]
+
+
+class ProtocolChecks(Strict):
+    reject_unknown_client_hostname: bool = False
+    reject_unknown_reverse_client_hostname: bool = False
+    reject_invalid_helo_hostname: bool = True
+    reject_non_fqdn_helo_hostname: bool = False
+    reject_unknown_helo_hostname: bool = False
+    reject_non_fqdn_sender: bool = True
+    reject_unknown_sender_domain: bool = True
+    unknown_reject_code: Literal[450, 550] = 450
+
+
+class InboundConfig(Strict):
+    blocked_extensions: list[str] = []
+    blocked_extensions_action: Literal["reject", "bounce", "discard"] = "reject"
+    notify_admin: bool = True
+    notify_recipient: bool = True
+    reject_unlisted_sender: bool = True
+    reject_unlisted_recipient: bool = True
+    reject_sender_login_mismatch: bool = True
+    bare_newline: Literal["reject", "normalize", "note"] = "reject"
+    bare_newline_exclude_mynetworks: bool = True
+    protocol_checks: ProtocolChecks = ProtocolChecks()
+
+    @field_validator("blocked_extensions")
+    @classmethod
+    def _ext(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if not re.fullmatch(r"[A-Za-z0-9]{1,64}", e):
+                raise ValueError(f"extension {e!r}: letters and digits only, no dot")
+        return [e.lower() for e in v]
+
+
+# ---------------------------------------------------------------------------------------------
+# postscreen
+
+
+class GreetConfig(Strict):
+    banner: str = "{hostname} ESMTP"
+    wait: Duration = 6.0
+    action: PostscreenAction = "ignore"
+    ttl: Duration = 86400.0
+
+
+class DnsblConfig(Strict):
+    sites: list[str] = []
+    action: PostscreenAction = "ignore"
+    threshold: int = 1
+    whitelist_threshold: int = 0
+    min_ttl: Duration = 60.0
+    max_ttl: Duration = 3600.0
+    ttl: Duration = 3600.0
+    timeout: Duration = 10.0
+
+
+class DeepTest(Strict):
+    enable: bool = False
+    action: PostscreenAction = "ignore"
+    ttl: Duration = 30 * 86400.0
+
+
+class CacheConfig(Strict):
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    url: str | None = None
+    retention: Duration = 7 * 86400.0
+    cleanup_interval: Duration = 12 * 3600.0
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> CacheConfig:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend redis needs url: redis://host:port/db")
+        return self
+
+
+class PostscreenConfig(Strict):
+    access_list: list[str] = ["permit_mynetworks"]
+    blacklist_action: PostscreenAction = "ignore"
+    greet: GreetConfig = GreetConfig()
+    dnsbl: DnsblConfig = DnsblConfig()
+    bare_newline: DeepTest = DeepTest(action="ignore")
+    non_smtp_command: DeepTest = DeepTest(action="drop")
+    pipelining: DeepTest = DeepTest(action="enforce")
+    deep_tests_require_reconnect: bool = False
+    cache: CacheConfig = CacheConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# outbound, antispam, dkim, antivirus
+
+
+class RelayAuth(Strict):
+    username: str | None = None
+    password_file: str | None = None
+
+
+class OutboundConfig(Strict):
+    add_client_ip_header: bool = True
+    add_username_header: bool = False
+    require_auth: bool = True
+    mynetworks: list[Network] = [parse_network("127.0.0.0/8"), parse_network("[::1]/128")]
+    relay_host: str | None = None
+    fallback_relay_host: str | None = None
+    relay_auth: RelayAuth = RelayAuth()
+    tls: Literal["none", "may", "encrypt"] = "may"
+    helo_name: str | None = None
+
+
+Tolerance = str | float
+
+
+class SpamdConfig(Strict):
+    address: EndpointT = parse_endpoint("127.0.0.1:783")
+    timeout: Duration = 30.0
+    max_size: Size = 500 * 1024
+
+
+class AntispamConfig(Strict):
+    enabled: bool = True
+    spamd: SpamdConfig = SpamdConfig()
+    subject_tag: str = "[SPAM]"
+    delivery_tolerance: Tolerance = "medium"
+    blocking_tolerance: Tolerance = "medium"
+    blocked_spam_action: Literal["discard", "deliver", "reject"] = "discard"
+    check_outbound: bool = True
+    on_error: Literal["tempfail", "accept"] = "tempfail"
+
+    @field_validator("delivery_tolerance", "blocking_tolerance")
+    @classmethod
+    def _tolerance(cls, v: Tolerance) -> Tolerance:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not 0 <= v <= 100:
+                raise ValueError("a score must be within 0..100")
+            return float(v)
+        if isinstance(v, str) and (v in ("low", "medium", "high") or re.fullmatch(r"\d{1,3}(\.\d+)?%", v)):
+            return v
+        raise ValueError("expected low | medium | high, a percentage like 40%, or a score like 6.6")
+
+
+class DkimSign(Strict):
+    domain: str
+    selector: str
+    key: str
+
+
+class DkimConfig(Strict):
+    verify: bool = True
+    unsigned_from_signing_domain: Literal["reject", "tag", "accept"] = "reject"
+    sign: list[DkimSign] = []
+
+
+class ClamdConfig(Strict):
+    address: EndpointT = parse_endpoint("127.0.0.1:3310")
+    timeout: Duration = 60.0
+
+
+class Definitions(Strict):
+    mirrors: list[str] = ["database.clamav.net"]
+    custom_signatures: list[str] = []
+    update_frequency: Duration = 7200.0
+
+
+class AntivirusConfig(Strict):
+    enabled: bool = True
+    clamd: ClamdConfig = ClamdConfig()
+    action: Literal["reject", "discard"] = "reject"
+    notify_admin: bool = True
+    notify_recipient: bool = True
+    block_encrypted_archives: bool = True
+    definitions: Definitions = Definitions()
+    on_error: Literal["tempfail", "accept"] = "tempfail"
+
+
+# ---------------------------------------------------------------------------------------------
+# advanced, queue, admin
+
+
+class Threads(Strict):
+    antivirus: int = Field(10, ge=1)
+    lmtp: int = Field(20, ge=1)
+    milter: int = Field(100, ge=1)
+
+
+class AdvancedConfig(Strict):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_client_port: bool = False
+    tls_log_level: int = Field(1, ge=0, le=4)
+    lmtp_tls_log_level: int = Field(0, ge=0, le=4)
+    threads: Threads = Threads()
+    max_message_size: Size = 10240000
+    postmaster: str = "postmaster@localhost"
+
+
+class QueueConfig(Strict):
+    min_backoff: Duration = 300.0
+    max_backoff: Duration = 4000.0
+    max_lifetime: Duration = 5 * 86400.0
+    bounce_lifetime: Duration = 5 * 86400.0
+    delay_warning: Duration = 4 * 3600.0
+    destination_concurrency: int = Field(20, ge=1)
+    min_free: Size = 0  # refuse MAIL (452 4.3.1) when the spool has less free space than this
+    sync_threads: int = Field(16, ge=1, le=256)  # threads doing fsync, so commits overlap
+
+    @model_validator(mode="after")
+    def _backoff(self) -> QueueConfig:
+        if self.min_backoff > self.max_backoff:
+            raise ValueError("min_backoff must not exceed max_backoff")
+        return self
+
+
+class AdminConfig(Strict):
+    listen: EndpointT = parse_endpoint("127.0.0.1:8025")
+    token_file: str = "admin.token"
+
+
+class Config(Strict):
+    server: ServerConfig = ServerConfig()
+    domains: DomainsConfig = DomainsConfig()
+    auth: AuthConfig = AuthConfig()
+    inbound: InboundConfig = InboundConfig()
+    postscreen: PostscreenConfig = PostscreenConfig()
+    outbound: OutboundConfig = OutboundConfig()
+    antispam: AntispamConfig = AntispamConfig()
+    dkim: DkimConfig = DkimConfig()
+    antivirus: AntivirusConfig = AntivirusConfig()
+    advanced: AdvancedConfig = AdvancedConfig()
+    queue: QueueConfig = QueueConfig()
+    admin: AdminConfig = AdminConfig()
+    servers: dict[str, dict[str, Any]] = {}
+
+    # Filled in by load(): where the file was, so relative paths resolve against it.
+    source: str = ""
+
+    @property
+    def data_path(self) -> Path:
+        return _resolve(self.source, self.server.data_dir)
+
+    @property
+    def queue_path(self) -> Path:
+        return self.data_path / "queue"
+
+
+def _resolve(source: str, path: str) -> Path:
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    base = Path(source).resolve().parent if source else Path.cwd()
+    return base / p
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with line numbers.
+
+
+def _compose(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """YAML -> (plain data, {key path: line}). Duplicate keys are errors."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([f"{filename}:{line}: (yaml): {getattr(exc, 'problem', None) or exc}"]) from None
+    lines: dict[tuple[Any, ...], int] = {}
+    errors: list[str] = []
+    constructor = yaml.SafeLoader("")
+
+    def walk(node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for knode, vnode in node.value:
+                key = constructor.construct_object(knode, deep=True)
+                if key in out:
+                    errors.append(f"{filename}:{knode.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key")
+                lines[path + (key,)] = knode.start_mark.line + 1
+                out[key] = walk(vnode, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [walk(v, path + (i,)) for i, v in enumerate(node.value)]
+        return constructor.construct_object(node, deep=True)
+
+    data = walk(root, ()) if root is not None else {}
+    if errors:
+        raise ConfigError(errors)
+    return data, lines
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top)"
+
+
+def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def _format_errors(exc: ValidationError, filename: str, lines: dict, prefix: tuple[Any, ...] = ()) -> list[str]:
+    out = []
+    for err in exc.errors():
+        # pydantic puts the union member / validator name into loc; keep only real keys.
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "literal[")))
+        loc = prefix + tuple(p for p in loc if p not in ("int", "str", "float", "bool", "list[...]"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(f"{filename}:{_line_of(lines, loc)}: {_dotted(loc)}: {msg}")
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(path: str | os.PathLike[str], *, text: str | None = None) -> Config:
+    """Read and validate a config file; raise ConfigError with every problem found."""
+    filename = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{filename}:0: (file): {exc.strerror or exc}"]) from None
+    data, lines = _compose(text, filename)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{filename}:1: (top): expected a mapping of sections"])
+    source = str(Path(path).resolve())
+    try:
+        cfg = Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, filename, lines)) from None
+    # Per-node overrides: each is validated merged over the base, errors point into servers.<name>.
+    errors: list[str] = []
+    effective = cfg
+    for name, override in cfg.servers.items():
+        if not isinstance(override, dict):
+            errors.append(f"{filename}:{_line_of(lines, ('servers', name))}: servers.{name}: expected a mapping")
+            continue
+        if "servers" in override:
+            errors.append(f"{filename}:{_line_of(lines, ('servers', name))}: servers.{name}.servers: not allowed here")
+            continue
+        merged = _deep_merge({k: v for k, v in data.items() if k != "servers"}, override)
+        try:
+            node_cfg = Config.model_validate({**merged, "source": source, "servers": cfg.servers})
+        except ValidationError as exc:
+            errors.extend(_override_errors(exc, filename, lines, name, override))
+            continue
+        if _check_domain(name) == cfg.server.hostname:
+            effective = node_cfg
+    if errors:
+        raise ConfigError(errors)
+    return effective
+
+
+def _override_errors(exc: ValidationError, filename: str, lines: dict, name: str, override: dict) -> list[str]:
+    """Errors of a merged per-node config: point at the override's line when the key is in it."""
+    out = []
+    for line in _format_errors(exc, filename, {}, ()):
+        # line is "file:1: key.path: msg"; re-anchor under servers.<name> when the override set it.
+        _, _, rest = line.split(":", 2)
+        key, _, msg = rest.strip().partition(": ")
+        parts = tuple(int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]", key) if p)
+        in_override = parts[:1] and parts[0] in override
+        loc = ("servers", name) + parts if in_override else parts
+        out.append(f"{filename}:{_line_of(lines, loc)}: {_dotted(loc)}: {msg}")
+    return out

@@ -1,0 +1,176 @@
+"""Shared test fixtures: a real mtaserver process on a free loopback port.
+
+Integration tests start `python -m mtaserver run -c <tmp config>` as a subprocess and talk
+to it over real sockets, from 127.0.0.x source addresses when they play different clients.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_tool(name: str) -> str:
+    """A missing external tool skips the test locally and fails it in CI."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed (make test installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Mta:
+    """One mtaserver process with its own config file and data directory."""
+
+    def __init__(self, tmp: Path, overrides: dict[str, Any] | None = None) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.data_dir = tmp / "var"
+        base = {
+            "server": {
+                "hostname": "mx.example.test",
+                "data_dir": str(self.data_dir),
+                "workers": 1,
+                "listeners": [{"name": "smtp", "address": f"127.0.0.1:{self.port}"}],
+                "limits": {"error_sleep": 0},
+            },
+            "domains": {"local": ["example.test"], "relay": ["relay.test"]},
+            # 127.0.0.1 is trusted (may relay); other 127.0.0.x addresses play outsiders.
+            "outbound": {"mynetworks": ["127.0.0.1/32"]},
+        }
+        self.config = deep_merge(base, overrides or {})
+        self.config_path = tmp / "mtaserver.yaml"
+        self.log_path = tmp / "mtaserver.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.write_config()
+
+    def write_config(self, config: dict[str, Any] | None = None) -> None:
+        self.config_path.write_text(yaml.safe_dump(config or self.config))
+
+    @property
+    def queue(self) -> Path:
+        return self.data_dir / "queue"
+
+    def queued(self, state: str = "incoming") -> list[str]:
+        d = self.queue / state
+        return sorted(os.listdir(d)) if d.exists() else []
+
+    def body(self, qid: str) -> bytes:
+        return (self.queue / "msg" / qid).read_bytes()
+
+    def start(self, timeout: float = 10.0) -> Mta:
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mtaserver", "run", "-c", str(self.config_path)],
+            stdout=logf, stderr=subprocess.STDOUT, cwd=self.tmp,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mtaserver exited: {self.log()}")
+            if "ready:" in self.log():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"mtaserver did not start: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        """kill -9 the whole process tree we started (supervisor and workers)."""
+        assert self.proc is not None
+        pids = [self.proc.pid] + _children(self.proc.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.proc = None
+
+    def rss_kib(self, pid: int | None = None) -> dict[str, int]:
+        pid = pid or (self.proc.pid if self.proc else 0)
+        out = {}
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+        return out
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for k in kids:
+        out.append(int(k))
+        out.extend(_children(int(k)))
+    return out
+
+
+@pytest.fixture
+def make_mta(tmp_path: Path) -> Iterator[Any]:
+    """make_mta(overrides=None) -> a started Mta; all are stopped at the end of the test."""
+    started: list[Mta] = []
+
+    def factory(overrides: dict[str, Any] | None = None, *, start: bool = True, subdir: str = "mta") -> Mta:
+        d = tmp_path / f"{subdir}{len(started)}"
+        d.mkdir()
+        m = Mta(d, overrides)
+        started.append(m)
+        return m.start() if start else m
+
+    yield factory
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def mta(make_mta: Any) -> Mta:
+    return make_mta()

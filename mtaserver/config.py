@@ -581,7 +581,7 @@ def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
 
 
 def _format_errors(exc: ValidationError, filename: str, lines: dict, prefix: tuple[Any, ...] = ()) -> list[str]:
-    out = []
+    by_loc: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors():
         # pydantic puts the union member / validator name into loc; keep only real keys.
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "literal[")))
@@ -589,8 +589,10 @@ def _format_errors(exc: ValidationError, filename: str, lines: dict, prefix: tup
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        out.append(f"{filename}:{_line_of(lines, loc)}: {_dotted(loc)}: {msg}")
-    return out
+        by_loc.setdefault(loc, []).append(msg)
+    # A union (e.g. `auto` or a number) fails once per member: say it once, as alternatives.
+    found = [(_line_of(lines, loc), _dotted(loc), "; or: ".join(msgs)) for loc, msgs in by_loc.items()]
+    return [f"{filename}:{line}: {key}: {msg}" for line, key, msg in sorted(found)]
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,36 @@
+# mtaserver: `make run` starts the MTA on conf/mtaserver.yaml; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= conf/mtaserver.yaml
+
+.PHONY: run check-config test test-services unit bench clean
+
+$(STAMP): pyproject.toml
+	bash scripts/bootstrap.sh $(PYTHON)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mtaserver run -c $(CONFIG)
+
+check-config: $(STAMP)
+	$(BIN)/mtaserver check-config -c $(CONFIG)
+
+test-services:
+	bash scripts/test-services.sh
+
+test: $(STAMP) test-services
+	$(BIN)/pytest -q tests
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

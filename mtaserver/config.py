@@ -526,7 +526,7 @@ def _resolve(source: str, path: str) -> Path:
     if p.is_absolute():
         return p
     base = Path(source).resolve().parent if source else Path.cwd()
-    return base / p
+    return Path(os.path.normpath(base / p))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ _MAGIC = b"MTAQ %d\n" % FORMAT_VERSION
 # ---------------------------------------------------------------------------------------------
 # Queue ids: Crockford base32, fixed width, so that sorting by name sorts by arrival.
 
-_B32 = "0123456789BCDFGHJKLMNPQRSTVWXYZA"  # 32 symbols, no I/O/U/E confusion in logs
+_B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: sorted in ASCII, no I L O U
 
 
 def _b32(n: int, width: int) -> str:

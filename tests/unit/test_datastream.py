@@ -1,0 +1,88 @@
+import pytest
+
+from mtaserver.datastream import BareNewline, DataProblem, DataScanner
+
+
+def run(data: bytes, chunks: int | None = None, **kw):
+    """Feed data whole, or byte by byte (chunks=1), or in pieces of `chunks` bytes."""
+    s = DataScanner(**kw)
+    out = []
+    step = chunks or len(data) or 1
+    for i in range(0, max(len(data), 1), step):
+        r = s.feed(data[i : i + step])
+        out.append(r.content)
+        if r.done:
+            return s, b"".join(out), r.leftover + data[i + step :]
+    return s, b"".join(out), None
+
+
+@pytest.mark.parametrize("chunks", [None, 1, 2, 3, 7, 64])
+def test_end_of_data_and_leftover_at_any_chunking(chunks):
+    s, content, rest = run(b"Subject: x\r\n\r\nhello\r\n..dot\r\n.\r\nQUIT\r\n", chunks)
+    assert content == b"Subject: x\r\n\r\nhello\r\n.dot\r\n"
+    assert rest == b"QUIT\r\n"
+    assert not s.problems
+
+
+@pytest.mark.parametrize("chunks", [None, 1])
+def test_empty_message(chunks):
+    s, content, rest = run(b".\r\nNOOP\r\n", chunks)
+    assert content == b"" and rest == b"NOOP\r\n"
+
+
+def test_transparency_removes_first_dot_of_each_line():
+    _, content, _ = run(b"..\r\n...\r\n.x\r\nx.\r\n.\r\n")
+    assert content == b".\r\n..\r\nx\r\nx.\r\n"
+
+
+SMUGGLING = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\r\n.\r\r\n", b"\n.\r"]
+
+
+@pytest.mark.parametrize("fake_end", SMUGGLING)
+@pytest.mark.parametrize("chunks", [None, 1, 5])
+def test_smuggling_forms_never_end_data(fake_end, chunks):
+    smuggled = b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@example.test>\r\nDATA\r\nevil\r\n"
+    data = b"Subject: a\r\n\r\nbody" + fake_end + smuggled + b".\r\nQUIT\r\n"
+    for policy in BareNewline:
+        s, content, rest = run(data, chunks, bare_newline=policy)
+        assert rest == b"QUIT\r\n", (policy, fake_end)
+        has_bare = fake_end.replace(b"\r\n", b"").strip(b".\x00") != b""
+        if policy is BareNewline.REJECT and has_bare:
+            assert s.problems and s.problems[0] in (DataProblem.BARE_LF, DataProblem.BARE_CR)
+            assert content == b"" or b"evil" not in content
+        else:
+            assert not s.problems
+            assert b"MAIL FROM:<evil@x.test>" in content  # it stayed content
+            body = content.replace(b"\r\n", b"")
+            assert b"\r" not in body and b"\n" not in body, "no bare CR/LF may remain"
+
+
+def test_normalize_makes_crlf():
+    _, content, _ = run(b"a\nb\rc\r\n.\r\n", bare_newline=BareNewline.NORMALIZE)
+    assert content == b"a\r\nb\r\nc\r\n"
+
+
+def test_line_too_long_drains_to_the_end():
+    s, content, rest = run(b"x" * 5000 + b"\r\nok\r\n.\r\nQUIT\r\n", 100, max_line=1000)
+    assert s.problems == [DataProblem.LINE_TOO_LONG]
+    assert rest == b"QUIT\r\n"
+
+
+def test_line_at_the_limit_is_fine():
+    s, _, _ = run(b"x" * 998 + b"\r\n.\r\n", max_line=1000)
+    assert not s.problems
+    s, _, _ = run(b"x" * 999 + b"\r\n.\r\n", max_line=1000)
+    assert s.problems == [DataProblem.LINE_TOO_LONG]
+
+
+def test_size_limit():
+    s, content, rest = run(b"y" * 100 + b"\r\n" + b"z" * 100 + b"\r\n.\r\n", 10, max_size=150)
+    assert DataProblem.TOO_BIG in s.problems and rest == b""
+
+
+def test_header_limit():
+    hdr = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 50) for i in range(100))
+    s, _, _ = run(hdr + b"\r\nbody\r\n.\r\n", 33, max_header=1000)
+    assert s.problems == [DataProblem.HEADER_TOO_BIG]
+    s, _, _ = run(b"Subject: a\r\n\r\n" + b"b" * 5000 + b"\r\n.\r\n", 33, max_header=1000, max_line=10000)
+    assert not s.problems

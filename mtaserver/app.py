@@ -32,6 +32,7 @@ from pathlib import Path
 from . import config as config_mod
 from . import logutil
 from .config import Config, ConfigError, Endpoint
+from .queue.manager import QueueManager, notify
 from .queue.store import QueueStore
 from .smtpd import ConfigHolder, SmtpServer, make_tls_context
 
@@ -58,7 +59,8 @@ def bind(ep: Endpoint, *, reuse_port: bool) -> socket.socket:
 class Worker:
     """One process serving every listener; owns its event loop, sessions and queue handle."""
 
-    def __init__(self, cfg: Config, path: str, sockets: list[socket.socket], index: int) -> None:
+    def __init__(self, cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool) -> None:
+        self.with_manager = manager
         self.holder = ConfigHolder(cfg)
         self.path = path
         self.sockets = sockets
@@ -90,13 +92,24 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         self.store.open()
         cfg = self.holder.current
+        manager_task = None
+        if self.with_manager:
+            manager = QueueManager(lambda: self.holder.current, self.store)
+            self.store.on_commit = lambda _qid: manager.wake.set()
+            manager_task = loop.create_task(manager.run(self._stop))
+            manager_task.add_done_callback(_log_crash)
+        else:
+            self.store.on_commit = notify(self.store.root)
         tls = make_tls_context(cfg)
         listening = []
         for listener, sock in zip(cfg.server.listeners, self.sockets):
             srv = SmtpServer(self.holder, listener, self.store, tls)
             self.servers.append(srv)
             listening.append(await loop.create_server(srv.protocol, sock=sock))
-        log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
+        if self.sockets:
+            log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
+        else:
+            log.info("queue manager process ready")
         await self._stop.wait()
         log.info("worker %d stopping", self.index)
         for ls in listening:
@@ -111,13 +124,21 @@ class Worker:
                 if s.transport is not None:
                     s.transport.abort()
         await asyncio.sleep(0)
+        if manager_task is not None:
+            await manager_task
         self.store.close()
 
 
-def _run_worker(cfg: Config, path: str, sockets: list[socket.socket], index: int) -> None:
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("queue manager crashed", exc_info=task.exception())
+        os.kill(os.getpid(), signal.SIGTERM)  # no silent half-MTA: stop, the supervisor or admin restarts
+
+
+def _run_worker(cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool) -> None:
     import uvloop
 
-    uvloop.run(Worker(cfg, path, sockets, index).serve())
+    uvloop.run(Worker(cfg, path, sockets, index, manager=manager).serve())
 
 
 def run(path: str) -> int:
@@ -141,10 +162,11 @@ def run(path: str) -> int:
         return 1
     log.info("mtaserver starting: %d worker(s), queue %s", n, cfg.queue_path)
     if n == 1:
-        _run_worker(cfg, path, socks[0], 0)
+        _run_worker(cfg, path, socks[0], 0, manager=True)
         log.info("mtaserver stopped")
         return 0
-    return _supervise(cfg, path, socks)
+    # The queue manager gets a process of its own: a worker with no sockets.
+    return _supervise(cfg, path, socks + [[]])
 
 
 def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
@@ -162,7 +184,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
                         s.close()
             code = 0
             try:
-                _run_worker(cfg, path, socks[i], i)
+                _run_worker(cfg, path, socks[i], i, manager=not socks[i])
             except BaseException:
                 log.exception("worker %d crashed", i)
                 code = 1

@@ -343,6 +343,47 @@ class QueueStore:
     def move(self, queue_id: str, src: str, dst: str) -> None:
         os.rename(self.path(src, queue_id), self.path(dst, queue_id))
 
+    # -- the queue manager's operations ------------------------------------------------------
+
+    def rewrite(self, state: str, env: Envelope) -> None:
+        """Replace a committed envelope atomically (tmp + fsync + rename over it)."""
+        tmp = self.root / "tmp" / f"{env.queue_id}.env"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(dump_envelope(env))
+            while view:
+                view = view[os.write(fd, view) :]
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.path(state, env.queue_id))
+
+    def set_due(self, state: str, queue_id: str, when: float) -> None:
+        """The file's mtime carries the time of the next attempt (Postfix's deferred queue)."""
+        os.utime(self.path(state, queue_id), (when, when))
+
+    def due(self, state: str, queue_id: str) -> float:
+        return os.stat(self.path(state, queue_id)).st_mtime
+
+    def remove(self, state: str, queue_id: str) -> None:
+        """Delivery is complete: the envelope goes first, so a crash never leaves one without its body."""
+        _unlink(self.path(state, queue_id))
+        _unlink(self.body_path(queue_id))
+
+    async def inject(self, *, sender: str, recipients: list[str], body: bytes, client: ClientInfo) -> str:
+        """Queue a message we generate ourselves (bounces, warnings) through the same commit."""
+        qid = self.new_id()
+        spool = self.new_spool(qid)
+        spool.write(body)
+        env = Envelope(queue_id=qid, sender=sender, recipients=[Recipient(address=r) for r in recipients],
+                       arrival=time.time(), client=client)  # fmt: skip
+        try:
+            await self.commit(spool, env)
+        except BaseException:
+            self._remove_partial(spool)
+            raise
+        return qid
+
     # -- recovery ----------------------------------------------------------------------------
 
     def recover(self) -> dict[str, int]:

@@ -1,0 +1,35 @@
+"""When to try a deferred message again, and when to give up. Pure: time is an argument.
+
+DESCRIPTION
+    Postfix's rule (qmgr_active.c): after an attempt that leaves recipients deferred, the
+    next attempt is `now + clamp(age, min_backoff, max_backoff)`, so the interval doubles
+    with the message's age until it reaches max_backoff. A little jitter (up to 10% of the
+    delay) keeps a burst of mail deferred together from retrying together.
+
+CONFIG
+    queue.min_backoff, queue.max_backoff, queue.max_lifetime, queue.bounce_lifetime,
+    queue.delay_warning
+"""
+
+from __future__ import annotations
+
+
+def next_attempt(*, arrival: float, now: float, min_backoff: float, max_backoff: float, jitter: float = 0.0) -> float:
+    """`jitter` in [0, 1): the fraction of the delay to add (the caller draws it)."""
+    age = max(0.0, now - arrival)
+    delay = min(max(age, min_backoff), max_backoff)
+    return now + delay * (1.0 + 0.1 * jitter)
+
+
+def expired(*, arrival: float, now: float, null_sender: bool, max_lifetime: float, bounce_lifetime: float) -> bool:
+    """A message still deferred after its lifetime is returned to the sender.
+
+    Bounces (null sender) use bounce_lifetime, capped at max_lifetime (Postfix).
+    A lifetime of 0 means "try once".
+    """
+    lifetime = min(bounce_lifetime, max_lifetime) if null_sender else max_lifetime
+    return now >= arrival + lifetime
+
+
+def delay_warning_due(*, arrival: float, now: float, delay_warning: float, already_warned: bool) -> bool:
+    return bool(delay_warning) and not already_warned and now >= arrival + delay_warning

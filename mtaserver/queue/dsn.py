@@ -1,0 +1,170 @@
+"""Delivery status notifications (RFC 3464), built as bytes. Pure: inputs and `now` only.
+
+DESCRIPTION
+    `build_dsn(...)` returns the whole notification message, Postfix's structure (SPEC 9.5):
+    a multipart/report with a human-readable part, a message/delivery-status part (one
+    block per recipient: Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code) and
+    the original message (message/rfc822), or only its headers (text/rfc822-headers) when
+    it is larger than `max_original`. Sent with the null sender and `Auto-Submitted:
+    auto-replied`, so that no MTA answers it with another bounce.
+
+SECURITY
+    The diagnostic text comes from remote servers: CR, LF and other control characters are
+    removed before it goes into a header field.
+
+STANDARDS
+    RFC 3464 (DSN format), RFC 3462/6522 (multipart/report), RFC 3834 (Auto-Submitted),
+    RFC 3463 (status codes).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+MAX_ORIGINAL = 50000  # Postfix bounce_size_limit
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+class Kind(str, Enum):
+    FAILURE = "failed"
+    DELAY = "delayed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecipientStatus:
+    address: str
+    status: str  # "5.1.1"
+    diagnostic: str  # "550 5.1.1 <x>: user unknown" or our own reason
+    remote_mta: str | None = None
+    smtp_diagnostic: bool = True  # Diagnostic-Code type: smtp; (else X-mtaserver;)
+
+
+_FAILURE_TEXT = """\
+This is the mail system at host {host}.
+
+I'm sorry to have to inform you that your message could not
+be delivered to one or more recipients. It's attached below.
+
+For further assistance, please send mail to postmaster.
+
+If you do so, please include this problem report. You can
+delete your own text from the attached returned message.
+
+                   The mail system
+"""
+
+_DELAY_TEXT = """\
+This is the mail system at host {host}.
+
+####################################################################
+# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #
+####################################################################
+
+Your message could not be delivered for more than {hours} hour(s).
+It will be retried until it is {days} day(s) old.
+
+For further assistance, please send mail to postmaster.
+
+                   The mail system
+"""
+
+
+def _clean(text: str, limit: int = 900) -> str:
+    return _UNSAFE.sub(" ", text)[:limit].strip()
+
+
+def split_header(message: bytes) -> bytes:
+    end = message.find(b"\r\n\r\n")
+    return message if end < 0 else message[: end + 2]
+
+
+def build_dsn(
+    *,
+    kind: Kind,
+    hostname: str,
+    queue_id: str,
+    sender: str,
+    arrival: float,
+    recipients: list[RecipientStatus],
+    original: bytes,
+    now: float,
+    delay_hours: float = 0,
+    lifetime_days: float = 0,
+    max_original: int = MAX_ORIGINAL,
+) -> bytes:
+    boundary = f"{queue_id}.{int(now)}/{hostname}"
+    date = email.utils.formatdate(now, localtime=True)
+    subject = "Undelivered Mail Returned to Sender" if kind is Kind.FAILURE else "Delayed Mail (still being retried)"
+    orig_headers = split_header(original)
+    msgid = re.search(rb"(?im)^message-id:[ \t]*(<[^>\r\n]{1,250}>)", orig_headers)
+    head = [
+        f"From: MAILER-DAEMON@{hostname} (Mail Delivery System)",
+        f"To: <{_clean(sender)}>",
+        f"Subject: {subject}",
+        f"Date: {date}",
+        f"Message-ID: <{queue_id}.{int(now)}.dsn@{hostname}>",
+        "Auto-Submitted: auto-replied",
+    ]
+    if msgid:
+        ref = msgid.group(1).decode("ascii", "replace")
+        head += [f"In-Reply-To: {ref}", f"References: {ref}"]
+    head += [
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"',
+        "Content-Transfer-Encoding: 8bit",
+    ]
+    if kind is Kind.FAILURE:
+        text = _FAILURE_TEXT.format(host=hostname)
+    else:
+        text = _DELAY_TEXT.format(host=hostname, hours=f"{delay_hours:g}", days=f"{lifetime_days:g}")
+    text += "\n" + "\n".join(f"<{_clean(r.address)}>: {_clean(r.diagnostic)}" for r in recipients) + "\n"
+    report = [
+        f"Reporting-MTA: dns; {hostname}",
+        f"X-Queue-ID: {queue_id}",
+        f"X-Sender: rfc822; {_clean(sender)}",
+        f"Arrival-Date: {email.utils.formatdate(arrival, localtime=True)}",
+    ]
+    for r in recipients:
+        report += [
+            "",
+            f"Final-Recipient: rfc822; {_clean(r.address)}",
+            f"Original-Recipient: rfc822; {_clean(r.address)}",
+            f"Action: {kind.value}",
+            f"Status: {r.status}",
+        ]
+        if r.remote_mta:
+            report.append(f"Remote-MTA: dns; {_clean(r.remote_mta)}")
+        report.append(f"Diagnostic-Code: {'smtp' if r.smtp_diagnostic else 'X-mtaserver'}; {_clean(r.diagnostic)}")
+    if len(original) > max_original:
+        attach_type, attach_desc, attach = "text/rfc822-headers", "Undelivered Message Headers", orig_headers
+    else:
+        attach_type, attach_desc, attach = "message/rfc822", "Undelivered Message", original
+    if kind is Kind.DELAY:
+        attach_type, attach_desc, attach = "text/rfc822-headers", "Delayed Message Headers", orig_headers
+    parts = [
+        "\r\n".join(head),
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Description: Notification",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        text.replace("\n", "\r\n"),
+        f"--{boundary}",
+        "Content-Description: Delivery report",
+        "Content-Type: message/delivery-status",
+        "",
+        "\r\n".join(report),
+        "",
+        f"--{boundary}",
+        f"Content-Description: {attach_desc}",
+        f"Content-Type: {attach_type}",
+        "",
+    ]
+    out = "\r\n".join(parts).encode("utf-8", "replace") + b"\r\n"
+    attach = attach if attach.endswith(b"\r\n") else attach + b"\r\n"
+    return out + attach + f"\r\n--{boundary}--\r\n".encode()

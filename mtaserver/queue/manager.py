@@ -1,0 +1,351 @@
+"""The queue manager: moves messages through the queue and decides their fate.
+
+DESCRIPTION
+    One per node. It takes messages from incoming/ (woken at once by each commit) and,
+    when they are due, from deferred/ (alternating, so retries are not starved by new
+    mail), renames each into active/ and delivers it, at most `MAX_ACTIVE` at a time and at
+    most `queue.destination_concurrency` per destination. Then, per recipient:
+
+      sent      removed from the envelope
+      deferred  kept; next attempt = backoff.next_attempt (the deferred file's mtime)
+      bounced   a DSN to the sender (never for a null sender), removed from the envelope
+      expired   a deferred recipient past queue.max_lifetime: bounced with the last reason
+
+    A message with no recipient left is removed (envelope first, then body). A crash in the
+    middle leaves the message in active/, which the next start moves back to incoming/:
+    delivery is at least once. DSNs are committed before the original is updated, so a
+    crash may duplicate a DSN but never lose one.
+
+    Routes: domains.local -> local delivery (maildir); everything else -> outbound.relay_host
+    (then outbound.fallback_relay_host within the same attempt for what the first deferred).
+    MX routing (relay_host null) and LMTP come with the rest of the delivery issue; until
+    then such recipients are deferred with a reason that says so.
+
+SECURITY
+    Does not talk to clients. Reads only envelope files it validates (store.read).
+
+CONFIG
+    queue.*, domains.local, domains.local_delivery, outbound.relay_host,
+    outbound.fallback_relay_host, outbound.helo_name, outbound.tls, server.hostname
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import policy
+from ..address import AddressError, parse_mailbox
+from ..config import Config, _resolve, parse_endpoint
+from ..delivery import maildir
+from ..delivery.smtp import Kind, Outcome, SmtpClient
+from ..logutil import sanitize
+from ..model import ClientInfo, Envelope, RcptState
+from . import backoff
+from .dsn import Kind as DsnKind
+from .dsn import RecipientStatus, build_dsn
+from .store import CorruptEnvelope, QueueStore
+
+log = logging.getLogger("qmgr")
+
+MAX_ACTIVE = 200  # messages in active/ at once (Postfix qmgr_message_active_limit is 20000)
+SCAN_INTERVAL = 60.0  # at most this long between looks at deferred/ (Postfix queue_run_delay)
+MAX_HOPS = 50  # Received: headers; more is a mail loop (Postfix hopcount_limit)
+_RECEIVED = re.compile(rb"(?im)^received:")
+LOCAL_CLIENT = ClientInfo(ip="127.0.0.1", port=0, name="localhost", helo="localhost", protocol="local", trusted=True)
+
+
+def wakeup_path(queue_root: Path) -> Path:
+    return queue_root / "qmgr.sock"
+
+
+def notify(queue_root: Path) -> Callable[[str], None]:
+    """For worker processes: a commit callback that pokes the manager over a datagram socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    path = str(wakeup_path(queue_root))
+
+    def poke(queue_id: str) -> None:
+        try:
+            sock.sendto(queue_id.encode(), path)
+        except OSError:
+            pass  # manager busy or down: it scans incoming/ on start and every SCAN_INTERVAL
+
+    return poke
+
+
+class _Wake(asyncio.DatagramProtocol):
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.event.set()
+
+
+class QueueManager:
+    def __init__(self, cfg: Callable[[], Config], store: QueueStore, *, clock: Callable[[], float] = time.time) -> None:
+        self._cfg = cfg
+        self.store = store
+        self._clock = clock
+        self.wake = asyncio.Event()
+        self._active: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_ACTIVE)
+        self._dest: dict[str, asyncio.Semaphore] = {}
+        self._next_deferred_scan = 0.0
+        self._flush = False
+        cfg0 = cfg()
+        self.smtp = SmtpClient(
+            helo_name=cfg0.outbound.helo_name or cfg0.server.hostname,
+            tls=cfg0.outbound.tls,
+            username=cfg0.outbound.relay_auth.username,
+            password=_read_secret(cfg0, cfg0.outbound.relay_auth.password_file),
+            max_idle_per_host=cfg0.queue.destination_concurrency,
+        )
+
+    def flush(self) -> None:
+        """postqueue -f: retry all deferred mail now."""
+        self._flush = True
+        self.wake.set()
+
+    async def run(self, stop: asyncio.Event, *, listen: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        transport = None
+        if listen:
+            path = wakeup_path(self.store.root)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(path))
+            os.chmod(path, 0o600)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Wake(self.wake), sock=sock)
+        log.info("queue manager started")
+        stopper = loop.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                await self._feed()
+                waiter = loop.create_task(self.wake.wait())
+                await asyncio.wait({waiter, stopper}, timeout=self._sleep_time(), return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+        finally:
+            stopper.cancel()
+            if transport is not None:
+                transport.close()
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.smtp.close_idle()
+            log.info("queue manager stopped")
+
+    def _sleep_time(self) -> float:
+        return max(0.05, min(SCAN_INTERVAL, self._next_deferred_scan - self._clock()))
+
+    async def _feed(self) -> None:
+        """Schedule what is ready: incoming/ and due deferred/, alternating."""
+        now = self._clock()
+        incoming = [q for q in self.store.list("incoming") if q not in self._active]
+        deferred: list[str] = []
+        if now >= self._next_deferred_scan or self._flush:
+            next_due = now + SCAN_INTERVAL
+            for q in self.store.list("deferred"):
+                try:
+                    due = self.store.due("deferred", q)
+                except FileNotFoundError:
+                    continue
+                if due <= now or self._flush:
+                    deferred.append(q)
+                else:
+                    next_due = min(next_due, due)
+            self._next_deferred_scan = next_due
+            self._flush = False
+        order = []
+        for i in range(max(len(incoming), len(deferred))):
+            order += [("incoming", q) for q in incoming[i : i + 1]] + [("deferred", q) for q in deferred[i : i + 1]]
+        for state, qid in order:
+            if self._slots.locked():
+                self.wake.set()  # come back when a slot frees
+                return
+            await self._slots.acquire()
+            try:
+                self.store.move(qid, state, "active")
+            except FileNotFoundError:
+                self._slots.release()  # deleted or moved by an admin meanwhile
+                continue
+            self._active.add(qid)
+            task = asyncio.get_running_loop().create_task(self._process(qid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, qid: str) -> None:
+        try:
+            try:
+                env = self.store.read("active", qid)
+            except CorruptEnvelope:
+                return
+            except FileNotFoundError:
+                return
+            await self._attempt(env)
+        except Exception:
+            log.exception("%s: delivery attempt failed; the message stays in active/ until restart", qid)
+        finally:
+            self._active.discard(qid)
+            self._slots.release()
+            self.wake.set()
+
+    # -- one delivery attempt --------------------------------------------------------------
+
+    async def _attempt(self, env: Envelope) -> None:
+        cfg = self._cfg()
+        qid = env.queue_id
+        body_path = self.store.body_path(qid)
+        body = await asyncio.to_thread(body_path.read_bytes) if env.size > (1 << 20) else body_path.read_bytes()
+        pending = [r.address for r in env.recipients]
+        results: dict[str, Outcome] = {}
+        header = body[: body.find(b"\r\n\r\n") + 2] if b"\r\n\r\n" in body else body
+        if len(_RECEIVED.findall(header)) > MAX_HOPS:
+            o = Outcome(Kind.BOUNCE, "5.4.6", "mail forwarding loop: too many hops", None, False)
+            results = {r: o for r in pending}
+        else:
+            local = [r for r in pending if _is_local(r, cfg)]
+            remote = [r for r in pending if r not in set(local)]
+            jobs = []
+            if local:
+                jobs.append(self._deliver_local(cfg, env, local, body_path))
+            if remote:
+                jobs.append(self._deliver_remote(cfg, env, remote, body))
+            for part in await asyncio.gather(*jobs):
+                results.update(part)
+        await self._finish(cfg, env, results, body)
+
+    async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body_path: Path) -> dict[str, Outcome]:
+        ld = cfg.domains.local_delivery
+        if ld.type != "maildir":
+            o = Outcome(Kind.DEFER, "4.3.0", "local delivery by LMTP is not implemented yet", None, False)
+            return {r: o for r in rcpts}
+        root = cfg.data_path / ld.path  # an absolute path stays as it is
+        out = {}
+        for r in rcpts:
+            try:
+                await asyncio.to_thread(maildir.deliver, root, r, body_path)
+                out[r] = Outcome(Kind.SENT, "2.0.0", "delivered to maildir", "maildir", False)
+            except OSError as exc:
+                out[r] = Outcome(Kind.DEFER, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}", "maildir", False)
+        return out
+
+    async def _deliver_remote(self, cfg: Config, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
+        hops = [h for h in (cfg.outbound.relay_host, cfg.outbound.fallback_relay_host) if h]
+        if not cfg.outbound.relay_host:
+            o = Outcome(Kind.DEFER, "4.4.3", "delivery by MX lookup is not implemented yet; set outbound.relay_host", None, False)
+            results = {r: o for r in rcpts}
+            hops = hops[:1] if cfg.outbound.fallback_relay_host else []
+            todo = rcpts if hops else []
+        else:
+            results, todo = {}, rcpts
+        for hop in hops:
+            if not todo:
+                break
+            host, port = _hop(hop)
+            sem = self._dest.setdefault(f"{host}:{port}", asyncio.Semaphore(cfg.queue.destination_concurrency))
+            async with sem:
+                part = await self.smtp.send(host, port, env.sender, todo, body, smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")
+            results.update(part)
+            # The fallback gets what the primary deferred, never what it refused (5xx).
+            todo = [r for r in todo if part[r].kind is Kind.DEFER]
+        return results
+
+    async def _finish(self, cfg: Config, env: Envelope, results: dict[str, Outcome], body: bytes) -> None:
+        now = self._clock()
+        qid = env.queue_id
+        delay = now - env.arrival
+        q = cfg.queue
+        bounced: list[RecipientStatus] = []
+        keep = []
+        is_expired = backoff.expired(
+            arrival=env.arrival, now=now, null_sender=not env.sender, max_lifetime=q.max_lifetime, bounce_lifetime=q.bounce_lifetime
+        )
+        for r in env.recipients:
+            o = results.get(r.address)
+            if o is None:
+                keep.append(r)
+                continue
+            relay = o.remote or "none"
+            log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", qid, sanitize(r.address), relay, delay, o.status, o.kind.value, sanitize(o.text, 300))
+            if o.kind is Kind.SENT:
+                continue
+            if o.kind is Kind.BOUNCE or is_expired:
+                # An expired recipient is reported with its last temporary status, as Postfix does.
+                remote_mta = (o.remote or "").split("[")[0] or None
+                bounced.append(RecipientStatus(address=r.address, status=o.status, diagnostic=o.text,
+                                               remote_mta=remote_mta, smtp_diagnostic=o.smtp_reply))  # fmt: skip
+                continue
+            r.state = RcptState.DEFERRED
+            r.attempts += 1
+            r.last_reply = o.text
+            keep.append(r)
+        if is_expired and bounced:
+            log.info("%s: from=<%s>, status=expired, returned to sender", qid, sanitize(env.sender))
+        if bounced and env.sender:
+            await self._notify(cfg, env, bounced, body, DsnKind.FAILURE, now)
+        if not keep:
+            self.store.remove("active", qid)
+            log.info("%s: removed", qid)
+            return
+        env.recipients = keep
+        if env.sender and not env.extra.get("delay_warned") and backoff.delay_warning_due(
+            arrival=env.arrival, now=now, delay_warning=q.delay_warning, already_warned=False
+        ):
+            warn = [RecipientStatus(address=r.address, status="4.0.0", diagnostic=r.last_reply or "deferred", smtp_diagnostic=False) for r in keep]
+            await self._notify(cfg, env, warn, body, DsnKind.DELAY, now)
+            env.extra["delay_warned"] = "1"
+        due = backoff.next_attempt(arrival=env.arrival, now=now, min_backoff=q.min_backoff, max_backoff=q.max_backoff, jitter=random.random())
+        self.store.rewrite("active", env)
+        self.store.set_due("active", qid, due)
+        self.store.move(qid, "active", "deferred")
+        self._next_deferred_scan = min(self._next_deferred_scan, due)
+
+    async def _notify(self, cfg: Config, env: Envelope, rcpts: list[RecipientStatus], body: bytes, kind: DsnKind, now: float) -> None:
+        q = cfg.queue
+        dsn = build_dsn(
+            kind=kind, hostname=cfg.server.hostname, queue_id=env.queue_id, sender=env.sender, arrival=env.arrival,
+            recipients=rcpts, original=body, now=now, delay_hours=q.delay_warning / 3600, lifetime_days=q.max_lifetime / 86400,
+        )  # fmt: skip
+        new = await self.store.inject(sender="", recipients=[env.sender], body=dsn, client=LOCAL_CLIENT)
+        what = "sender non-delivery notification" if kind is DsnKind.FAILURE else "sender delay notification"
+        log.info("%s: %s: %s", env.queue_id, what, new)
+
+
+def _is_local(address: str, cfg: Config) -> bool:
+    try:
+        return policy.is_local(parse_mailbox(address, utf8=not address.isascii()), cfg.domains.local)
+    except AddressError:
+        return False
+
+
+def _hop(spec: str) -> tuple[str, int]:
+    """`[host]:port` or `host:port` or `host` (port 25). MX lookup of a bare host: later."""
+    text = spec.strip()
+    if text.startswith("[") and "]" in text:
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else 25
+    ep = parse_endpoint(text, default_port=25)
+    return ep.host, ep.port
+
+
+def _read_secret(cfg: Config, path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return _resolve(cfg.source, path).read_text().strip()
+    except OSError as exc:
+        log.error("cannot read outbound.relay_auth.password_file: %s", exc)
+        return None

@@ -93,12 +93,12 @@ class Worker:
         self.store.open()
         cfg = self.holder.current
         manager_task = None
-        if self.with_manager:
+        if self.with_manager and cfg.queue.manager:
             manager = QueueManager(lambda: self.holder.current, self.store)
             self.store.on_commit = lambda _qid: manager.wake.set()
             manager_task = loop.create_task(manager.run(self._stop))
             manager_task.add_done_callback(_log_crash)
-        else:
+        elif not self.with_manager:
             self.store.on_commit = notify(self.store.root)
         tls = make_tls_context(cfg)
         listening = []

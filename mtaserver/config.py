@@ -473,6 +473,7 @@ class AdvancedConfig(Strict):
 
 
 class QueueConfig(Strict):
+    manager: bool = True  # false: receive and queue only; nothing is delivered until it is true again
     min_backoff: Duration = 300.0
     max_backoff: Duration = 4000.0
     max_lifetime: Duration = 5 * 86400.0

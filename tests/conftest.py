@@ -64,6 +64,9 @@ class Mta:
             "domains": {"local": ["example.test"], "relay": ["relay.test"]},
             # 127.0.0.1 is trusted (may relay); other 127.0.0.x addresses play outsiders.
             "outbound": {"mynetworks": ["127.0.0.1/32"]},
+            # Receive-only by default: messages stay in incoming/ for the test to inspect.
+            # Delivery tests turn the queue manager on.
+            "queue": {"manager": False},
         }
         self.config = deep_merge(base, overrides or {})
         self.config_path = tmp / "mtaserver.yaml"

@@ -261,6 +261,10 @@ class QueueManager:
             results.update(part)
             # The fallback gets what the primary deferred, never what it refused (5xx).
             todo = [r for r in todo if part[r].kind is Kind.DEFER]
+            if todo and hop != hops[-1]:
+                first = part[todo[0]]
+                log.info("%s: relay=%s, status=deferred (%s); %d recipient(s) go to the fallback relay %s",
+                         env.queue_id, first.remote, sanitize(first.text, 300), len(todo), hops[-1])  # fmt: skip
         return results
 
     async def _finish(self, cfg: Config, env: Envelope, results: dict[str, Outcome], body: bytes) -> None:
@@ -322,6 +326,7 @@ class QueueManager:
         new = await self.store.inject(sender="", recipients=[env.sender], body=dsn, client=LOCAL_CLIENT)
         what = "sender non-delivery notification" if kind is DsnKind.FAILURE else "sender delay notification"
         log.info("%s: %s: %s", env.queue_id, what, new)
+        log.info("%s: from=<>, size=%d, nrcpt=1 (queue active)", new, len(dsn))
 
 
 def _is_local(address: str, cfg: Config) -> bool:

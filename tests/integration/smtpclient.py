@@ -10,15 +10,11 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the shared conftest helpers
-
-from conftest import IN_CI, Mta, require_tool  # noqa: E402
+from conftest import IN_CI, Mta, require_tool
 
 __all__ = ["IN_CI", "Mta", "Reply", "SmtpClient", "require_tool", "wait_for", "wait_for_log", "restart"]
 

@@ -385,6 +385,7 @@ class OutboundConfig(Strict):
     relay_auth: RelayAuth = RelayAuth()
     tls: Literal["none", "may", "encrypt"] = "may"
     helo_name: str | None = None
+    smtp_port: int = Field(25, ge=1, le=65535)  # port of MX hosts (Postfix smtp_tcp_port)
 
 
 Tolerance = str | float

@@ -46,6 +46,10 @@ CONNECT_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 300.0
 
 
+class TlsRequired(Exception):
+    pass
+
+
 class Kind(str, Enum):
     SENT = "sent"
     DEFER = "deferred"
@@ -94,23 +98,34 @@ class SmtpClient:
         self.max_idle = max_idle_per_host
         self._idle: dict[tuple[str, int], list[tuple[aiosmtplib.SMTP, float, str]]] = {}
 
-    async def _connect(self, host: str, port: int) -> tuple[aiosmtplib.SMTP, str]:
-        ctx = None
-        if self.tls == "may":
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE  # opportunistic TLS: encrypt, do not authenticate
+    async def _connect(self, address: str, port: int, name: str) -> tuple[aiosmtplib.SMTP, str]:
+        """Connect to `address` (an IP, or a name for the system resolver), EHLO, STARTTLS, AUTH.
+
+        `name` is the host's DNS name: the label in logs and DSNs, and the TLS server name.
+        """
         client = aiosmtplib.SMTP(
-            hostname=host, port=port, local_hostname=self.helo_name, timeout=CONNECT_TIMEOUT,
-            start_tls={"none": False, "may": None, "encrypt": True}[self.tls],
-            tls_context=ctx, validate_certs=self.tls == "encrypt",
-        )  # fmt: skip
+            hostname=address, port=port, local_hostname=self.helo_name, timeout=CONNECT_TIMEOUT, start_tls=False
+        )
         await client.connect()
         client.timeout = COMMAND_TIMEOUT
         peer = client.transport.get_extra_info("peername") if client.transport else None
-        remote = f"{host}[{peer[0]}]:{peer[1]}" if peer else f"{host}:{port}"
-        if self.username and self.password is not None:
-            await client.login(self.username, self.password)
+        remote = f"{name}[{peer[0]}]:{peer[1]}" if peer else f"{name}:{port}"
+        try:
+            await client.ehlo()
+            if self.tls != "none" and client.supports_extension("STARTTLS"):
+                verify = self.tls == "encrypt"
+                ctx = ssl.create_default_context()
+                if not verify:  # opportunistic TLS: encrypt, do not authenticate (Postfix "may")
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                await client.starttls(server_hostname=name, validate_certs=verify, tls_context=ctx)
+            elif self.tls == "encrypt":
+                raise TlsRequired(f"{remote}: TLS is required, but was not offered")
+            if self.username and self.password is not None:
+                await client.login(self.username, self.password)
+        except BaseException:
+            client.close()
+            raise
         return client, remote
 
     def _take(self, key: tuple[str, int]) -> tuple[aiosmtplib.SMTP, str] | None:
@@ -137,29 +152,40 @@ class SmtpClient:
         self._idle.clear()
 
     async def send(
-        self, host: str, port: int, sender: str, recipients: list[str], body: bytes, *, smtputf8: bool = False, eightbit: bool = False
+        self,
+        address: str,
+        port: int,
+        sender: str,
+        recipients: list[str],
+        body: bytes,
+        *,
+        name: str | None = None,
+        smtputf8: bool = False,
+        eightbit: bool = False,
     ) -> dict[str, Outcome]:
-        key = (host, port)
+        name = name or address
+        key = (address, port)
         cached = self._take(key)
         if cached is not None:
             try:
                 return await self._transaction(key, *cached, sender, recipients, body, smtputf8, eightbit)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
                 pass  # the cached connection went stale: one fresh try below
+        label = f"{name}[{address}]:{port}"
         try:
-            client, remote = await self._connect(host, port)
+            client, remote = await self._connect(address, port, name)
+        except TlsRequired as exc:
+            o = Outcome(Kind.DEFER, "4.7.4", str(exc), label, False)
+            return {r: o for r in recipients}
         except aiosmtplib.SMTPConnectResponseError as exc:
-            o = from_reply(exc.code, exc.message, f"{host}:{port}", "4.0")
-            o = Outcome(Kind.DEFER, "4" + o.status[1:], f"host {host}:{port} refused to talk to me: {o.text}", o.remote)
+            o = from_reply(exc.code, exc.message, label, "4.0")
+            o = Outcome(Kind.DEFER, "4" + o.status[1:], f"host {label} refused to talk to me: {o.text}", label)
             return {r: o for r in recipients}
-        except aiosmtplib.SMTPResponseException as exc:  # STARTTLS or AUTH refused
-            detail = "7.4" if self.tls == "encrypt" else "7.0"
-            o = Outcome(Kind.DEFER, f"4.{detail[0]}.{detail[2]}", f"{host}:{port}: {exc.code} {sanitize(exc.message, 300)}", f"{host}:{port}", False)
+        except aiosmtplib.SMTPResponseException as exc:  # EHLO, STARTTLS or AUTH refused
+            o = Outcome(Kind.DEFER, "4.7.0" if self.tls == "encrypt" else "4.0.0", f"{label}: {exc.code} {sanitize(exc.message, 300)}", label, False)
             return {r: o for r in recipients}
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-            reason = "TLS is required, but was not offered" if "STARTTLS" in str(exc) else sanitize(str(exc) or type(exc).__name__, 200)
-            status = "4.7.4" if self.tls == "encrypt" and "STARTTLS" in str(exc) else "4.4.1"
-            o = Outcome(Kind.DEFER, status, f"connect to {host}:{port}: {reason}", f"{host}:{port}", False)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            o = Outcome(Kind.DEFER, "4.4.1", f"connect to {label}: {sanitize(str(exc) or type(exc).__name__, 200)}", label, False)
             return {r: o for r in recipients}
         try:
             return await self._transaction(key, client, remote, sender, recipients, body, smtputf8, eightbit)

@@ -18,8 +18,8 @@ DESCRIPTION
 
     Routes: domains.local -> local delivery (maildir); everything else -> outbound.relay_host
     (then outbound.fallback_relay_host within the same attempt for what the first deferred).
-    MX routing (relay_host null) and LMTP come with the rest of the delivery issue; until
-    then such recipients are deferred with a reason that says so.
+    With no relay host, each recipient domain's MX records are used (delivery/mx.py).
+    LMTP local delivery comes with the rest of the delivery issue.
 
 SECURITY
     Does not talk to clients. Reads only envelope files it validates (store.read).
@@ -32,6 +32,7 @@ CONFIG
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import random
@@ -43,9 +44,11 @@ from pathlib import Path
 
 from .. import policy
 from ..address import AddressError, parse_mailbox
-from ..config import Config, _resolve, parse_endpoint
+from ..config import Config, _resolve
 from ..delivery import maildir
+from ..delivery.mx import NextHop, parse_nexthop, plan_mx
 from ..delivery.smtp import Kind, Outcome, SmtpClient
+from ..dns import NotFound, Resolver, TempFail
 from ..logutil import sanitize
 from ..model import ClientInfo, Envelope, RcptState
 from . import backoff
@@ -102,6 +105,7 @@ class QueueManager:
         self._next_deferred_scan = 0.0
         self._flush = False
         cfg0 = cfg()
+        self.resolver = Resolver([str(ep) for ep in cfg0.server.dns.nameservers], cfg0.server.dns.timeout)
         self.smtp = SmtpClient(
             helo_name=cfg0.outbound.helo_name or cfg0.server.hostname,
             tls=cfg0.outbound.tls,
@@ -243,29 +247,76 @@ class QueueManager:
         return out
 
     async def _deliver_remote(self, cfg: Config, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
-        hops = [h for h in (cfg.outbound.relay_host, cfg.outbound.fallback_relay_host) if h]
-        if not cfg.outbound.relay_host:
-            o = Outcome(Kind.DEFER, "4.4.3", "delivery by MX lookup is not implemented yet; set outbound.relay_host", None, False)
-            results = {r: o for r in rcpts}
-            hops = hops[:1] if cfg.outbound.fallback_relay_host else []
-            todo = rcpts if hops else []
+        """relay_host (or each recipient domain's MX), then the fallback relay for what was deferred."""
+        out = cfg.outbound
+        port = out.smtp_port
+        groups: dict[NextHop, list[str]] = {}
+        if out.relay_host:
+            groups[parse_nexthop(out.relay_host, port)] = rcpts
         else:
-            results, todo = {}, rcpts
-        for hop in hops:
-            if not todo:
-                break
-            host, port = _hop(hop)
-            sem = self._dest.setdefault(f"{host}:{port}", asyncio.Semaphore(cfg.queue.destination_concurrency))
-            async with sem:
-                part = await self.smtp.send(host, port, env.sender, todo, body, smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")
+            for r in rcpts:
+                groups.setdefault(NextHop(r.rpartition("@")[2].lower().rstrip("."), port, mx=True), []).append(r)
+        results: dict[str, Outcome] = {}
+        parts = await asyncio.gather(*(self._deliver_to(hop, group, env, body) for hop, group in groups.items()))
+        for part in parts:
             results.update(part)
-            # The fallback gets what the primary deferred, never what it refused (5xx).
-            todo = [r for r in todo if part[r].kind is Kind.DEFER]
-            if todo and hop != hops[-1]:
-                first = part[todo[0]]
-                log.info("%s: relay=%s, status=deferred (%s); %d recipient(s) go to the fallback relay %s",
-                         env.queue_id, first.remote, sanitize(first.text, 300), len(todo), hops[-1])  # fmt: skip
+        todo = [r for r in rcpts if results[r].kind is Kind.DEFER]
+        if todo and out.fallback_relay_host:
+            first = results[todo[0]]
+            log.info("%s: relay=%s, status=deferred (%s); %d recipient(s) go to the fallback relay %s",
+                     env.queue_id, first.remote or "none", sanitize(first.text, 300), len(todo), out.fallback_relay_host)  # fmt: skip
+            # The fallback gets what was deferred, never what was refused (5xx).
+            results.update(await self._deliver_to(parse_nexthop(out.fallback_relay_host, port), todo, env, body))
         return results
+
+    async def _deliver_to(self, hop: NextHop, rcpts: list[str], env: Envelope, body: bytes) -> dict[str, Outcome]:
+        """Try the hop's hosts (MX order) and each host's addresses until one takes the mail."""
+        if hop.mx:
+            try:
+                answer: list | NotFound | TempFail = await self.resolver.query(hop.host, "MX")
+            except (NotFound, TempFail) as exc:
+                answer = exc
+            hosts = plan_mx(hop.host, answer)
+            if isinstance(hosts, Outcome):
+                return {r: hosts for r in rcpts}
+        else:
+            hosts = [hop.host]
+        last: dict[str, Outcome] | None = None
+        for host in hosts:
+            addrs = await self._addresses(host)
+            if isinstance(addrs, Outcome):
+                last = last or {r: addrs for r in rcpts}
+                continue
+            for ip in addrs:
+                sem = self._dest.setdefault(host.lower(), asyncio.Semaphore(self._cfg().queue.destination_concurrency))
+                async with sem:
+                    part = await self.smtp.send(ip, hop.port, env.sender, rcpts, body, name=host,
+                                                smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")  # fmt: skip
+                if not all(o.kind is Kind.DEFER for o in part.values()):
+                    return part  # this host answered for the domain: its word is final for now
+                last = part
+        return last or {r: Outcome(Kind.DEFER, "4.4.3", f"no usable address for {hop.host}", None, False) for r in rcpts}
+
+    async def _addresses(self, host: str) -> list[str] | Outcome:
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            pass
+        found: list[str] = []
+        temp: TempFail | None = None
+        for qtype in ("A", "AAAA"):
+            try:
+                found += [r.data for r in await self.resolver.query(host, qtype)]
+            except TempFail as exc:
+                temp = exc
+            except NotFound:
+                pass
+        if found:
+            return found
+        if temp is not None:
+            return Outcome(Kind.DEFER, "4.4.3", f"Host or domain name not found. Name service error for name={host} type=A: {temp}", None, False)
+        return Outcome(Kind.DEFER, "4.4.3", f"Host or domain name not found. Name service error for name={host} type=A: Host not found", None, False)
 
     async def _finish(self, cfg: Config, env: Envelope, results: dict[str, Outcome], body: bytes) -> None:
         now = self._clock()
@@ -334,16 +385,6 @@ def _is_local(address: str, cfg: Config) -> bool:
         return policy.is_local(parse_mailbox(address, utf8=not address.isascii()), cfg.domains.local)
     except AddressError:
         return False
-
-
-def _hop(spec: str) -> tuple[str, int]:
-    """`[host]:port` or `host:port` or `host` (port 25). MX lookup of a bare host: later."""
-    text = spec.strip()
-    if text.startswith("[") and "]" in text:
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else 25
-    ep = parse_endpoint(text, default_port=25)
-    return ep.host, ep.port
 
 
 def _read_secret(cfg: Config, path: str | None) -> str | None:

@@ -116,7 +116,7 @@ def test_fallback_relay_gets_what_the_primary_could_not_take(make_mta):
         mta = make_mta(delivering(relay=dead, fallback=fallback.port))
         send(mta, "s@client.test", ["a@remote.test"])
         wait_for(lambda: fallback.messages, what="delivery through the fallback")
-        assert f"relay=127.0.0.1:{dead}" in mta.log() and "status=deferred" in mta.log()
+        assert f"relay=127.0.0.1[127.0.0.1]:{dead}" in mta.log() and "status=deferred" in mta.log()
 
 
 def test_fallback_is_not_used_after_a_5xx(make_mta):

@@ -7,10 +7,11 @@ need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 [ -x /usr/sbin/smtp-source ] || need+=(postfix)
+[ -x /usr/sbin/nsd ] || need+=(nsd)              # authoritative DNS for MX/DNSBL test zones
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test tools: ${need[*]}" >&2
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-echo "test services ready: openssl swaks smtp-source smtp-sink"
+echo "test services ready: openssl swaks smtp-source smtp-sink nsd"

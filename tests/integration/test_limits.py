@@ -1,0 +1,311 @@
+"""Session limits, each with its config key lowered: the reply, and what happens after it."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from smtpclient import TRUSTED, UNTRUSTED, UNTRUSTED2, Mta, SmtpClient, queue_id_of, wait_for_log
+
+from mtaserver.queue.store import parse_envelope
+
+LIMITS = {
+    "server": {"limits": {"command_line": 100, "text_line": 1000, "recipients": 3, "header_size": 2000}},
+    "advanced": {"max_message_size": 10000},
+}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory):
+    m = Mta(tmp_path_factory.mktemp("limits"), LIMITS).start()
+    yield m
+    m.stop()
+
+
+def session(srv: Mta, source: str = TRUSTED) -> SmtpClient:
+    c = SmtpClient(srv.port, source)
+    c.greeting()
+    c.ehlo()
+    return c
+
+
+def start_data(c: SmtpClient) -> None:
+    c.expect("MAIL FROM:<s@client.test>", 250)
+    c.expect("RCPT TO:<a@example.test>", 250)
+    c.expect("DATA", 354)
+
+
+def test_command_line_limit(srv):
+    with session(srv) as c:
+        ok = "NOOP " + "x" * (100 - len("NOOP ") - 2)  # exactly 100 octets with the CRLF
+        assert c.cmd(ok).line == "250 2.0.0 Ok"
+        assert c.cmd(ok + "x").line == "500 5.5.2 Error: command line too long"
+        assert c.cmd("MAIL FROM:<" + "s" * 100 + "@client.test>").line == "500 5.5.2 Error: command line too long"
+        # the session goes on, and the over-long line was not executed
+        assert c.cmd("MAIL FROM:<s@client.test>").line == "250 2.1.0 Ok"
+
+
+def test_command_line_longer_than_the_read_buffer(srv):
+    """A line far past every buffer (256 KiB, no newline for a long time) is skipped, not buffered."""
+    with session(srv) as c:
+        c.send(b"NOOP " + b"y" * (256 * 1024) + b"\r\nNOOP\r\n")
+        assert c.reply().line == "500 5.5.2 Error: command line too long"
+        assert c.reply().line == "250 2.0.0 Ok"
+        assert c.cmd("QUIT").code == 221
+
+
+def test_text_line_limit(srv):
+    with session(srv) as c:
+        start_data(c)
+        c.send(b"Subject: long\r\n\r\n" + b"a" * 998 + b"\r\n.\r\n")  # 1000 octets with the CRLF: the RFC limit
+        qid = queue_id_of(c.reply())
+        start_data(c)
+        c.send(b"Subject: too long\r\n\r\n" + b"a" * 999 + b"\r\nmore\r\n.\r\n")
+        assert c.reply().line == "500 5.5.2 Error: message line too long"
+        # the session goes on; the refused message is nowhere
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
+        start_data(c)
+        c.send(b"Subject: huge line\r\n\r\n" + b"b" * 300_000 + b"\r\n.\r\n")  # one line across many reads
+        assert c.reply().line == "500 5.5.2 Error: message line too long"
+        assert c.cmd("RSET").line == "250 2.0.0 Ok"
+    assert srv.queued() == [qid]
+    assert srv.queued("tmp") == [] and srv.queued("msg") == [qid]
+    _clear(srv)
+
+
+def test_recipient_limit(srv):
+    with session(srv, UNTRUSTED) as c:
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        for i in range(3):
+            c.expect(f"RCPT TO:<r{i}@example.test>", 250, "2.1.5")
+        assert c.cmd("RCPT TO:<r3@example.test>").line == "452 4.5.3 Error: too many recipients"
+        assert c.cmd("RCPT TO:<r4@example.test>").line == "452 4.5.3 Error: too many recipients"
+        c.expect("DATA", 354)
+        c.send(b"Subject: t\r\n\r\nx\r\n.\r\n")
+        qid = queue_id_of(c.reply())
+    env = parse_envelope((srv.queue / "incoming" / qid).read_bytes())
+    assert [r.address for r in env.recipients] == ["r0@example.test", "r1@example.test", "r2@example.test"]
+    _clear(srv)
+
+
+def test_ehlo_advertises_the_configured_size(srv):
+    with SmtpClient(srv.port) as c:
+        c.greeting()
+        assert "SIZE 10000" in c.ehlo().lines
+        assert c.cmd("MAIL FROM:<s@client.test> SIZE=10001").line == "552 5.3.4 Message size exceeds fixed limit"
+
+
+def _content(size: int) -> bytes:
+    head = b"Subject: size\r\n\r\n"
+    lines, n = [head], len(head)
+    while n < size:
+        take = min(78, size - n - 2) if size - n > 2 else 0
+        line = b"z" * take + b"\r\n"
+        lines.append(line)
+        n += len(line)
+    out = b"".join(lines)
+    assert len(out) == size, (len(out), size)
+    return out
+
+
+def test_message_size_limit(srv):
+    with session(srv) as c:
+        start_data(c)
+        c.send(_content(10000) + b".\r\n")  # exactly the limit
+        qid = queue_id_of(c.reply())
+        start_data(c)
+        c.send(_content(10002) + b".\r\n")
+        assert c.reply().line == "552 5.3.4 Error: message file too big"
+        start_data(c)
+        c.send(_content(2_000_000) + b".\r\n")  # drained to the end, then refused
+        assert c.reply().line == "552 5.3.4 Error: message file too big"
+        # the session is still usable
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
+        qid2 = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: small\r\n\r\nok\r\n"))
+    assert srv.queued() == [qid, qid2]
+    assert srv.body(qid).endswith(_content(10000))
+    assert srv.queued("tmp") == [] and srv.queued("msg") == [qid, qid2]
+    _clear(srv)
+
+
+def test_header_size_limit(srv):
+    with session(srv) as c:
+        start_data(c)
+        header = b"".join(b"X-Filler-%03d: %s\r\n" % (i, b"h" * 60) for i in range(40))  # ~3 KB of header
+        c.send(header + b"\r\nshort body\r\n.\r\n")
+        assert c.reply().line == "552 5.3.4 Error: message header too big"
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
+        # the same bytes in the body are fine: the limit is on the header only
+        start_data(c)
+        c.send(b"Subject: t\r\n\r\n" + header + b".\r\n")
+        qid = queue_id_of(c.reply())
+    assert srv.queued() == [qid]
+    _clear(srv)
+
+
+def _clear(srv: Mta) -> None:
+    for q in srv.queued():
+        (srv.queue / "incoming" / q).unlink()
+        (srv.queue / "msg" / q).unlink()
+
+
+# -- time and error limits: a server each ---------------------------------------------------
+
+
+def test_command_timeout(make_mta):
+    mta = make_mta({"server": {"limits": {"command_timeout": "1s"}}})
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        t0 = time.monotonic()
+        c.greeting()
+        assert c.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
+        assert c.closed_by_server(2)
+        assert 0.8 < time.monotonic() - t0 < 3
+    with SmtpClient(mta.port, UNTRUSTED) as c:  # in the middle of a transaction too
+        c.greeting()
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.send(b"RCPT TO:<a@exa")  # half a command does not reset the clock
+        assert c.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
+        assert c.closed_by_server(2)
+    wait_for_log(mta, "timeout after MAIL from unknown[127.0.0.2]")
+
+
+def test_data_timeout(make_mta):
+    mta = make_mta({"server": {"limits": {"data_timeout": "1s"}}})
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        start_data(c)
+        c.send(b"Subject: stalled\r\n\r\n" + b"x" * 5000 + b"\r\npartial")
+        t0 = time.monotonic()
+        assert c.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
+        assert c.closed_by_server(2)
+        assert 0.8 < time.monotonic() - t0 < 3
+    wait_for_log(mta, "timeout after DATA from unknown[127.0.0.2]")
+    time.sleep(0.2)
+    assert mta.queued() == [] and mta.queued("msg") == [] and mta.queued("tmp") == []
+
+
+def test_data_timeout_is_per_read_not_per_message(make_mta):
+    """A slow but steady sender is not cut off: the data timeout is about progress."""
+    mta = make_mta({"server": {"limits": {"data_timeout": "1s"}}})
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        start_data(c)
+        c.send(b"Subject: slow\r\n\r\n")
+        for _ in range(4):
+            time.sleep(0.4)
+            c.send(b"line\r\n")
+        c.send(b".\r\n")
+        qid = queue_id_of(c.reply())
+    assert mta.body(qid).endswith(b"Subject: slow\r\n\r\n" + b"line\r\n" * 4)
+
+
+def test_hard_error_limit(make_mta):
+    mta = make_mta({"server": {"limits": {"hard_error_limit": 3}}})
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        assert c.cmd("BOGUS1").code == 502
+        assert c.cmd("MAIL FROM:<s@client.test>").code == 503
+        c.send(b"BOGUS3\r\n")
+        assert c.reply().line == "502 5.5.2 Error: command not recognized"
+        assert c.reply().line == "421 4.7.0 mx.example.test Error: too many errors"
+        assert c.closed_by_server(2)
+    wait_for_log(mta, "too many errors after UNKNOWN from unknown[127.0.0.2]")
+
+
+def test_error_count_restarts_after_a_delivered_message(make_mta):
+    mta = make_mta({"server": {"limits": {"hard_error_limit": 3}}})
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.cmd("BOGUS").code == 502
+        assert c.cmd("RCPT TO:<a@example.test>").code == 503
+        queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: t\r\n\r\nx\r\n"))
+        assert c.cmd("BOGUS").code == 502
+        assert c.cmd("BOGUS").code == 502
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
+
+
+def test_soft_error_limit_slows_the_client_down(make_mta):
+    mta = make_mta({"server": {"limits": {"soft_error_limit": 1, "error_sleep": 0.5}}})
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        t0 = time.monotonic()
+        assert c.cmd("BOGUS").code == 502
+        assert c.cmd("NOOP").code == 250
+        assert time.monotonic() - t0 < 0.4  # first error: no delay
+        assert c.cmd("BOGUS").code == 502  # second error: past the soft limit
+        t1 = time.monotonic()
+        assert c.cmd("NOOP").code == 250
+        assert time.monotonic() - t1 >= 0.45
+
+
+def test_junk_command_limit(mta):
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        c.send(b"NOOP\r\n" * 100)
+        assert [r.line for r in c.replies(100)] == ["250 2.0.0 Ok"] * 100
+        assert c.cmd("NOOP").line == "421 4.7.0 mx.example.test Error: too many errors"
+        assert c.closed_by_server(2)
+
+
+def test_connections_per_ip(make_mta):
+    mta = make_mta({"server": {"limits": {"connections_per_ip": 2}}})
+    a = SmtpClient(mta.port, UNTRUSTED)
+    b = SmtpClient(mta.port, UNTRUSTED)
+    try:
+        a.greeting()
+        b.greeting()
+        with SmtpClient(mta.port, UNTRUSTED) as c:
+            assert c.reply().line == "421 4.7.0 mx.example.test Error: too many connections from 127.0.0.2"
+            assert c.closed_by_server(2)
+        with SmtpClient(mta.port, UNTRUSTED2) as d:  # another client is not affected
+            d.greeting()
+            assert d.cmd("QUIT").code == 221
+        # the first two still work
+        assert a.cmd("NOOP").code == 250 and b.cmd("NOOP").code == 250
+        assert a.cmd("QUIT").code == 221
+        assert a.closed_by_server(2)
+        # a slot is free again once the server has seen the close
+        deadline = time.monotonic() + 3
+        while True:
+            with SmtpClient(mta.port, UNTRUSTED) as e:
+                r = e.reply()
+                if r.code == 220 or time.monotonic() > deadline:
+                    break
+            time.sleep(0.05)
+        assert r.code == 220, r
+    finally:
+        a.close()
+        b.close()
+    wait_for_log(mta, "NOQUEUE: reject: CONNECT from unknown[127.0.0.2]: too many connections")
+
+
+def test_client_that_never_reads_is_cut_off(make_mta):
+    """Replies the client does not read still count against command_timeout: a client that
+    pipelines commands and never reads the replies cannot pin a session (and its buffers)."""
+    mta = make_mta({"server": {"limits": {"command_timeout": "1s"}}})
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind((UNTRUSTED, 0))
+    s.connect(("127.0.0.1", mta.port))
+    s.setblocking(False)
+    try:
+        t0 = time.monotonic()
+        sent = 0
+        while time.monotonic() - t0 < 1.0:  # fill every buffer on the way, never read
+            try:
+                sent += s.send(b"EHLO x\r\n" * 512)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break
+        assert sent > 100_000
+        wait_for_log(mta, "timeout after EHLO from unknown[127.0.0.2]", timeout=5)
+        wait_for_log(mta, "disconnect from unknown[127.0.0.2]", timeout=10)
+        assert time.monotonic() - t0 < 10
+    finally:
+        s.close()

@@ -1,0 +1,155 @@
+"""STARTTLS (RFC 3207) with a self-signed certificate made by openssl for the test."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import subprocess
+
+import pytest
+from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, require_tool, wait_for_log
+
+from mtaserver.queue.store import parse_envelope
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory):
+    openssl = require_tool("openssl")
+    d = tmp_path_factory.mktemp("cert")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.example.test", "-days", "1",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, cert):
+    crt, key = cert
+    m = Mta(tmp_path_factory.mktemp("tls"), {"server": {"tls": {"cert": str(crt), "key": str(key)}}}).start()
+    yield m
+    m.stop()
+
+
+def verifying_context(crt) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(crt))
+    ctx.check_hostname = True
+    return ctx
+
+
+def tls_session(srv: Mta, crt, source: str = UNTRUSTED) -> SmtpClient:
+    c = SmtpClient(srv.port, source)
+    c.greeting()
+    assert "STARTTLS" in c.ehlo().lines
+    assert c.cmd("STARTTLS").line == "220 2.0.0 Ready to start TLS"
+    c.starttls(verifying_context(crt))
+    return c
+
+
+def test_starttls_is_advertised(srv):
+    with SmtpClient(srv.port) as c:
+        c.greeting()
+        ext = c.ehlo().lines[1:]
+        assert "STARTTLS" in ext
+        assert {"PIPELINING", "SIZE 10240000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"} <= set(ext)
+
+
+def test_starttls_handshake_and_session(srv, cert):
+    crt, _ = cert
+    with tls_session(srv, crt) as c:
+        tls = c.sock
+        assert isinstance(tls, ssl.SSLSocket)
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        assert tls.getpeercert()["subject"] == ((("commonName", "mx.example.test"),),)
+        # RFC 3207 4.2: the server forgets the EHLO; MAIL needs a new one
+        assert c.cmd("MAIL FROM:<s@client.test>").line == "503 5.5.1 Error: send HELO/EHLO first"
+        r = c.ehlo("client.test")
+        assert "STARTTLS" not in r.lines
+        assert {"PIPELINING", "SIZE 10240000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"} <= set(r.lines[1:])
+        assert c.cmd("STARTTLS").line == "554 5.5.1 Error: TLS already active"
+        qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: over tls\r\n\r\nsecret\r\n"))
+        assert c.cmd("QUIT").line == "221 2.0.0 Bye"
+        version, cipher = tls.version(), tls.cipher()[0]
+    body = srv.body(qid).decode()
+    lines = body.split("\r\n")
+    assert lines[0] == "Received: from client.test (unknown [127.0.0.2])"
+    assert lines[1] == f"\t(using {version} with cipher {cipher})"
+    assert lines[2] == f"\tby mx.example.test (mtaserver) with ESMTPS id {qid}"
+    assert body.endswith("Subject: over tls\r\n\r\nsecret\r\n")
+    assert parse_envelope((srv.queue / "incoming" / qid).read_bytes()).client.protocol == "ESMTPS"
+    wait_for_log(srv, f"TLS connection established from unknown[127.0.0.2]: {version} with cipher {cipher}")
+
+
+def test_starttls_forgets_the_transaction(srv, cert):
+    crt, _ = cert
+    with SmtpClient(srv.port, TRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        assert c.cmd("STARTTLS").code == 220
+        c.starttls(verifying_context(crt))
+        c.ehlo()
+        assert c.cmd("DATA").line == "503 5.5.1 Error: need MAIL command"
+
+
+def test_smtplib_starttls(srv, cert):
+    crt, _ = cert
+    with smtplib.SMTP("127.0.0.1", srv.port, source_address=(UNTRUSTED, 0)) as s:
+        s.ehlo("client.test")
+        ctx = verifying_context(crt)
+        ctx.check_hostname = False  # smtplib checks the name it connected to: 127.0.0.1
+        assert s.starttls(context=ctx)[0] == 220
+        s.ehlo("client.test")
+        assert not s.has_extn("starttls")
+        assert s.sendmail("s@client.test", ["a@example.test"], b"Subject: smtplib tls\r\n\r\nx\r\n") == {}
+
+
+def test_plaintext_pipelined_after_starttls_is_not_executed_inside_tls(srv, cert):
+    """CVE-2011-0411: a command injected after STARTTLS in the same plaintext packet must be
+    discarded, not read from the buffer after the handshake as if the client sent it over TLS."""
+    crt, _ = cert
+    with SmtpClient(srv.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        c.send(b"STARTTLS\r\nRSET\r\nMAIL FROM:<injected@evil.test>\r\n")
+        assert c.reply().line == "220 2.0.0 Ready to start TLS"
+        c.starttls(verifying_context(crt))
+        # the next reply we read is for our own command, not for the injected ones
+        r = c.cmd("EHLO client.test")
+        assert r.code == 250 and r.lines[0] == "mx.example.test", r
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
+        # no transaction was opened by the injected MAIL
+        assert c.cmd("MAIL FROM:<s@client.test>").line == "250 2.1.0 Ok"
+        assert c.pending(0.3) == b""
+    wait_for_log(srv, "discarding 38 bytes of plaintext pipelined after STARTTLS from unknown[127.0.0.2]")
+
+
+def test_starttls_with_an_argument(srv):
+    with SmtpClient(srv.port) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.cmd("STARTTLS now").line == "501 5.5.4 Syntax: STARTTLS"
+        assert c.cmd("NOOP").code == 250  # still plaintext, still talking
+
+
+def test_failed_handshake_closes_only_that_session(srv, cert):
+    crt, _ = cert
+    with SmtpClient(srv.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        assert c.cmd("STARTTLS").code == 220
+        c.send(b"this is not a TLS ClientHello\r\n" * 4)
+        assert c.closed_by_server(5)
+    wait_for_log(srv, "SSL_accept error from unknown[127.0.0.2]")
+    with tls_session(srv, crt) as c:  # the server is fine
+        c.ehlo()
+
+
+def test_no_starttls_without_a_certificate(mta):
+    with SmtpClient(mta.port) as c:
+        c.greeting()
+        assert "STARTTLS" not in c.ehlo().lines
+        assert c.cmd("STARTTLS").line == "502 5.5.1 Error: command not implemented"
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok"

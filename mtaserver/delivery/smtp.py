@@ -113,12 +113,12 @@ class SmtpClient:
         try:
             await client.ehlo()
             if self.tls != "none" and client.supports_extension("STARTTLS"):
-                verify = self.tls == "encrypt"
+                # Postfix's "may" and "encrypt" levels both encrypt without authenticating the
+                # server: MX host names are not proven by DNS, so a certificate check proves little.
                 ctx = ssl.create_default_context()
-                if not verify:  # opportunistic TLS: encrypt, do not authenticate (Postfix "may")
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
-                await client.starttls(server_hostname=name, validate_certs=verify, tls_context=ctx)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                await client.starttls(server_hostname=name, validate_certs=False, tls_context=ctx)
             elif self.tls == "encrypt":
                 raise TlsRequired(f"{remote}: TLS is required, but was not offered")
             if self.username and self.password is not None:
@@ -206,6 +206,13 @@ class SmtpClient:
                 self._give_back(key, client, remote)
                 return {r: o for r in recipients}
             options.append("SMTPUTF8")
+        limit = client.esmtp_extensions.get("size", "")
+        if limit.isdigit() and int(limit) and len(body) > int(limit):
+            o = Outcome(Kind.BOUNCE, "5.3.4", f"message size {len(body)} exceeds size limit {limit} of server {remote}", remote, False)
+            self._give_back(key, client, remote)
+            return {r: o for r in recipients}
+        if client.supports_extension("SIZE"):
+            options.append(f"SIZE={len(body)}")
         encoding = "utf-8" if smtputf8 else "ascii"
         try:
             await client.mail(sender, options=options, encoding=encoding)

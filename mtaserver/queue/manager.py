@@ -16,10 +16,11 @@ DESCRIPTION
     delivery is at least once. DSNs are committed before the original is updated, so a
     crash may duplicate a DSN but never lose one.
 
-    Routes: domains.local -> local delivery (maildir); everything else -> outbound.relay_host
+    Routes: domains.local -> local delivery (maildir or LMTP); everything else -> outbound.relay_host
     (then outbound.fallback_relay_host within the same attempt for what the first deferred).
     With no relay host, each recipient domain's MX records are used (delivery/mx.py).
-    LMTP local delivery comes with the rest of the delivery issue.
+    Local domains go to maildirs, or over LMTP (delivery/lmtp.py) to a mailbox server such
+    as Dovecot, at most `advanced.threads.lmtp` sessions at a time.
 
 SECURITY
     Does not talk to clients. Reads only envelope files it validates (store.read).
@@ -45,7 +46,7 @@ from pathlib import Path
 from .. import policy
 from ..address import AddressError, parse_mailbox
 from ..config import Config, _resolve
-from ..delivery import maildir
+from ..delivery import lmtp, maildir
 from ..delivery.mx import NextHop, parse_nexthop, plan_mx
 from ..delivery.smtp import Kind, Outcome, SmtpClient
 from ..dns import NotFound, Resolver, TempFail
@@ -224,18 +225,21 @@ class QueueManager:
             remote = [r for r in pending if r not in set(local)]
             jobs = []
             if local:
-                jobs.append(self._deliver_local(cfg, env, local, body_path))
+                jobs.append(self._deliver_local(cfg, env, local, body_path, body))
             if remote:
                 jobs.append(self._deliver_remote(cfg, env, remote, body))
             for part in await asyncio.gather(*jobs):
                 results.update(part)
         await self._finish(cfg, env, results, body)
 
-    async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body_path: Path) -> dict[str, Outcome]:
+    async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body_path: Path, body: bytes) -> dict[str, Outcome]:
         ld = cfg.domains.local_delivery
-        if ld.type != "maildir":
-            o = Outcome(Kind.DEFER, "4.3.0", "local delivery by LMTP is not implemented yet", None, False)
-            return {r: o for r in rcpts}
+        if ld.type == "lmtp":
+            assert ld.address is not None  # config validation guarantees it
+            sem = self._dest.setdefault("lmtp", asyncio.Semaphore(cfg.advanced.threads.lmtp))
+            async with sem:
+                return await lmtp.deliver(ld.address, sender=env.sender, recipients=rcpts, body=body, lhlo_name=cfg.server.hostname,
+                                          smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")  # fmt: skip
         root = cfg.data_path / ld.path  # an absolute path stays as it is
         out = {}
         for r in rcpts:

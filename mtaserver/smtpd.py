@@ -334,8 +334,8 @@ class SmtpSession(AiosmtpdSMTP):
         Lines refused here (too long, bare newline) get their reply and count as errors.
         """
         while True:
-            if not self._has_pending_line():
-                await self._flush()
+            if len(self._out) >= 64 or not self._has_pending_line():
+                await self._flush()  # batched while pipelined commands wait, but never unbounded
             if self._closing:
                 return None
             self._idle = True

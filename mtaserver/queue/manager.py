@@ -343,7 +343,7 @@ class QueueManager:
                 continue
             if o.kind is Kind.BOUNCE or is_expired:
                 # An expired recipient is reported with its last temporary status, as Postfix does.
-                remote_mta = (o.remote or "").split("[")[0] or None
+                remote_mta = _remote_mta(o.remote)
                 bounced.append(RecipientStatus(address=r.address, status=o.status, diagnostic=o.text,
                                                remote_mta=remote_mta, smtp_diagnostic=o.smtp_reply))  # fmt: skip
                 continue
@@ -382,6 +382,18 @@ class QueueManager:
         what = "sender non-delivery notification" if kind is DsnKind.FAILURE else "sender delay notification"
         log.info("%s: %s: %s", env.queue_id, what, new)
         log.info("%s: from=<>, size=%d, nrcpt=1 (queue active)", new, len(dsn))
+
+
+def _remote_mta(remote: str | None) -> str | None:
+    """The DSN's Remote-MTA host: `mx.example[192.0.2.1]:25` -> mx.example; `lmtp:[::1]:24` -> ::1."""
+    if not remote or remote == "maildir" or remote.startswith("lmtp:unix:"):
+        return None
+    text = remote.removeprefix("lmtp:")
+    if "[" in text and not text.startswith("["):
+        return text.split("[", 1)[0]
+    if text.startswith("["):
+        return text[1:].split("]", 1)[0]
+    return text.rsplit(":", 1)[0] if ":" in text else text
 
 
 def _is_local(address: str, cfg: Config) -> bool:

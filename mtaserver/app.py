@@ -40,6 +40,7 @@ log = logging.getLogger("master")
 
 SHUTDOWN_GRACE = 30.0  # seconds a busy session gets to finish after SIGTERM
 RESTART_DELAY = 1.0  # between a worker's death and its restart
+_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 
 
 def bind(ep: Endpoint, *, reuse_port: bool) -> socket.socket:
@@ -90,6 +91,9 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        # A forked worker starts with these blocked (see _supervise.spawn); a signal sent to
+        # it meanwhile is pending and is handled here, by the handlers just installed.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         self.store.open()
         cfg = self.holder.current
         manager_task = None
@@ -174,7 +178,15 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
     stopping = False
 
     def spawn(i: int) -> None:
-        pid = os.fork()
+        # Signals stay blocked across the fork: a SIGTERM that arrives meanwhile is handled
+        # by `forward` once the child is in `children` (so it is forwarded to it too), and
+        # the child never runs `forward` itself (it would swallow the signal and live on).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            raise
         if pid == 0:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
@@ -192,6 +204,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
                 logging.shutdown()
                 os._exit(code)
         children[pid] = i
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
     def forward(sig: int, _frame: object) -> None:
         nonlocal stopping
@@ -213,6 +226,8 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     for i in range(len(socks)):
+        if stopping:  # SIGTERM during start-up: do not start the rest
+            break
         spawn(i)
     while children:
         try:

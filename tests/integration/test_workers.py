@@ -1,0 +1,192 @@
+"""Worker processes and signals: SO_REUSEPORT workers, SIGHUP reload (refused when invalid),
+SIGTERM graceful stop, a dead worker restarted."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from smtpclient import TRUSTED, UNTRUSTED, SmtpClient, queue_id_of, wait_for, wait_for_log
+
+from conftest import _children
+
+
+def pids_of(log: str, text: str) -> set[int]:
+    return {int(m.group(1)) for m in re.finditer(r"mtaserver/\w+\[(\d+)\]: " + re.escape(text), log)}
+
+
+def one_message(port: int, subject: bytes = b"t", source: str = TRUSTED) -> str:
+    with SmtpClient(port, source) as c:
+        c.greeting()
+        c.ehlo()
+        qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: " + subject + b"\r\n\r\nx\r\n"))
+        c.expect("QUIT", 221)
+    return qid
+
+
+def test_two_workers_share_the_listener(make_mta):
+    mta = make_mta({"server": {"workers": 2}})
+    wait_for_log(mta, "worker 1 ready")
+    qids = [one_message(mta.port, b"%d" % i) for i in range(24)]
+    assert mta.queued() == sorted(qids) and len(set(qids)) == 24
+    log = wait_for_log(mta, "disconnect from")
+    served_by = pids_of(log, "connect from unknown[127.0.0.1]")
+    children = set(_children(mta.proc.pid))
+    assert len(served_by) == 2, f"24 connections all served by {served_by}"  # 2**-23 by chance
+    assert served_by <= children
+    assert mta.proc.pid not in served_by  # the supervisor itself serves nothing
+    # each queue id carries the pid of the worker that made it: still all unique
+    for q in qids:
+        assert (mta.queue / "msg" / q).exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_with_a_broken_config_keeps_the_running_one(make_mta, workers):
+    mta = make_mta({"server": {"workers": workers}})
+    if workers > 1:
+        wait_for_log(mta, "worker 1 ready")
+    good = dict(mta.config)
+    broken = {**good, "server": {**good["server"], "workers": "lots", "banner": "{hostname} ESMTP broken"}}
+    mta.write_config(broken)
+    text = mta.config_path.read_text()
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if x.strip().startswith("workers:"))
+    mta.signal(signal.SIGHUP)
+    log = wait_for_log(mta, "reload refused:")
+    assert re.search(rf"reload refused: {re.escape(str(mta.config_path))}:{line}: server\.workers: \S", log), log
+    time.sleep(0.2)
+    assert "reload: configuration applied" not in mta.log()
+    # still serving, with the old settings
+    for _ in range(4):
+        with SmtpClient(mta.port) as c:
+            assert c.reply().line == "220 mx.example.test ESMTP mtaserver"
+    one_message(mta.port)
+    assert mta.proc.poll() is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_applies_a_valid_change_to_new_connections(make_mta, workers):
+    mta = make_mta({"server": {"workers": workers}})
+    if workers > 1:
+        wait_for_log(mta, "worker 1 ready")
+    old = SmtpClient(mta.port)  # connected before the reload
+    try:
+        assert old.reply().line == "220 mx.example.test ESMTP mtaserver"
+        cfg = dict(mta.config)
+        cfg["server"] = {**cfg["server"], "banner": "{hostname} ESMTP reloaded"}
+        cfg["advanced"] = {"max_message_size": 5000}
+        mta.write_config(cfg)
+        mta.signal(signal.SIGHUP)
+        processes = 1 if workers == 1 else workers + 1  # the queue manager process reloads too
+        wait_for(lambda: mta.log().count("reload: configuration applied") >= processes, 5, "every process to reload")
+        for _ in range(6):  # whichever worker takes the connection
+            with SmtpClient(mta.port) as c:
+                assert c.reply().line == "220 mx.example.test ESMTP reloaded"
+                assert "SIZE 5000" in c.ehlo().lines
+        # a session keeps the config it started with
+        assert "SIZE 10240000" in old.ehlo().lines
+    finally:
+        old.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_says_421_to_idle_sessions_and_exits_0(make_mta, workers):
+    mta = make_mta({"server": {"workers": workers}})
+    if workers > 1:
+        wait_for_log(mta, "worker 1 ready")
+    clients = [SmtpClient(mta.port, src) for src in (TRUSTED, UNTRUSTED, TRUSTED, UNTRUSTED)]
+    try:
+        for c in clients:
+            c.greeting()
+            c.ehlo()
+        clients[1].expect("MAIL FROM:<s@client.test>", 250)  # idle, but inside a transaction
+        proc = mta.proc
+        mta.signal(signal.SIGTERM)
+        for c in clients:
+            assert c.reply().line == "421 4.3.2 mx.example.test Service shutting down, closing transmission channel"
+            assert c.closed_by_server(5)
+        assert proc.wait(10) == 0
+    finally:
+        for c in clients:
+            c.close()
+    mta.proc = None
+    assert mta.queued() == [] and mta.queued("tmp") == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", mta.port), timeout=2).close()
+    wait_for_log(mta, "mtaserver stopped")
+
+
+def test_sigterm_lets_a_message_in_progress_finish(make_mta):
+    mta = make_mta()
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        c.expect("DATA", 354)
+        c.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        proc = mta.proc
+        mta.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert proc.poll() is None  # waiting for us
+        c.send(b"second half\r\n.\r\n")
+        qid = queue_id_of(c.reply())
+        assert c.reply().line == "421 4.3.2 mx.example.test Service shutting down, closing transmission channel"
+        assert c.closed_by_server(5)
+    assert proc.wait(10) == 0
+    mta.proc = None
+    assert mta.queued() == [qid]
+    assert mta.body(qid).endswith(b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n")
+
+
+def test_a_killed_worker_is_restarted(make_mta):
+    mta = make_mta({"server": {"workers": 2}})
+    wait_for_log(mta, "worker 1 ready")
+    one_message(mta.port)
+    log = mta.log()
+    worker_pids = {int(m.group(1)) for m in re.finditer(r"mtaserver/master\[(\d+)\]: worker \d ready", log)}
+    assert len(worker_pids) == 2
+    victim = min(worker_pids)
+    os.kill(victim, signal.SIGKILL)
+    wait_for_log(mta, f"(pid {victim}) exited with status 9; restarting")
+    wait_for(lambda: mta.log().count("ready: smtp=") >= 3, 5, "the replacement worker")
+    # every connection is served while and after the worker is replaced
+    qids = [one_message(mta.port, b"%d" % i) for i in range(12)]
+    assert set(qids) <= set(mta.queued())
+    alive = set(_children(mta.proc.pid))
+    assert victim not in alive and len(alive) == 3  # two workers and the queue manager process
+
+
+def _start_unready(make_mta, overrides):
+    """Start the process and return as soon as the supervisor is forking its workers."""
+    mta = make_mta(overrides, start=False)
+    logf = open(mta.log_path, "ab")
+    mta.proc = subprocess.Popen([sys.executable, "-m", "mtaserver", "run", "-c", str(mta.config_path)],
+                                stdout=logf, stderr=subprocess.STDOUT, cwd=mta.tmp)  # fmt: skip
+    logf.close()
+    deadline = time.monotonic() + 10
+    while "mtaserver starting:" not in mta.log():  # polled fast: the forks follow within milliseconds
+        assert time.monotonic() < deadline and mta.proc.poll() is None, mta.log()
+        time.sleep(0.001)
+    return mta
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.001, 0.003, 0.01, 0.03])
+def test_sigterm_during_start_up_stops_every_process(make_mta, delay):
+    """A SIGTERM that arrives while the supervisor forks must reach every worker: none may
+    run the supervisor's handler itself, and none may be started after it."""
+    mta = _start_unready(make_mta, {"server": {"workers": 2}})
+    time.sleep(delay)
+    proc = mta.proc
+    mta.signal(signal.SIGTERM)
+    try:
+        assert proc.wait(10) == 0
+    finally:
+        for pid in _children(proc.pid):  # do not leave a stray worker behind if it failed
+            os.kill(pid, signal.SIGKILL)
+    mta.proc = None

@@ -334,6 +334,14 @@ class DnsblConfig(Strict):
     ttl: Duration = 3600.0
     timeout: Duration = 10.0
 
+    @field_validator("sites")
+    @classmethod
+    def _sites(cls, v: list[str]) -> list[str]:
+        from .postscreen.dnsbl import parse_sites  # late: the postscreen package imports this module
+
+        parse_sites(v)  # ValueError: "entry 2: bad DNSBL weight factor ..."
+        return v
+
 
 class DeepTest(Strict):
     enable: bool = False
@@ -364,6 +372,14 @@ class PostscreenConfig(Strict):
     pipelining: DeepTest = DeepTest(action="enforce")
     deep_tests_require_reconnect: bool = False
     cache: CacheConfig = CacheConfig()
+
+    @field_validator("access_list")
+    @classmethod
+    def _access_list(cls, v: list[str]) -> list[str]:
+        from .postscreen.access import parse_access_list  # late: the postscreen package imports this module
+
+        parse_access_list(v)  # ValueError: "entry 2: '10.0.0.1/8 reject': ... host bits set ..."
+        return v
 
 
 # ---------------------------------------------------------------------------------------------

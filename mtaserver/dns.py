@@ -7,6 +7,12 @@ DESCRIPTION
     numbers; the difference between "does not exist" and "cannot tell now" is what every
     mail decision depends on (RFC 5321 5.1: MX SERVFAIL must not fall back to A).
 
+    `Resolver.negative_ttl(zone)` is the RFC 2308 negative-caching TTL of a zone, which
+    DNSBL lookups need for "not listed" answers. c-ares (pycares 5) hands no records to
+    the callback of an NXDOMAIN or NODATA answer, so the SOA of that answer's authority
+    section is out of reach: the zone's own SOA is asked for instead (the record that
+    section carries), and min(SOA TTL, SOA MINIMUM) is kept for the SOA's TTL.
+
 SECURITY
     Answers come from the network: names are returned as text, never used as paths or
     commands; callers validate what they use.
@@ -56,6 +62,7 @@ class Resolver:
         self._nameservers = nameservers or None
         self._timeout = timeout
         self._resolver: aiodns.DNSResolver | None = None
+        self._negative: dict[str, tuple[float, int]] = {}  # zone -> (valid until, on the loop clock; negative TTL)
 
     def _get(self) -> aiodns.DNSResolver:
         if self._resolver is None:  # bound to the running loop: create lazily, after fork
@@ -90,6 +97,36 @@ class Resolver:
         if not out:
             raise NotFound(f"{name} {qtype}: no such record", nxdomain=False)
         return out
+
+    async def negative_ttl(self, zone: str) -> int | None:
+        """RFC 2308 section 5: min(TTL, MINIMUM) of the SOA of `zone`, or None when no SOA is
+        found. A name below the zone apex is walked up to its apex (never to a TLD). Raises
+        TempFail when the server cannot tell now."""
+        now = asyncio.get_running_loop().time()
+        name = zone.rstrip(".").lower()
+        cached = self._negative.get(name)
+        if cached and cached[0] > now:
+            return cached[1]
+        probe = name
+        while probe.count(".") >= 1:
+            try:
+                async with asyncio.timeout(self._timeout * 2 + 1):
+                    result = await self._get().query_dns(probe, "SOA")
+            except aiodns.error.DNSError as exc:
+                code = exc.args[0] if exc.args else None
+                if code not in _NOTFOUND:
+                    raise TempFail(f"{probe} SOA: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+                probe = probe.split(".", 1)[1]
+                continue
+            except TimeoutError:
+                raise TempFail(f"{probe} SOA: timeout") from None
+            soa = next((rr for rr in result.answer if rr.type == pycares.QUERY_TYPE_SOA), None)
+            if soa is None:  # only a CNAME chain: no SOA of ours here
+                return None
+            ttl = min(int(soa.ttl), int(soa.data.minimum))
+            self._negative[name] = (now + max(int(soa.ttl), 1), ttl)
+            return ttl
+        return None
 
     def close(self) -> None:
         if self._resolver is not None:

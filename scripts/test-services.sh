@@ -12,10 +12,13 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 # config (tests/integration/dovecot.py), never the system service.
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-core)
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
+# Shared postscreen cache (postscreen.cache.backend: redis); the tests start their own
+# redis-server on a free port, never the system service.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test tools: ${need[*]}" >&2
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-echo "test services ready: openssl swaks smtp-source smtp-sink nsd dovecot-lmtpd"
+echo "test services ready: openssl swaks smtp-source smtp-sink nsd dovecot-lmtpd redis-server"

@@ -420,7 +420,11 @@ class SmtpSession(AiosmtpdSMTP):
                 self._goodbye(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
                 return
         errors_before = self.errors
-        await handler(self, arg)
+        try:
+            await handler(self, arg)
+        except ConnectionError:
+            self._count(verb, False)  # lost in the middle of the command (Postfix: data=0/1)
+            raise
         self._count(verb, self.errors == errors_before)
         if self.errors > errors_before:
             await self._after_error()
@@ -590,8 +594,8 @@ class SmtpSession(AiosmtpdSMTP):
             self._reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
             await self._flush()
             scanner = await self._receive(spool)
-            if scanner is None:
-                return  # connection lost or timed out: nothing was acknowledged
+            if scanner is None:  # connection lost or timed out: nothing was acknowledged
+                raise ConnectionResetError("connection lost in DATA")
             if scanner.problems:
                 problem = scanner.problems[0]
                 log.warning("%s: reject: DATA from %s: %s", qid, self._label(), problem.value)
@@ -646,6 +650,8 @@ class SmtpSession(AiosmtpdSMTP):
             self._arm(limits.data_timeout)
             try:
                 chunk = await reader.read(READ_CHUNK)
+            except ConnectionError:
+                chunk = b""  # a reset is a lost connection too
             finally:
                 self._disarm()
             if not chunk:
@@ -722,9 +728,11 @@ class SmtpSession(AiosmtpdSMTP):
         except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
             log.info("SSL_accept error from %s: %s", self._label(), sanitize(str(exc), 200))
             self._close()
-            return
+            raise ConnectionResetError("TLS handshake failed") from None  # STARTTLS did not succeed
         finally:
             self._disarm()
+        if self._closing:  # the command timeout fired during the handshake: no TLS session
+            raise ConnectionResetError("timeout in the TLS handshake")
         self.transport = self._writer.transport  # type: ignore[assignment]
         self.tls = True
         # RFC 3207 4.2: forget everything learned before TLS.

@@ -155,52 +155,49 @@ def _clear(srv: Mta) -> None:
 
 def test_command_timeout(make_mta):
     mta = make_mta({"server": {"limits": {"command_timeout": "1s"}}})
-    with SmtpClient(mta.port, UNTRUSTED) as c:
+    idle = SmtpClient(mta.port, UNTRUSTED)
+    busy = SmtpClient(mta.port, UNTRUSTED2)  # in the middle of a transaction, at the same time
+    with idle, busy:
         t0 = time.monotonic()
-        c.greeting()
-        assert c.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
-        assert c.closed_by_server(2)
+        idle.greeting()
+        busy.greeting()
+        busy.ehlo()
+        busy.expect("MAIL FROM:<s@client.test>", 250)
+        busy.send(b"RCPT TO:<a@exa")  # half a command does not reset the clock
+        assert idle.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
         assert 0.8 < time.monotonic() - t0 < 3
-    with SmtpClient(mta.port, UNTRUSTED) as c:  # in the middle of a transaction too
-        c.greeting()
-        c.ehlo()
-        c.expect("MAIL FROM:<s@client.test>", 250)
-        c.send(b"RCPT TO:<a@exa")  # half a command does not reset the clock
-        assert c.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
-        assert c.closed_by_server(2)
-    wait_for_log(mta, "timeout after MAIL from unknown[127.0.0.2]")
+        assert busy.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
+        assert idle.closed_by_server(2) and busy.closed_by_server(2)
+    wait_for_log(mta, "timeout after CONNECT from unknown[127.0.0.2]")
+    wait_for_log(mta, "timeout after MAIL from unknown[127.0.0.3]")
 
 
 def test_data_timeout(make_mta):
+    """No progress within DATA for data_timeout: 421 and nothing queued. A slow but steady
+    sender (every gap shorter than the timeout, the whole longer) is not cut off."""
     mta = make_mta({"server": {"limits": {"data_timeout": "1s"}}})
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
-        start_data(c)
-        c.send(b"Subject: stalled\r\n\r\n" + b"x" * 5000 + b"\r\npartial")
+    stalled = SmtpClient(mta.port, UNTRUSTED)
+    slow = SmtpClient(mta.port, UNTRUSTED2)
+    with stalled, slow:
+        for c in (stalled, slow):
+            c.greeting()
+            c.ehlo()
+            start_data(c)
+        stalled.send(b"Subject: stalled\r\n\r\n" + b"x" * 5000 + b"\r\npartial")
+        slow.send(b"Subject: slow\r\n\r\n")
         t0 = time.monotonic()
-        assert c.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
-        assert c.closed_by_server(2)
+        for _ in range(3):
+            time.sleep(0.45)
+            slow.send(b"line\r\n")
+        assert stalled.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
         assert 0.8 < time.monotonic() - t0 < 3
+        assert stalled.closed_by_server(2)
+        slow.send(b".\r\n")
+        qid = queue_id_of(slow.reply())
     wait_for_log(mta, "timeout after DATA from unknown[127.0.0.2]")
-    time.sleep(0.2)
-    assert mta.queued() == [] and mta.queued("msg") == [] and mta.queued("tmp") == []
-
-
-def test_data_timeout_is_per_read_not_per_message(make_mta):
-    """A slow but steady sender is not cut off: the data timeout is about progress."""
-    mta = make_mta({"server": {"limits": {"data_timeout": "1s"}}})
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
-        start_data(c)
-        c.send(b"Subject: slow\r\n\r\n")
-        for _ in range(4):
-            time.sleep(0.4)
-            c.send(b"line\r\n")
-        c.send(b".\r\n")
-        qid = queue_id_of(c.reply())
-    assert mta.body(qid).endswith(b"Subject: slow\r\n\r\n" + b"line\r\n" * 4)
+    assert mta.body(qid).endswith(b"Subject: slow\r\n\r\n" + b"line\r\n" * 3)
+    time.sleep(0.1)
+    assert mta.queued() == [qid] and mta.queued("msg") == [qid] and mta.queued("tmp") == []
 
 
 def test_hard_error_limit(make_mta):
@@ -230,17 +227,17 @@ def test_error_count_restarts_after_a_delivered_message(make_mta):
 
 
 def test_soft_error_limit_slows_the_client_down(make_mta):
-    mta = make_mta({"server": {"limits": {"soft_error_limit": 1, "error_sleep": 0.5}}})
+    mta = make_mta({"server": {"limits": {"soft_error_limit": 1, "error_sleep": 0.8}}})
     with SmtpClient(mta.port, UNTRUSTED) as c:
         c.greeting()
         t0 = time.monotonic()
         assert c.cmd("BOGUS").code == 502
         assert c.cmd("NOOP").code == 250
-        assert time.monotonic() - t0 < 0.4  # first error: no delay
+        assert time.monotonic() - t0 < 0.6  # first error: no delay
         assert c.cmd("BOGUS").code == 502  # second error: past the soft limit
         t1 = time.monotonic()
         assert c.cmd("NOOP").code == 250
-        assert time.monotonic() - t1 >= 0.45
+        assert time.monotonic() - t1 >= 0.75
 
 
 def test_junk_command_limit(mta):
@@ -305,7 +302,8 @@ def test_client_that_never_reads_is_cut_off(make_mta):
                 break
         assert sent > 100_000
         wait_for_log(mta, "timeout after EHLO from unknown[127.0.0.2]", timeout=5)
-        wait_for_log(mta, "disconnect from unknown[127.0.0.2]", timeout=10)
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 5
     finally:
         s.close()
+    # the session is gone (the server aborts a closed connection it cannot flush, at the latest)
+    wait_for_log(mta, "disconnect from unknown[127.0.0.2]", timeout=8)

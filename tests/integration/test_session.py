@@ -7,10 +7,13 @@ enhanced status codes).
 from __future__ import annotations
 
 import smtplib
+import socket
+import struct
 import subprocess
+import time
 
 import pytest
-from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, require_tool, wait_for_log
+from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, require_tool, wait_for, wait_for_log
 
 from mtaserver.queue.store import parse_envelope
 
@@ -267,3 +270,76 @@ def test_swaks_session_is_queued(srv):
     assert b"Subject: swaks test" in srv.body(qid)
     assert b"hello from swaks" in srv.body(qid)
     wait_for_log(srv, f"{qid}: from=<s@client.test>")
+
+
+def test_ehlo_resets_the_transaction(srv):
+    with client(srv) as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        c.ehlo("again.test")
+        assert c.cmd("DATA").line == "503 5.5.1 Error: need MAIL command"
+        assert c.cmd("RCPT TO:<a@example.test>").line == "503 5.5.1 Error: need MAIL command"
+
+
+def test_empty_message_and_dot_lines(srv):
+    with client(srv, UNTRUSTED) as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        c.expect("DATA", 354)
+        c.send(b".\r\n")  # an empty message
+        q1 = queue_id_of(c.reply())
+        c.expect("MAIL FROM:<s@client.test> BODY=8BITMIME", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        c.expect("DATA", 354)
+        c.send(b"..\r\n...\r\n. \r\n.x\r\n..\r\nend\r\n.\r\n")  # dot-stuffed lines of dots
+        q2 = queue_id_of(c.reply())
+    b1 = srv.body(q1)
+    assert b1.startswith(b"Received: from client.test") and b1.endswith(b"\r\n") and b1.count(b"\r\n") == 3  # the trace only
+    assert srv.body(q2).endswith(b"\r\n" + b".\r\n..\r\n \r\nx\r\n.\r\nend\r\n")
+    env = envelope_of(srv, q2)
+    assert env.body_type == "8BITMIME" and env.size == len(srv.body(q2))
+
+
+def envelope_of(srv: Mta, qid: str):
+    return parse_envelope((srv.queue / "incoming" / qid).read_bytes())
+
+
+def test_replies_after_the_client_half_closes(srv):
+    """A client may send its last commands and shut down its side at once: it still gets
+    every reply (Postfix does the same)."""
+    with client(srv, UNTRUSTED) as c:
+        c.send(b"EHLO client.test\r\nNOOP\r\nQUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.reply().code == 250
+        assert c.reply().line == "250 2.0.0 Ok"
+        assert c.reply().line == "221 2.0.0 Bye"
+        assert c.closed_by_server(2)
+
+
+@pytest.mark.parametrize("how", ["half-close", "reset"])
+def test_client_gone_in_the_middle_of_data_leaves_nothing(srv, how):
+    before = set(srv.queued())
+    lost = srv.log().count("lost connection after DATA")
+    c = client(srv, UNTRUSTED)
+    c.ehlo()
+    c.expect("MAIL FROM:<s@client.test>", 250)
+    c.expect("RCPT TO:<a@example.test>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: gone\r\n\r\n" + b"half a message\r\n" * 5000)
+    if how == "reset":
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    else:
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.closed_by_server(3)
+        c.close()
+    # logged as Postfix does: the lost connection, and a DATA command that did not succeed
+    wait_for(lambda: srv.log().count("lost connection after DATA (") > lost, 5, "the lost connection log line")
+    log = wait_for_log(srv, "disconnect from unknown[127.0.0.2] ehlo=1 mail=1 rcpt=1 data=0/1 commands=3/4")
+    assert log.count("data=0/1 commands=3/4") == lost + 1
+    time.sleep(0.1)
+    assert set(srv.queued()) == before
+    assert srv.queued("tmp") == []
+    assert sorted(srv.queued("msg")) == srv.queued()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import smtplib
 import ssl
 import subprocess
+import time
 
 import pytest
 from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, require_tool, wait_for_log
@@ -142,7 +144,8 @@ def test_failed_handshake_closes_only_that_session(srv, cert):
         assert c.cmd("STARTTLS").code == 220
         c.send(b"this is not a TLS ClientHello\r\n" * 4)
         assert c.closed_by_server(5)
-    wait_for_log(srv, "SSL_accept error from unknown[127.0.0.2]")
+    log = wait_for_log(srv, "SSL_accept error from unknown[127.0.0.2]")
+    assert "disconnect from unknown[127.0.0.2] ehlo=1 starttls=0/1 commands=1/2" in wait_for_log(srv, "starttls=0/1"), log
     with tls_session(srv, crt) as c:  # the server is fine
         c.ehlo()
 
@@ -153,3 +156,65 @@ def test_no_starttls_without_a_certificate(mta):
         assert "STARTTLS" not in c.ehlo().lines
         assert c.cmd("STARTTLS").line == "502 5.5.1 Error: command not implemented"
         assert c.cmd("NOOP").line == "250 2.0.0 Ok"
+
+
+def test_client_silent_after_starttls_is_timed_out(tmp_path_factory, cert):
+    """A client that says STARTTLS and then never starts the handshake cannot pin the session."""
+    crt, key = cert
+    m = Mta(tmp_path_factory.mktemp("tls-timeout"),
+            {"server": {"tls": {"cert": str(crt), "key": str(key)}, "limits": {"command_timeout": "1s"}}}).start()  # fmt: skip
+    try:
+        with SmtpClient(m.port, UNTRUSTED) as c:
+            c.greeting()
+            c.ehlo()
+            assert c.cmd("STARTTLS").code == 220
+            t0 = time.monotonic()
+            c.sock.settimeout(5)
+            try:
+                rest = c.sock.recv(4096)
+                while rest and not rest.endswith(b"\r\n"):  # whatever the server says, then EOF
+                    rest += c.sock.recv(4096)
+                assert c.sock.recv(4096) == b""
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - t0 < 4
+        log = wait_for_log(m, "disconnect from unknown[127.0.0.2]")
+        assert "timeout after STARTTLS from unknown[127.0.0.2]" in log
+        assert "TLS connection established" not in log  # no TLS session was made
+        assert "disconnect from unknown[127.0.0.2] ehlo=1 starttls=0/1 commands=1/2" in log
+    finally:
+        m.stop()
+
+
+def test_listener_without_tls_does_not_offer_starttls(tmp_path_factory, cert):
+    crt, key = cert
+    m = Mta(tmp_path_factory.mktemp("tls-none"), {"server": {"tls": {"cert": str(crt), "key": str(key)}}})
+    m.config["server"]["listeners"][0]["tls"] = "none"
+    m.write_config()
+    m.start()
+    try:
+        with SmtpClient(m.port) as c:
+            c.greeting()
+            assert "STARTTLS" not in c.ehlo().lines
+            assert c.cmd("STARTTLS").line == "502 5.5.1 Error: command not implemented"
+    finally:
+        m.stop()
+
+
+def test_sighup_adds_a_certificate(make_mta, cert):
+    crt, key = cert
+    mta = make_mta()
+    with SmtpClient(mta.port) as c:
+        c.greeting()
+        assert "STARTTLS" not in c.ehlo().lines
+    cfg = dict(mta.config)
+    cfg["server"] = {**cfg["server"], "tls": {"cert": str(crt), "key": str(key)}}
+    mta.write_config(cfg)
+    mta.signal(signal.SIGHUP)
+    wait_for_log(mta, "reload: configuration applied")
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        assert "STARTTLS" in c.ehlo().lines
+        assert c.cmd("STARTTLS").code == 220
+        c.starttls(verifying_context(crt))
+        assert "STARTTLS" not in c.ehlo().lines

@@ -135,3 +135,13 @@ def test_received_header_escapes_the_helo_name(mta):
         qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: t\r\n\r\nx\r\n"))
     first = mta.body(qid).split(b"\r\n", 1)[0]
     assert first == b"Received: from a?b?\\xc3\\xa9\\x01 (unknown [127.0.0.2])"
+
+
+def test_log_client_port(make_mta):
+    mta = make_mta({"advanced": {"log_client_port": True}})
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        port = c.sock.getsockname()[1]
+        c.greeting()
+        c.expect("QUIT", 221)
+    wait_for_log(mta, f"connect from unknown[127.0.0.2]:{port}")
+    wait_for_log(mta, f"disconnect from unknown[127.0.0.2]:{port} quit=1 commands=1")

@@ -356,7 +356,7 @@ class QueueManager:
         if bounced and env.sender:
             await self._notify(cfg, env, bounced, body, DsnKind.FAILURE, now)
         if not keep:
-            self.store.remove("active", qid)
+            await asyncio.to_thread(self.store.remove, "active", qid)  # unlinks wait on the journal: off the loop
             log.info("%s: removed", qid)
             return
         env.recipients = keep

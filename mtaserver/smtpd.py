@@ -583,7 +583,7 @@ class SmtpSession(AiosmtpdSMTP):
         store = self.server.store
         qid = store.new_id()
         try:
-            spool = store.new_spool(qid)
+            spool = await store.open_spool(qid)
         except OSError as exc:
             log.error("%s: cannot create queue file: %s", qid, exc)
             self._reply(Reply(451, "4.3.0", "Error: queue file write error"))

@@ -3,7 +3,7 @@
 DESCRIPTION
     `run(path)` loads the config, recovers the queue (tmp/ swept, active/ requeued), binds
     one listening socket per listener per worker (SO_REUSEPORT: the kernel spreads new
-    connections over the workers), and then either serves in this process (`workers: 1`)
+    connections over the workers, all of one client IP to the same worker), and then either serves in this process (`workers: 1`)
     or forks the workers and supervises them: a worker that dies is started again on the
     same sockets, so no queued connection is lost with it.
 
@@ -21,10 +21,12 @@ SECURITY
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -55,6 +57,24 @@ def bind(ep: Endpoint, *, reuse_port: bool) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def steer_by_client_ip(sock: socket.socket, workers: int) -> None:
+    """Make the kernel hand every connection from one client IP to the same worker.
+
+    SO_REUSEPORT alone spreads connections by a hash of the whole 4-tuple, so the per-IP
+    state each worker keeps (server.limits.connections_per_ip, postscreen) would see only
+    part of a client's connections. A classic BPF program on the reuseport group picks the
+    socket by source address instead: index = saddr (IPv4; last 32 bits for IPv6) % workers.
+    """
+    off = _SKF_NET_OFF + (12 if sock.family == socket.AF_INET else 20)  # IPv4 / IPv6 saddr
+    prog = [(0x20, 0, 0, off & 0xFFFFFFFF), (0x94, 0, 0, workers), (0x16, 0, 0, 0)]  # ld [off]; mod #n; ret a
+    buf = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *ins) for ins in prog))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, struct.pack("HL", len(prog), ctypes.addressof(buf)))
+
+
+_SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
+_SKF_NET_OFF = -0x100000  # linux/filter.h: load relative to the network header
 
 
 class Worker:
@@ -164,6 +184,12 @@ def run(path: str) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    if n > 1:
+        for sock in socks[0]:
+            try:
+                steer_by_client_ip(sock, n)
+            except OSError as exc:
+                log.warning("cannot steer clients to workers by IP (%s): per-IP limits apply per worker", exc)
     log.info("mtaserver starting: %d worker(s), queue %s", n, cfg.queue_path)
     if n == 1:
         _run_worker(cfg, path, socks[0], 0, manager=True)

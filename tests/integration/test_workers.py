@@ -33,17 +33,32 @@ def one_message(port: int, subject: bytes = b"t", source: str = TRUSTED) -> str:
 def test_two_workers_share_the_listener(make_mta):
     mta = make_mta({"server": {"workers": 2}})
     wait_for_log(mta, "worker 1 ready")
-    qids = [one_message(mta.port, b"%d" % i) for i in range(24)]
+    sources = [f"127.0.0.{i}" for i in range(1, 9)]
+    qids = [one_message(mta.port, b"%d" % i, source=src) for i, src in enumerate(sources * 3)]
     assert mta.queued() == sorted(qids) and len(set(qids)) == 24
     log = wait_for_log(mta, "disconnect from")
-    served_by = pids_of(log, "connect from unknown[127.0.0.1]")
+    served_by = {src: pids_of(log, f"connect from unknown[{src}]") for src in sources}
     children = set(_children(mta.proc.pid))
-    assert len(served_by) == 2, f"24 connections all served by {served_by}"  # 2**-23 by chance
-    assert served_by <= children
-    assert mta.proc.pid not in served_by  # the supervisor itself serves nothing
-    # each queue id carries the pid of the worker that made it: still all unique
-    for q in qids:
-        assert (mta.queue / "msg" / q).exists()
+    workers = set().union(*served_by.values())
+    assert len(workers) == 2, served_by  # eight addresses: both workers serve
+    assert workers <= children and mta.proc.pid not in workers  # the supervisor serves nothing
+    # all connections of one client IP go to one worker, so per-IP state is whole in it
+    assert all(len(p) == 1 for p in served_by.values()), served_by
+
+
+def test_connections_per_ip_holds_across_workers(make_mta):
+    mta = make_mta({"server": {"workers": 2, "limits": {"connections_per_ip": 2}}})
+    wait_for_log(mta, "worker 1 ready")
+    clients = []
+    try:
+        for src in (UNTRUSTED, "127.0.0.5"):
+            mine = [SmtpClient(mta.port, src) for _ in range(5)]
+            clients += mine
+            codes = [c.reply().code for c in mine]
+            assert codes == [220, 220, 421, 421, 421], (src, codes)
+    finally:
+        for c in clients:
+            c.close()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

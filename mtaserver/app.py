@@ -3,9 +3,10 @@
 DESCRIPTION
     `run(path)` loads the config, recovers the queue (tmp/ swept, active/ requeued), binds
     one listening socket per listener per worker (SO_REUSEPORT: the kernel spreads new
-    connections over the workers, all of one client IP to the same worker), and then either serves in this process (`workers: 1`)
-    or forks the workers and supervises them: a worker that dies is started again on the
-    same sockets, so no queued connection is lost with it.
+    connections over the workers, all of one client IP to the same worker), and then
+    either serves in this process (`workers: 1`) or forks the workers and supervises them:
+    a worker that dies is started again on the same sockets, so no queued connection is
+    lost with it.
 
     Signals (to the supervisor; it forwards them):
       SIGHUP   validate the file again and hot-apply it; a bad file is refused, logged with

@@ -13,8 +13,8 @@ DESCRIPTION
     The directory names the state; every transition is one rename(2). The commit, after
     which and only after which the client hears "250 2.0.0 Ok: queued as <id>":
 
-      1. fsync(tmp/<id>.body); rename -> msg/<id>
-      2. write tmp/<id>.env, fsync it
+      1. fsync(tmp/<id>.body); rename -> msg/<id>     } at the same time,
+      2. write tmp/<id>.env, fsync it                   } in two threads
       3. fsync(msg/)            (the body's name is durable before the envelope's)
       4. rename tmp/<id>.env -> incoming/<id>
       5. fsync(incoming/)
@@ -285,14 +285,17 @@ class QueueStore:
         spool.close()
         _unlink(spool.path)
 
-    def _commit_files(self, spool: Spool, env_data: bytes) -> None:
-        """Steps 1-2 of the commit, in a worker thread."""
+    def _sync_body(self, spool: Spool) -> None:
+        """Step 1 of the commit, in a worker thread."""
         f = spool._file
         f.flush()
         self._fsync(f.fileno())
         f.close()
         os.rename(spool.path, self.body_path(spool.queue_id))
-        env_tmp = self.root / "tmp" / f"{spool.queue_id}.env"
+
+    def _write_env(self, queue_id: str, env_data: bytes) -> None:
+        """Step 2 of the commit, in another worker thread at the same time as step 1."""
+        env_tmp = self.root / "tmp" / f"{queue_id}.env"
         fd = os.open(env_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(env_data)
@@ -312,7 +315,13 @@ class QueueStore:
             raise QueueWriteError(write_error_reply(spool.error), spool.error)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._pool, self._commit_files, spool, dump_envelope(env))
+            # Body and envelope are made durable side by side: a single-session client waits
+            # for three fsyncs in a row instead of four.
+            body_job = loop.run_in_executor(self._pool, self._sync_body, spool)
+            env_job = loop.run_in_executor(self._pool, self._write_env, qid, dump_envelope(env))
+            for outcome in await asyncio.gather(body_job, env_job, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             await self._msg_sync.sync()
             # rename(2) can wait on the journal behind other fsyncs: keep it off the loop too.
             await loop.run_in_executor(self._pool, os.rename, self.root / "tmp" / f"{qid}.env", self.path("incoming", qid))

@@ -98,11 +98,15 @@ class Worker:
             for line in exc.errors:
                 log.error("reload refused: %s", line)
             return
+        try:
+            tls = make_tls_context(new)  # before anything is applied: all or nothing
+        except OSError as exc:
+            log.error("reload refused: %s: server.tls: cannot load the certificate and key: %s", self.path, exc)
+            return
         old = self.holder.current
         if [(x.name, str(x.address)) for x in new.server.listeners] != [(x.name, str(x.address)) for x in old.server.listeners]:
             log.warning("reload: listener changes need a restart; other settings applied")
         self.holder.current = new
-        tls = make_tls_context(new)
         for srv in self.servers:
             srv.tls_context = tls if srv.listener.tls == "starttls" else None
         log.info("reload: configuration applied from %s", self.path)
@@ -175,6 +179,11 @@ def run(path: str) -> int:
             print(line, file=sys.stderr)
         return 1
     logutil.setup(cfg.advanced.log_level)
+    try:
+        make_tls_context(cfg)  # a bad certificate is a config error, not a worker crash loop
+    except OSError as exc:
+        log.error("%s: server.tls: cannot load the certificate and key: %s", path, exc)
+        return 1
     store = QueueStore(cfg.queue_path)
     counts = store.recover()
     if any(counts.values()):

@@ -6,10 +6,11 @@ import signal
 import smtplib
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
-from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, require_tool, wait_for_log
+from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, require_tool, wait_for, wait_for_log
 
 from mtaserver.queue.store import parse_envelope
 
@@ -218,3 +219,46 @@ def test_sighup_adds_a_certificate(make_mta, cert):
         assert c.cmd("STARTTLS").code == 220
         c.starttls(verifying_context(crt))
         assert "STARTTLS" not in c.ehlo().lines
+
+
+def test_sighup_with_an_unloadable_certificate_is_refused(make_mta, cert, tmp_path):
+    """The file validates but the certificate cannot be loaded: the reload is refused as a
+    whole (not half applied), and the running TLS keeps working."""
+    crt, key = cert
+    mta = make_mta({"server": {"tls": {"cert": str(crt), "key": str(key)}}})
+    cfg = dict(mta.config)
+    bad = tmp_path / "garbage.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    for broken in ({"cert": str(tmp_path / "missing.pem"), "key": str(key)}, {"cert": str(bad), "key": str(key)}):
+        cfg["server"] = {**cfg["server"], "banner": "{hostname} ESMTP half-applied", "tls": broken}
+        mta.write_config(cfg)
+        before = mta.log().count("reload refused:")
+        mta.signal(signal.SIGHUP)
+        wait_for(lambda: mta.log().count("reload refused:") > before, 5, "the refusal")
+        assert f"reload refused: {mta.config_path}: server.tls: cannot load the certificate and key: " in mta.log()
+        assert "reload: configuration applied" not in mta.log()
+        with SmtpClient(mta.port, UNTRUSTED) as c:
+            assert c.reply().line == "220 mx.example.test ESMTP mtaserver"
+            c.ehlo()
+            assert c.cmd("STARTTLS").code == 220
+            c.starttls(verifying_context(crt))
+            c.ehlo()
+    assert "Traceback" not in mta.log()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_start_with_an_unloadable_certificate_fails_cleanly(make_mta, tmp_path, workers):
+    mta = make_mta({"server": {"workers": workers, "tls": {"cert": str(tmp_path / "missing.pem"), "key": str(tmp_path / "missing.key")}}},
+                   start=False)  # fmt: skip
+    with open(mta.log_path, "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "mtaserver", "run", "-c", str(mta.config_path)],
+                                stdout=logf, stderr=subprocess.STDOUT, cwd=mta.tmp)  # fmt: skip
+    try:
+        assert proc.wait(10) == 1  # not a worker crash loop
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = mta.log()
+    assert f"{mta.config_path}: server.tls: cannot load the certificate and key: " in log
+    assert "Traceback" not in log and "restarting" not in log

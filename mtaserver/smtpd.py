@@ -53,7 +53,7 @@ from .address import NULL, AddressError, Mailbox, needs_smtputf8, parse_path
 from .datastream import BareNewline, DataProblem, DataScanner
 from .logutil import sanitize
 from .model import ClientInfo, Envelope, Recipient, Reply
-from .queue.store import QueueStore, QueueWriteError
+from .queue.store import QueueStore, QueueWriteError, write_error_reply
 
 if TYPE_CHECKING:
     from .config import Config, Listener
@@ -586,7 +586,7 @@ class SmtpSession(AiosmtpdSMTP):
             spool = await store.open_spool(qid)
         except OSError as exc:
             log.error("%s: cannot create queue file: %s", qid, exc)
-            self._reply(Reply(451, "4.3.0", "Error: queue file write error"))
+            self._reply(write_error_reply(exc))  # ENOSPC (no inode left): 452 4.3.1, as for the data
             return
         committed = False
         try:

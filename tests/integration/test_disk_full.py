@@ -19,12 +19,12 @@ def _cannot(why: str) -> None:
 
 @pytest.fixture
 def small_disk(make_mta, tmp_path):
-    """An mtaserver whose data_dir is a 3 MB tmpfs."""
+    """An mtaserver whose data_dir is a 3 MB tmpfs with 200 inodes."""
     if os.geteuid() != 0:
         _cannot("mounting a tmpfs needs root")
     d = tmp_path / "small"
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(d)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,nr_inodes=200,mode=0700", "tmpfs", str(d)], capture_output=True, text=True)
     if r.returncode != 0:
         _cannot(f"cannot mount a tmpfs: {r.stderr.strip()}")
     mta = None
@@ -132,3 +132,31 @@ def test_min_free_above_the_free_space(make_mta, tmp_path):
         c.greeting()
         c.ehlo()
         assert c.cmd("MAIL FROM:<s@client.test>").line == "250 2.1.0 Ok"
+
+
+def test_no_inode_left_for_the_spool_file(small_disk):
+    """ENOSPC when the spool file cannot even be created (no inode left): the same 452 4.3.1."""
+    mta = small_disk
+    fill = mta.data_dir / "fill"
+    fill.mkdir()
+    n = 0
+    try:
+        while True:
+            (fill / str(n)).touch()
+            n += 1
+    except OSError:
+        pass
+    with SmtpClient(mta.port, TRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        assert c.cmd("DATA").line == "452 4.3.1 Insufficient system storage"
+        assert mta.queued("tmp") == []
+        for i in range(n):  # space again: the same session goes on
+            (fill / str(i)).unlink()
+        assert c.cmd("DATA").line == "354 End data with <CR><LF>.<CR><LF>"
+        c.send(b"Subject: t\r\n\r\nx\r\n.\r\n")
+        qid = queue_id_of(c.reply())
+    assert mta.queued() == [qid]
+    wait_for_log(mta, "cannot create queue file")

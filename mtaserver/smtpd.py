@@ -715,13 +715,15 @@ class SmtpSession(AiosmtpdSMTP):
         if arg:
             self._reply(Reply(501, "5.5.4", "Syntax: STARTTLS"))
             return
+        self._reply(Reply(220, "2.0.0", "Ready to start TLS"))
+        await self._flush()
         if self._pending_input():
-            # CVE-2011-0411: plaintext pipelined after STARTTLS must not run inside TLS.
+            # CVE-2011-0411: plaintext pipelined after STARTTLS must not run inside TLS. Checked
+            # after the 220 is out (bytes may arrive while it drains), with no await between
+            # here and the handshake; Postfix purges its read buffer at the same point.
             n = self._pending_input()
             self._reader._buffer.clear()  # type: ignore[attr-defined]
             log.warning("discarding %d bytes of plaintext pipelined after STARTTLS from %s", n, self._label())
-        self._reply(Reply(220, "2.0.0", "Ready to start TLS"))
-        await self._flush()
         self._arm(self.limits.command_timeout)
         try:
             await self._writer.start_tls(ctx)

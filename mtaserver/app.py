@@ -35,6 +35,7 @@ from pathlib import Path
 from . import config as config_mod
 from . import logutil
 from .config import Config, ConfigError, Endpoint
+from .postscreen.screen import Screener
 from .queue.manager import QueueManager, notify
 from .queue.store import QueueStore
 from .smtpd import ConfigHolder, SmtpServer, make_tls_context
@@ -89,7 +90,17 @@ class Worker:
         self.index = index
         self.store = QueueStore(cfg.queue_path, sync_threads=cfg.queue.sync_threads)
         self.servers: list[SmtpServer] = []
+        self.screener: Screener | None = None  # postscreen, when a listener has postscreen: true
         self._stop = asyncio.Event()
+
+    def _make_screener(self, cfg: Config) -> Screener | None:
+        """One per worker, after fork (its cache store and resolver belong to this process)."""
+        if not any(lst.postscreen for lst in cfg.server.listeners):
+            return None
+        screener = Screener(cfg)
+        if self.index == 0:  # one process is enough for the periodic cache cleanup
+            screener.start_cleanup()
+        return screener
 
     def reload(self) -> None:
         try:
@@ -107,8 +118,12 @@ class Worker:
         if [(x.name, str(x.address)) for x in new.server.listeners] != [(x.name, str(x.address)) for x in old.server.listeners]:
             log.warning("reload: listener changes need a restart; other settings applied")
         self.holder.current = new
+        old_screener, self.screener = self.screener, self._make_screener(new)
+        if old_screener is not None:  # sessions that took it keep it; closed once they are done
+            asyncio.get_running_loop().create_task(old_screener.close(delay=SHUTDOWN_GRACE))
         for srv in self.servers:
             srv.tls_context = tls if srv.listener.tls == "starttls" else None
+            srv.screener = self.screener if srv.listener.postscreen else None
         log.info("reload: configuration applied from %s", self.path)
 
     async def serve(self) -> None:
@@ -130,9 +145,10 @@ class Worker:
         elif not self.with_manager:
             self.store.on_commit = notify(self.store.root)
         tls = make_tls_context(cfg)
+        self.screener = self._make_screener(cfg) if self.sockets else None
         listening = []
         for listener, sock in zip(cfg.server.listeners, self.sockets):
-            srv = SmtpServer(self.holder, listener, self.store, tls)
+            srv = SmtpServer(self.holder, listener, self.store, tls, self.screener)
             self.servers.append(srv)
             listening.append(await loop.create_server(srv.protocol, sock=sock))
         if self.sockets:
@@ -155,6 +171,8 @@ class Worker:
         await asyncio.sleep(0)
         if manager_task is not None:
             await manager_task
+        if self.screener is not None:
+            await self.screener.close()
         self.store.close()
 
 

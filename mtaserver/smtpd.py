@@ -57,6 +57,7 @@ from .queue.store import QueueStore, QueueWriteError, write_error_reply
 
 if TYPE_CHECKING:
     from .config import Config, Listener
+    from .postscreen.screen import Screen, Screener
 
 log = logging.getLogger("smtpd")
 
@@ -112,10 +113,12 @@ class SmtpServer:
         listener: Listener,
         store: QueueStore,
         tls_context: ssl.SSLContext | None = None,
+        screener: Screener | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
         self.store = store
+        self.screener = screener if listener.postscreen else None  # None: no postscreen, no cost
         self.tls_context = tls_context if listener.tls == "starttls" else None
         self.sessions: set[SmtpSession] = set()
         self.per_ip: dict[str, int] = {}
@@ -173,6 +176,7 @@ class SmtpSession(AiosmtpdSMTP):
         self.last_command = "CONNECT"
         self.counts: dict[str, list[int]] = {}
         self.bare_policy = BareNewline(self.cfg.inbound.bare_newline)
+        self.screen: Screen | None = None  # postscreen, while it still watches this session
 
     # -- transport life cycle ----------------------------------------------------------------
 
@@ -290,10 +294,16 @@ class SmtpSession(AiosmtpdSMTP):
             self.trusted = policy.in_networks(ip, self.cfg.outbound.mynetworks)
             if self.bare_policy is BareNewline.REJECT and self.trusted and self.cfg.inbound.bare_newline_exclude_mynetworks:
                 self.bare_policy = BareNewline.NORMALIZE
+            if srv.screener is not None:
+                self.screen = srv.screener.connection(self)
+                if not await self.screen.before_greeting():
+                    return
             self._reply(Reply(220, "", self.cfg.server.banner.format(hostname=self.hostname)))
             while not self._closing:
                 line = await self._read_command()
                 if line is None:
+                    break
+                if self.screen is not None and not self.screen.after_read(line):
                     break
                 await self._command(line)
                 if self._shutdown and not self._closing:
@@ -306,6 +316,8 @@ class SmtpSession(AiosmtpdSMTP):
             self._goodbye(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
         finally:
             self._disarm()
+            if self.screen is not None:
+                self.screen.end()
             srv.per_ip[ip] -= 1
             if not srv.per_ip[ip]:
                 del srv.per_ip[ip]
@@ -360,6 +372,8 @@ class SmtpSession(AiosmtpdSMTP):
                 continue
             if line.endswith(b"\r\n") and line.count(b"\r") == 1:
                 return line[:-2]
+            if self.screen is not None and not line.endswith(b"\r\n") and not self.screen.bare_newline(line):
+                return None
             if self.bare_policy is BareNewline.REJECT:
                 which = "<LF>" if not line.endswith(b"\r\n") or b"\n" in line[:-2] else "<CR>"
                 log.warning("bare %s received after %s from %s", which[1:-1], self.last_command, self._label())
@@ -403,7 +417,9 @@ class SmtpSession(AiosmtpdSMTP):
         arg = arg_b.decode("utf-8", "surrogateescape").strip(" ") or None
         handler = self._COMMANDS.get(verb)
         if handler is None:
-            if verb in FORBIDDEN_COMMANDS or verb.endswith(":") or not verb[:1].isalpha():
+            if (verb in FORBIDDEN_COMMANDS or verb.endswith(":") or not verb[:1].isalpha()) and (
+                self.screen is None or self.screen.non_smtp(line)  # postscreen enforce/ignore: 502, go on
+            ):
                 log.warning("non-SMTP command from %s: %s", self._label(), sanitize(line, 100))
                 self._goodbye(R_GOAWAY)
                 return
@@ -452,6 +468,8 @@ class SmtpSession(AiosmtpdSMTP):
             return
         size = self.cfg.advanced.max_message_size
         lines = [self.hostname, "PIPELINING", f"SIZE {size}" if size else "SIZE"]
+        if self.screen is not None and self.screen.hide_pipelining:
+            del lines[1]
         if self.server.tls_context is not None and not self.tls:
             lines.append("STARTTLS")
         lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
@@ -532,6 +550,11 @@ class SmtpSession(AiosmtpdSMTP):
             else:
                 self._reply(Reply(501, "5.1.3", "Bad recipient address syntax"))
             return
+        if self.screen is not None:
+            screened = await self.screen.rcpt(str(tx.sender), str(rcpt))
+            if screened is not None:
+                self._reply(screened)
+                return
         if params:
             self._reply(Reply(555, "5.5.4", "Unsupported option: " + sanitize(next(iter(params)), 40)))
             return

@@ -1,0 +1,330 @@
+"""postscreen in the real session: a real mtaserver, a real NSD serving DNSBL zones, clients
+from 127.0.0.x source addresses.
+
+Clients (the test config trusts 127.0.0.1 only, and `access_list: []` so nothing is
+allowlisted by mynetworks):
+    127.0.0.2   listed by bl.test (127.0.0.2)
+    127.0.0.3   listed nowhere
+    127.0.0.4   listed by wl.test (127.0.5.2): a DNSWL, negative weight
+    127.0.0.5   listed by bl.test and bl2.test
+    127.0.0.6   listed by bl.test with 127.0.0.1 only: the bl.test filter [2..11] drops it
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from conftest import deep_merge
+from dnsserver import Nsd, zone
+from smtpclient import Reply, SmtpClient, queue_id_of, wait_for_log
+from test_postscreen_cache import RedisServer
+
+WAIT = 0.6  # greet.wait of these tests
+MSG = b"From: a@sender.test\r\nTo: u@example.test\r\nSubject: t\r\n\r\nhello\r\n"
+
+
+@pytest.fixture(scope="module")
+def nsd(tmp_path_factory):
+    zones = {
+        "bl.test": zone("bl.test", "2.0.0.127 A 127.0.0.2\n5.0.0.127 A 127.0.0.2\n6.0.0.127 A 127.0.0.1\n", negative_ttl=1, ttl=1),
+        "bl2.test": zone("bl2.test", "5.0.0.127 A 127.0.0.3\n", negative_ttl=1, ttl=1),
+        "wl.test": zone("wl.test", "4.0.0.127 A 127.0.5.2\n", negative_ttl=1, ttl=1),
+    }
+    server = Nsd(tmp_path_factory.mktemp("psnsd"), zones).start()
+    yield server
+    server.stop()
+
+
+def start(make_mta, nsd, ps: dict[str, Any] | None = None, *, extra: dict[str, Any] | None = None, postscreen: bool = True):
+    base = {
+        "access_list": [],
+        "greet": {"wait": WAIT},
+        "dnsbl": {"sites": ["bl.test=127.0.0.[2..11]*2", "bl2.test*1", "wl.test*-2"], "threshold": 2, "timeout": 2},
+    }
+    m = make_mta({"server": {"dns": {"nameservers": [nsd.address], "timeout": 1}}, "postscreen": deep_merge(base, ps or {}), **(extra or {})}, start=False)
+    m.config["server"]["listeners"][0]["postscreen"] = postscreen
+    m.write_config()
+    return m.start()
+
+
+def connect(m, ip: str) -> tuple[SmtpClient, Reply, float]:
+    """Connect and read the greeting. The teaser ("220-" line) is kept as the first line of
+    the reply; a drop after it ("521 ...") comes back as a 521 reply with that one line."""
+    t0 = time.monotonic()
+    c = SmtpClient(m.port, ip)
+    first = c.read_line()
+    if first.startswith(b"220-"):
+        last = c.reply()
+        g = Reply(last.code, [first[4:].decode()] + last.lines) if last.code == 220 else last
+    else:
+        c.buf = first + b"\r\n" + c.buf
+        g = c.reply()
+    return c, g, time.monotonic() - t0
+
+
+def deliver(c: SmtpClient) -> str:
+    c.ehlo()
+    return queue_id_of(c.send_message("a@sender.test", ["u@example.test"], MSG))
+
+
+# -- DNSBL actions ---------------------------------------------------------------------------
+
+
+def test_dnsbl_drop(make_mta, nsd):
+    m = start(make_mta, nsd, {"dnsbl": {"action": "drop"}})
+    c, g, dt = connect(m, "127.0.0.2")
+    assert g.code == 521 and g.text == "5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test", g
+    assert dt >= WAIT * 0.9  # Postfix decides when the greet wait is over
+    assert c.closed_by_server(2)
+    wait_for_log(m, "DNSBL rank 2 for [127.0.0.2]:")
+    assert "addr 127.0.0.2 listed by domain bl.test as 127.0.0.2" in m.log()
+    assert "PASS NEW" not in m.log()
+
+
+def test_dnsbl_enforce_rejects_every_rcpt(make_mta, nsd):
+    m = start(make_mta, nsd, {"dnsbl": {"action": "enforce"}})
+    c, g, _ = connect(m, "127.0.0.2")
+    assert g.code == 220 and g.lines[0].startswith("mx.example.test ESMTP") and len(g.lines) == 2  # teaser + 220
+    c.ehlo("bad.test")
+    c.expect("MAIL FROM:<s@sender.test>", 250)
+    r = c.expect("RCPT TO:<u@example.test>", 550, "5.7.1")
+    assert r.text == "5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test"
+    c.expect("RCPT TO:<v@example.test>", 550, "5.7.1")
+    c.expect("DATA", 503)
+    c.expect("QUIT", 221)
+    wait_for_log(m, "NOQUEUE: reject: RCPT from [127.0.0.2]:")
+    assert "550 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test; from=<s@sender.test>, to=<u@example.test>, proto=ESMTP, helo=<bad.test>" in m.log()
+    assert m.queued() == []
+
+
+def test_dnsbl_ignore_accepts(make_mta, nsd):
+    m = start(make_mta, nsd, {"dnsbl": {"action": "ignore"}})
+    c, g, _ = connect(m, "127.0.0.2")
+    assert g.code == 220
+    deliver(c)
+    c.close()
+    assert len(m.queued()) == 1
+    wait_for_log(m, "DNSBL rank 2 for [127.0.0.2]")
+    # ignore: the DNSBL test is repeated next time (only pregreet passed)
+    c, g, _ = connect(m, "127.0.0.2")
+    assert len(g.lines) == 2  # the teaser again
+    c.close()
+
+
+def test_weights_and_filters_add_up(make_mta, nsd):
+    m = start(make_mta, nsd, {"dnsbl": {"action": "drop", "threshold": 3}})
+    c, g, _ = connect(m, "127.0.0.5")  # bl.test*2 + bl2.test*1 = 3 >= 3
+    assert g.code == 521 and "blocked using bl.test" in g.text  # the largest weight names the list
+    c.close()
+    c, g, _ = connect(m, "127.0.0.2")  # bl.test only: 2 < 3
+    assert g.code == 220
+    c.close()
+    c, g, _ = connect(m, "127.0.0.6")  # bl.test answered 127.0.0.1: filtered out, score 0
+    assert g.code == 220
+    c.close()
+    wait_for_log(m, "DNSBL rank 3 for [127.0.0.5]")
+    assert "DNSBL rank" not in m.log().replace("DNSBL rank 3 for [127.0.0.5]", "")
+
+
+def test_dnswl_skips_the_greet_wait(make_mta, nsd):
+    m = start(make_mta, nsd, {"greet": {"wait": 3}, "dnsbl": {"whitelist_threshold": -1}})
+    c, g, dt = connect(m, "127.0.0.4")
+    assert g.code == 220 and dt < 1.5, dt  # the DNS answer ended the 3 s wait
+    deliver(c)
+    c.close()
+    wait_for_log(m, "PASS NEW [127.0.0.4]")
+    c, g, dt = connect(m, "127.0.0.4")
+    assert len(g.lines) == 1 and dt < 0.5  # PASS OLD, no teaser
+    c.close()
+    wait_for_log(m, "PASS OLD [127.0.0.4]")
+
+
+# -- pregreet ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["drop", "enforce", "ignore"])
+def test_pregreet(make_mta, nsd, action):
+    m = start(make_mta, nsd, {"greet": {"action": action}, "dnsbl": {"sites": []}})
+    c = SmtpClient(m.port, "127.0.0.3")
+    c.send(b"EHLO early.test\r\n")
+    assert c.read_line().startswith(b"220-")  # the teaser
+    g = c.reply()
+    if action == "drop":
+        assert (g.code, g.text) == (521, "5.5.1 Protocol error")
+        assert c.closed_by_server(2)
+    else:
+        assert g.code == 220
+        r = c.reply()  # the pregreet bytes were put back: the EHLO is answered after the 220
+        assert r.code == 250 and r.lines[0] == "mx.example.test"
+        c.expect("MAIL FROM:<s@sender.test>", 250)
+        if action == "enforce":
+            c.expect("RCPT TO:<u@example.test>", 550, "5.5.1")
+        else:
+            c.expect("RCPT TO:<u@example.test>", 250)
+        c.close()
+    wait_for_log(m, "PREGREET 17 after ")
+    assert "from [127.0.0.3]:" in m.log() and ": EHLO early.test\\r\\n" in m.log()
+
+
+def test_hangup_is_not_a_failure(make_mta, nsd):
+    m = start(make_mta, nsd)
+    c = SmtpClient(m.port, "127.0.0.3")
+    c.close()
+    wait_for_log(m, "in tests before SMTP handshake")
+    assert "HANGUP after " in m.log()
+
+
+# -- deep tests --------------------------------------------------------------------------------
+
+DEEP_OFF = {"greet": {"banner": ""}, "dnsbl": {"sites": []}}  # deep tests alone: no greet wait
+
+
+@pytest.mark.parametrize("action", ["drop", "enforce", "ignore"])
+def test_bare_newline(make_mta, nsd, action):
+    m = start(make_mta, nsd, deep_merge(DEEP_OFF, {"bare_newline": {"enable": True, "action": action}}))
+    c, g, dt = connect(m, "127.0.0.3")
+    assert g.code == 220 and len(g.lines) == 1 and dt < WAIT
+    c.send(b"EHLO bare.test\n")
+    r = c.reply()
+    if action == "drop":
+        assert (r.code, r.text) == (521, "5.5.1 Protocol error")
+        assert c.closed_by_server(2)
+    else:
+        assert r.code == 250
+        c.expect("MAIL FROM:<s@sender.test>", 250)
+        c.expect("RCPT TO:<u@example.test>", 550 if action == "enforce" else 250)
+        c.close()
+    wait_for_log(m, "BARE NEWLINE from [127.0.0.3]:")
+    if action == "ignore":
+        wait_for_log(m, "PASS NEW [127.0.0.3]")
+
+
+@pytest.mark.parametrize("action", ["drop", "enforce", "ignore"])
+def test_non_smtp_command(make_mta, nsd, action):
+    m = start(make_mta, nsd, deep_merge(DEEP_OFF, {"non_smtp_command": {"enable": True, "action": action}}))
+    c, g, _ = connect(m, "127.0.0.3")
+    r = c.cmd("GET / HTTP/1.0")
+    if action == "drop":
+        assert (r.code, r.status) == (221, "2.7.0")  # smtpd's own answer, kept
+        assert c.closed_by_server(2)
+    else:
+        assert (r.code, r.status) == (502, "5.5.2")
+        c.ehlo()
+        c.expect("MAIL FROM:<s@sender.test>", 250)
+        c.expect("RCPT TO:<u@example.test>", 550 if action == "enforce" else 250)
+        c.close()
+    wait_for_log(m, "NON-SMTP COMMAND from [127.0.0.3]:")
+
+
+@pytest.mark.parametrize("action", ["drop", "enforce", "ignore"])
+def test_pipelining_not_offered(make_mta, nsd, action):
+    m = start(make_mta, nsd, deep_merge(DEEP_OFF, {"pipelining": {"enable": True, "action": action}}))
+    c, g, _ = connect(m, "127.0.0.3")
+    r = c.ehlo()
+    assert "PIPELINING" not in r.lines
+    c.send(b"MAIL FROM:<s@sender.test>\r\nRCPT TO:<u@example.test>\r\n")
+    r = c.reply()
+    if action == "drop":
+        assert (r.code, r.text) == (521, "5.5.1 Protocol error")
+        assert c.closed_by_server(2)
+    else:
+        assert r.code == 250
+        r = c.reply()
+        assert r.code == (550 if action == "enforce" else 250), r
+        c.close()
+    wait_for_log(m, "COMMAND PIPELINING from [127.0.0.3]:")
+    assert "after MAIL: RCPT TO:<u@example.test>\\r\\n" in m.log()
+
+
+def test_clean_client_delivers_in_its_first_session_then_pass_old(make_mta, nsd):
+    m = start(make_mta, nsd, {"pipelining": {"enable": True}, "bare_newline": {"enable": True}, "non_smtp_command": {"enable": True}})
+    c, g, dt = connect(m, "127.0.0.3")
+    assert len(g.lines) == 2 and dt >= WAIT * 0.9  # teaser, full greet wait
+    assert "PIPELINING" not in c.ehlo().lines
+    deliver(c)  # accepted in the same session: no 450, no reconnect
+    c.expect("QUIT", 221)
+    assert len(m.queued()) == 1
+    wait_for_log(m, "PASS NEW [127.0.0.3]")
+    c, g, dt = connect(m, "127.0.0.3")
+    assert len(g.lines) == 1 and dt < 0.3, (g, dt)
+    assert "PIPELINING" in c.ehlo().lines  # a cached client gets the normal session
+    c.close()
+    wait_for_log(m, "PASS OLD [127.0.0.3]")
+    # the SQLite cache survives a restart
+    m.stop()
+    m.start()
+    c, g, dt = connect(m, "127.0.0.3")
+    assert len(g.lines) == 1 and dt < 0.3
+    c.close()
+    assert m.log().count("PASS OLD [127.0.0.3]") == 2
+
+
+def test_deep_tests_require_reconnect(make_mta, nsd):
+    m = start(make_mta, nsd, deep_merge(DEEP_OFF, {"pipelining": {"enable": True}, "deep_tests_require_reconnect": True}))
+    c, g, _ = connect(m, "127.0.0.3")
+    c.ehlo()
+    c.expect("MAIL FROM:<s@sender.test>", 250)
+    c.expect("RCPT TO:<u@example.test>", 450, "4.3.2")
+    c.close()
+    wait_for_log(m, "PASS NEW [127.0.0.3]")
+    c, g, _ = connect(m, "127.0.0.3")
+    deliver(c)
+    c.close()
+    wait_for_log(m, "PASS OLD [127.0.0.3]")
+
+
+def test_postscreen_off_is_the_plain_session(make_mta, nsd):
+    m = start(make_mta, nsd, {"dnsbl": {"action": "drop"}}, postscreen=False)
+    c, g, dt = connect(m, "127.0.0.2")
+    assert g.code == 220 and len(g.lines) == 1 and dt < 0.3
+    assert "PIPELINING" in c.ehlo().lines
+    c.close()
+    assert "postscreen" not in m.log() and "CONNECT from" not in m.log()
+
+
+def test_ttl_expires_and_the_tests_run_again(make_mta, nsd):
+    m = start(make_mta, nsd, {"greet": {"ttl": 1}, "dnsbl": {"min_ttl": 1, "max_ttl": 1}})
+    c, g, _ = connect(m, "127.0.0.3")
+    c.close()
+    wait_for_log(m, "PASS NEW [127.0.0.3]")
+    c, g, _ = connect(m, "127.0.0.3")
+    assert len(g.lines) == 1
+    c.close()
+    time.sleep(2.1)  # stamps are whole seconds: 1 s TTL expires within 2 s
+    c, g, _ = connect(m, "127.0.0.3")
+    assert len(g.lines) == 2  # screened again
+    c.close()
+
+
+def test_redis_cache_is_shared_by_two_servers(make_mta, nsd, tmp_path):
+    redis = RedisServer(tmp_path).start()
+    try:
+        ps = {"cache": {"backend": "redis", "url": redis.url}}
+        a = start(make_mta, nsd, ps)
+        b = start(make_mta, nsd, ps)
+        c, g, _ = connect(a, "127.0.0.3")
+        assert len(g.lines) == 2
+        c.close()
+        wait_for_log(a, "PASS NEW [127.0.0.3]")
+        c, g, dt = connect(b, "127.0.0.3")
+        assert len(g.lines) == 1 and dt < 0.3
+        c.close()
+        wait_for_log(b, "PASS OLD [127.0.0.3]")
+    finally:
+        a.stop() if "a" in locals() else None
+        b.stop() if "b" in locals() else None
+        redis.stop()
+
+
+def test_denylist_drop(make_mta, nsd):
+    m = start(make_mta, nsd, {"access_list": ["127.0.0.3 permit", "127.0.0.0/24 reject"], "blacklist_action": "drop"})
+    c, g, dt = connect(m, "127.0.0.3")
+    assert g.code == 220 and len(g.lines) == 1 and dt < 0.3  # ALLOWLISTED: no tests at all
+    c.close()
+    c, g, _ = connect(m, "127.0.0.2")
+    assert (g.code, g.text) == (521, "5.3.2 Service currently unavailable")
+    c.close()
+    wait_for_log(m, "DENYLISTED [127.0.0.2]")
+    assert "ALLOWLISTED [127.0.0.3]" in m.log()

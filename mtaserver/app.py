@@ -118,7 +118,7 @@ class Worker:
         if [(x.name, str(x.address)) for x in new.server.listeners] != [(x.name, str(x.address)) for x in old.server.listeners]:
             log.warning("reload: listener changes need a restart; other settings applied")
         self.holder.current = new
-        old_screener, self.screener = self.screener, self._make_screener(new)
+        old_screener, self.screener = self.screener, self._make_screener(new) if self.sockets else None
         if old_screener is not None:  # sessions that took it keep it; closed once they are done
             asyncio.get_running_loop().create_task(old_screener.close(delay=SHUTDOWN_GRACE))
         for srv in self.servers:

@@ -333,3 +333,19 @@ def test_denylist_drop(make_mta, nsd):
     c.close()
     wait_for_log(m, "DENYLISTED [127.0.0.2]")
     assert "ALLOWLISTED [127.0.0.3]" in m.log()
+
+
+def test_sighup_rebuilds_the_screener(make_mta, nsd):
+    import signal
+
+    m = start(make_mta, nsd, {"greet": {"banner": ""}, "dnsbl": {"action": "ignore"}})
+    c, g, _ = connect(m, "127.0.0.2")
+    assert g.code == 220
+    c.close()
+    m.config["postscreen"]["dnsbl"]["action"] = "drop"
+    m.write_config()
+    m.signal(signal.SIGHUP)
+    wait_for_log(m, "reload: configuration applied")
+    c, g, _ = connect(m, "127.0.0.2")
+    assert g.code == 521
+    c.close()

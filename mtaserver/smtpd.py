@@ -655,6 +655,7 @@ class SmtpSession(AiosmtpdSMTP):
             log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", qid, sanitize(env.sender), env.size, len(env.recipients))
             self._reply(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
             self.errors = 0
+            self.junk = 0  # Postfix: "The junk command count is reset after mail is delivered."
             self._reset_tx()
         finally:
             if not committed:

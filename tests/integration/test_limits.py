@@ -307,3 +307,21 @@ def test_client_that_never_reads_is_cut_off(make_mta):
         s.close()
     # the session is gone (the server aborts a closed connection it cannot flush, at the latest)
     wait_for_log(mta, "disconnect from unknown[127.0.0.2]", timeout=8)
+
+
+def test_junk_count_restarts_after_a_delivered_message(mta):
+    """Postfix: 'The junk command count is reset after mail is delivered.' A client that
+    sends RSET (or NOOP) before each of many messages on one connection is not cut off."""
+    with SmtpClient(mta.port, TRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        qids = []
+        for i in range(120):
+            c.send(b"RSET\r\nNOOP\r\nMAIL FROM:<s@client.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\n")
+            replies = [r.line for r in c.replies(5)]
+            assert replies == ["250 2.0.0 Ok", "250 2.0.0 Ok", "250 2.1.0 Ok", "250 2.1.5 Ok",
+                               "354 End data with <CR><LF>.<CR><LF>"], (i, replies)  # fmt: skip
+            c.send(b"Subject: %d\r\n\r\nx\r\n.\r\n" % i)
+            qids.append(queue_id_of(c.reply()))
+        assert c.cmd("QUIT").code == 221
+    assert len(mta.queued()) == 120

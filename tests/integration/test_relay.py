@@ -136,3 +136,13 @@ def test_refused_recipients_do_not_reach_the_envelope(srv):
     assert [x.address for x in env.recipients] == ["ok@example.test"]
     (srv.queue / "incoming" / qid).unlink()
     (srv.queue / "msg" / qid).unlink()
+
+
+def test_mynetworks_negation(make_mta):
+    mta = make_mta({"outbound": {"mynetworks": ["!127.0.0.2/32", "127.0.0.0/8"]}})
+    for source, code in (("127.0.0.2", 554), ("127.0.0.3", 250), ("127.0.0.1", 250)):
+        with SmtpClient(mta.port, source) as c:
+            c.greeting()
+            c.ehlo()
+            c.expect("MAIL FROM:<s@client.test>", 250)
+            assert c.cmd("RCPT TO:<user@remote.test>").code == code, source

@@ -71,6 +71,10 @@ def test_starttls_handshake_and_session(srv, cert):
         assert "STARTTLS" not in r.lines
         assert {"PIPELINING", "SIZE 10240000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"} <= set(r.lines[1:])
         assert c.cmd("STARTTLS").line == "554 5.5.1 Error: TLS already active"
+        # TLS is not authentication: an outsider still may not relay
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        assert c.cmd("RCPT TO:<u@remote.test>").line == "554 5.7.1 <u@remote.test>: Relay access denied"
+        c.expect("RSET", 250)
         qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: over tls\r\n\r\nsecret\r\n"))
         assert c.cmd("QUIT").line == "221 2.0.0 Bye"
         version, cipher = tls.version(), tls.cipher()[0]

@@ -205,3 +205,26 @@ def test_sigterm_during_start_up_stops_every_process(make_mta, delay):
         for pid in _children(proc.pid):  # do not leave a stray worker behind if it failed
             os.kill(pid, signal.SIGKILL)
     mta.proc = None
+
+
+def test_ipv6_listener_with_two_workers(make_mta):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no ::1")
+    mta = make_mta({"server": {"workers": 2}}, start=False)
+    mta.config["server"]["listeners"].append({"name": "v6", "address": f"[::1]:{mta.port}"})
+    mta.write_config()
+    mta.start()
+    wait_for_log(mta, "worker 1 ready")
+    for _ in range(6):
+        with SmtpClient(mta.port, "::1", host="::1") as c:
+            assert c.reply().line == "220 mx.example.test ESMTP mtaserver"
+            c.ehlo()
+            c.expect("MAIL FROM:<s@client.test>", 250)
+            assert c.cmd("RCPT TO:<a@remote.test>").line == "554 5.7.1 <a@remote.test>: Relay access denied"  # ::1 is not in mynetworks here
+    log = wait_for_log(mta, "disconnect from unknown[::1]")
+    assert len(pids_of(log, "connect from unknown[::1]")) == 1  # one client address, one worker
+    assert "cannot steer" not in log

@@ -175,3 +175,16 @@ def test_smuggling_split_across_writes(default):
             time.sleep(0.05)
         assert c.reply().line == "550 5.5.2 Error: bare <LF> received"
     assert assert_nothing_smuggled(mta, before) == set()
+
+
+def test_bare_newline_note_normalizes_and_logs(make_mta):
+    mta = make_mta({"inbound": {"bare_newline": "note"}})
+    [r], c = send_form(mta, UNTRUSTED, b"\n.\n")
+    with c:
+        qid = queue_id_of(r)
+        c.send(b"NOOP\n")
+        assert c.reply().line == "250 2.0.0 Ok"
+    assert mta.queued() == [qid]
+    assert SMUGGLED in mta.body(qid) and not BARE.search(mta.body(qid))
+    wait_for_log(mta, f"{qid}: bare newline normalized in message from unknown[127.0.0.2]")
+    wait_for_log(mta, "bare newline in command after DATA from unknown[127.0.0.2]")

@@ -325,9 +325,7 @@ class Screen:
     def _violation(self, check: Check) -> bool:
         """Judge a deep-test failure. True: the session goes on; False: dropped (closed)."""
         assert self.screening is not None
-        self.deep.discard(check)
-        if check is Check.PIPELINING:
-            pass  # still not offered: the session stays as it was
+        self.deep.discard(check)  # skipped for the rest of the session (PIPELINING stays hidden)
         verdict = on_failure(check, self.ps, client_ip=self.ip)
         self.sc.count(check, verdict.action.value)
         self.screening = self.screening.judged(verdict, time.time())

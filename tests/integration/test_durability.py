@@ -164,3 +164,14 @@ def test_acknowledged_message_survives_kill_9_right_after_the_250(make_mta):
         assert qid in mta.queued()
         assert mta.body(qid).endswith(b"Subject: k\r\n\r\nkill me\r\n")
         assert mta.queued("tmp") == []
+
+
+def test_queue_files_are_private(make_mta):
+    """Mail is private: the queue directories are 0700 and the queue files 0600."""
+    mta = make_mta()
+    qid = _committed_message(mta)
+    for d in ("", "tmp", "msg", "incoming", "active", "deferred", "hold", "corrupt"):
+        mode = (mta.queue / d).stat().st_mode & 0o777
+        assert mode == 0o700, (d, oct(mode))
+    for p in (mta.queue / "incoming" / qid, mta.queue / "msg" / qid):
+        assert p.stat().st_mode & 0o777 == 0o600, (p, oct(p.stat().st_mode))

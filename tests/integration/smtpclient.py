@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 from conftest import IN_CI, Mta, require_tool
 
-__all__ = ["IN_CI", "Mta", "Reply", "SmtpClient", "require_tool", "wait_for", "wait_for_log", "restart"]
+__all__ = [
+    "IN_CI", "TRUSTED", "UNTRUSTED", "UNTRUSTED2", "Mta", "Reply", "SmtpClient", "dot_stuff", "queue_id_of",
+    "require_tool", "restart", "wait_for", "wait_for_log",
+]  # fmt: skip
 
 TRUSTED = "127.0.0.1"  # in outbound.mynetworks of the test config
 UNTRUSTED = "127.0.0.2"  # an outsider

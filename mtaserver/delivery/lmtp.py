@@ -29,9 +29,9 @@ DESCRIPTION
     is kept between messages: LMTP is local and cheap to open, and Dovecot forks per
     connection anyway.
 
-    The protocol work is done by small pure functions (`parse_reply_line`, `Reply.parse`,
-    `extensions`, `data_payload`, `needs_utf8`) that are unit-tested without sockets; the
-    async code around them only moves bytes.
+    The protocol machinery (reply parsing, command lines, dot-stuffing, extensions, the
+    connection with its timeouts) is delivery/wire.py's, shared with the SMTP client; this
+    module holds only what is LMTP's: LHLO, and one reply per recipient after DATA.
 
 SECURITY
     Talks to the mailbox server, a trusted local service, but its replies are still parsed
@@ -42,7 +42,7 @@ SECURITY
     that would is refused here (5.1.3 / 5.1.7) instead of being sent.
 
     The message body is sent with every bare CR and bare LF turned into CRLF before
-    dot-stuffing (as aiosmtplib does for outbound SMTP), so the mailbox server cannot read
+    dot-stuffing (wire.data_payload, as for outbound SMTP), so the mailbox server cannot read
     an end of data into the content that we did not mean (SMTP smuggling).
 
 STANDARDS
@@ -58,215 +58,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from dataclasses import dataclass
 
 from ..config import Endpoint
 from ..logutil import sanitize
-from .smtp import Kind, Outcome, from_reply
+from .wire import (
+    MAX_LINE,
+    Connection,
+    Kind,
+    Lost,
+    Outcome,
+    ProtocolError,
+    Reply,
+    command,
+    data_payload,
+    extensions,
+    needs_utf8,
+)
 
 log = logging.getLogger("lmtp")
-
-MAX_LINE = 2048  # bytes per reply line, CRLF included (RFC 5321 4.5.3.1.5 says 512)
-MAX_LINES = 100  # lines per reply (an LHLO reply lists a dozen extensions)
-QUIT_TIMEOUT = 5.0
-
-_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]?)(.*)", re.S)
-_ASCII_TEXT = re.compile(rb"[\t\x20-\x7e]*")
-_BAD_IN_UTF8 = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # controls, C1 included
-_ANY_EOL = re.compile(rb"\r\n|\r|\n")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class ProtocolError(Exception):
-    """The server said something that is not an LMTP reply (or not the one expected)."""
-
-
-# -- pure protocol functions ------------------------------------------------------------------
-
-
-def parse_reply_line(line: bytes, *, utf8: bool = False) -> tuple[int, bool, str]:
-    """One reply line without its line ending -> (code, is last line, text).
-
-    `250-text` continues, `250 text` and a bare `250` end the reply (RFC 5321 4.2.1). The
-    text must be printable: ASCII (and HT), or UTF-8 without control characters when
-    `utf8` (SMTPUTF8 was agreed).
-    """
-    m = _LINE.fullmatch(line)
-    if m is None:
-        raise ProtocolError(f"malformed reply line: {sanitize(line, 100)}")
-    code, sep, raw = int(m.group(1)), m.group(2), m.group(3)
-    if not sep and raw:
-        raise ProtocolError(f"malformed reply line: {sanitize(line, 100)}")
-    if _ASCII_TEXT.fullmatch(raw):
-        text = raw.decode("ascii")
-    elif utf8:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError(f"reply line is not UTF-8: {sanitize(line, 100)}") from None
-        if _BAD_IN_UTF8.search(text):
-            raise ProtocolError(f"control character in reply line: {sanitize(line, 100)}")
-    else:
-        raise ProtocolError(f"non-printable character in reply line: {sanitize(line, 100)}")
-    return code, sep != b"-", text
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    code: int
-    lines: tuple[str, ...]  # the text of each line, codes removed
-
-    @property
-    def text(self) -> str:
-        """The reply as one line, for outcomes and logs (multi-line text joined by spaces)."""
-        return " ".join(t for t in self.lines if t)
-
-    @classmethod
-    def parse(cls, lines: list[bytes], *, utf8: bool = False) -> Reply:
-        """A whole reply from its lines (line endings removed); every line has the same code,
-        only the last one ends the reply."""
-        if not lines:
-            raise ProtocolError("empty reply")
-        code = None
-        texts = []
-        for i, line in enumerate(lines):
-            c, last, text = parse_reply_line(line, utf8=utf8)
-            if code is not None and c != code:
-                raise ProtocolError(f"reply code changed from {code} to {c} within one reply")
-            if last != (i == len(lines) - 1):
-                raise ProtocolError("reply continues after its last line" if last else "reply ends without a last line")
-            code = c
-            texts.append(text)
-        assert code is not None
-        return cls(code, tuple(texts))
-
-    def outcome(self, remote: str, default_detail: str = "0.0") -> Outcome:
-        return from_reply(self.code, self.text, remote, default_detail)
-
-
-def extensions(lhlo: Reply) -> dict[str, str]:
-    """The service extensions of a 250 LHLO reply: {"PIPELINING": "", "SIZE": "10240000"}."""
-    out = {}
-    for line in lhlo.lines[1:]:
-        keyword, _, params = line.strip().partition(" ")
-        if keyword:
-            out[keyword.upper()] = params.strip()
-    return out
-
-
-def data_payload(body: bytes) -> bytes:
-    """The bytes to send after 354: CRLF line endings, dot-stuffed, then CRLF.CRLF.
-
-    Bare CR and bare LF become CRLF (RFC 5321 2.3.8), a line that starts with "." gets a
-    second one (4.5.2), and a body that does not end in CRLF gets one, so the terminating
-    "." is always on a line of its own.
-    """
-    if body.count(b"\r") != body.count(b"\r\n") or body.count(b"\n") != body.count(b"\r\n"):
-        body = _ANY_EOL.sub(b"\r\n", body)
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    body = body.replace(b"\r\n.", b"\r\n..")
-    if body.startswith(b"."):
-        body = b"." + body
-    return body + b".\r\n"
-
-
-def needs_utf8(sender: str, recipients: list[str], body: bytes) -> tuple[bool, set[str]]:
-    """What of an SMTPUTF8 message cannot go without SMTPUTF8: (sender or header, recipients).
-
-    The body may hold 8-bit text without SMTPUTF8 (that is 8BITMIME's business); a UTF-8
-    address or header may not (RFC 6531 3.2).
-    """
-    end = body.find(b"\r\n\r\n")
-    header = body[: end + 2] if end >= 0 else body
-    return (not sender.isascii() or not header.isascii()), {r for r in recipients if not r.isascii()}
-
-
-def command(verb: str, arg: str = "", params: list[str] | None = None) -> bytes:
-    """One command line; refuses control characters (they would end or forge a command)."""
-    text = " ".join([f"{verb}{arg}", *(params or [])])
-    if _CONTROL.search(text):
-        raise ValueError(f"control character in {verb}")
-    return text.encode("utf-8") + b"\r\n"
-
-
-# -- the session ------------------------------------------------------------------------------
-
-
-class _Lost(Exception):
-    """The connection broke or timed out; `phase` says when (for the outcome text)."""
-
-    def __init__(self, phase: str, *, timeout: bool = False, detail: str = "") -> None:
-        super().__init__(phase)
-        self.phase = phase
-        self.timeout = timeout
-        self.detail = detail
-
-    def text(self, remote: str) -> str:
-        if self.timeout:
-            return f"conversation with {remote} timed out {self.phase}"
-        return f"lost connection with {remote} {self.phase}" + (f" ({self.detail})" if self.detail else "")
-
-
-class _Session:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: str, timeout: float) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.remote = remote
-        self.timeout = timeout
-        self.utf8 = False
-
-    async def reply(self, phase: str) -> Reply:
-        lines: list[bytes] = []
-        try:
-            async with asyncio.timeout(self.timeout):
-                while True:
-                    raw = await self.reader.readuntil(b"\n")
-                    line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-                    lines.append(line)
-                    if len(lines) > MAX_LINES:
-                        raise ProtocolError(f"reply longer than {MAX_LINES} lines")
-                    if parse_reply_line(line, utf8=self.utf8)[1]:
-                        return Reply.parse(lines, utf8=self.utf8)
-        except TimeoutError:
-            raise _Lost(phase, timeout=True) from None
-        except asyncio.IncompleteReadError:
-            raise _Lost(phase) from None
-        except asyncio.LimitOverrunError:
-            raise ProtocolError(f"reply line longer than {MAX_LINE} bytes") from None
-        except OSError as exc:
-            raise _Lost(phase, detail=sanitize(exc.strerror or str(exc), 100)) from None
-
-    def send(self, data: bytes) -> None:
-        """Queue bytes on the transport; the transport sends them while we read replies."""
-        self.writer.write(data)
-
-    async def flush(self, phase: str) -> None:
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self.writer.drain()
-        except TimeoutError:
-            raise _Lost(phase, timeout=True) from None
-        except OSError as exc:
-            raise _Lost(phase, detail=sanitize(exc.strerror or str(exc), 100)) from None
-
-    async def quit(self) -> None:
-        try:
-            async with asyncio.timeout(min(self.timeout, QUIT_TIMEOUT)):
-                self.writer.write(b"QUIT\r\n")
-                await self.writer.drain()
-                await self.reader.readuntil(b"\n")  # 221; what it says does not matter
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            pass
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            async with asyncio.timeout(1.0):
-                await self.writer.wait_closed()
-        except (TimeoutError, OSError):
-            pass
 
 
 def remote_label(endpoint: Endpoint) -> str:
@@ -303,12 +112,12 @@ async def deliver(
     except OSError as exc:
         o = Outcome(Kind.DEFER, "4.4.1", f"connect to {remote}: {sanitize(exc.strerror or str(exc), 200)}", remote, False)
         return {r: o for r in recipients}
-    session = _Session(reader, writer, remote, timeout)
+    session = Connection(reader, writer, remote, timeout)
     results: dict[str, Outcome] = {}
     clean = False
     try:
         clean = await _transaction(session, lhlo_name, sender, recipients, body, smtputf8, eightbit, results)
-    except _Lost as exc:
+    except Lost as exc:
         o = Outcome(Kind.DEFER, "4.4.2", exc.text(remote), remote, False)
         for r in recipients:
             results.setdefault(r, o)
@@ -328,7 +137,7 @@ async def deliver(
 
 
 async def _transaction(
-    s: _Session, lhlo_name: str, sender: str, recipients: list[str], body: bytes, smtputf8: bool, eightbit: bool, results: dict[str, Outcome]
+    s: Connection, lhlo_name: str, sender: str, recipients: list[str], body: bytes, smtputf8: bool, eightbit: bool, results: dict[str, Outcome]
 ) -> bool:
     """Fill `results`; True when the session may end with QUIT."""
     remote = s.remote

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ..config import parse_endpoint
 from ..dns import NotFound, Record, TempFail
-from .smtp import Kind, Outcome
+from .wire import Kind, Outcome
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from conftest import free_port
 
 from mtaserver.config import Endpoint
 from mtaserver.delivery import lmtp
-from mtaserver.delivery.lmtp import ProtocolError, Reply, data_payload, extensions, needs_utf8, parse_reply_line
+from mtaserver.delivery.wire import ProtocolError, Reply, data_payload, extensions, needs_utf8, parse_reply_line
 from mtaserver.delivery.smtp import Kind
 
 # -- replies ---------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ class Worker:
         for listener, sock in zip(cfg.server.listeners, self.sockets):
             srv = SmtpServer(self.holder, listener, self.store, tls, self.screener)
             self.servers.append(srv)
-            listening.append(await loop.create_server(srv.protocol, sock=sock))
+            implicit = tls if listener.tls == "implicit" else None  # port 465 style: TLS from the first byte
+            listening.append(await loop.create_server(srv.protocol, sock=sock, ssl=implicit))
         if self.sockets:
             log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
         else:

@@ -244,6 +244,13 @@ class ServerConfig(Strict):
             raise ValueError("listener names must be unique")
         return v
 
+    @model_validator(mode="after")
+    def _implicit_needs_cert(self) -> ServerConfig:
+        for x in self.listeners:
+            if x.tls == "implicit" and not self.tls.cert:
+                raise ValueError(f"listener {x.name}: tls implicit needs server.tls.cert and key")
+        return self
+
     def worker_count(self) -> int:
         return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
 

@@ -169,7 +169,8 @@ class SmtpSession(AiosmtpdSMTP):
         self.trusted = False
         self.helo: str | None = None
         self.esmtp = False
-        self.tls = False
+        self.tls = server.listener.tls == "implicit"  # the TLS layer came with the connection
+        self._failed = False
         self.tx: _Transaction | None = None
         self.errors = 0
         self.junk = 0
@@ -206,6 +207,7 @@ class SmtpSession(AiosmtpdSMTP):
     def _reply(self, reply: Reply) -> None:
         if reply.is_error:
             self.errors += 1
+            self._failed = True
         self._out.append(reply.encode())
 
     async def _flush(self) -> None:
@@ -435,14 +437,14 @@ class SmtpSession(AiosmtpdSMTP):
                 log.warning("too many junk commands after %s from %s", verb, self._label())
                 self._goodbye(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
                 return
-        errors_before = self.errors
+        self._failed = False  # set by _reply on a 4xx/5xx: per command, whatever the error budget does
         try:
             await handler(self, arg)
         except ConnectionError:
             self._count(verb, False)  # lost in the middle of the command (Postfix: data=0/1)
             raise
-        self._count(verb, self.errors == errors_before)
-        if self.errors > errors_before:
+        self._count(verb, not self._failed)
+        if self._failed:
             await self._after_error()
 
     # -- commands ----------------------------------------------------------------------------

@@ -266,3 +266,31 @@ def test_start_with_an_unloadable_certificate_fails_cleanly(make_mta, tmp_path, 
     log = mta.log()
     assert f"{mta.config_path}: server.tls: cannot load the certificate and key: " in log
     assert "Traceback" not in log and "restarting" not in log
+
+
+def test_implicit_tls_listener(make_mta, cert):
+    """tls: implicit (port 465 style): TLS from the first byte, no STARTTLS offered, ESMTPS trace."""
+    crt, key = cert
+    m = make_mta({"server": {"tls": {"cert": str(crt), "key": str(key)},
+                             "listeners": [{"name": "smtps", "address": "127.0.0.1:0", "tls": "implicit"}]}},
+                 start=False)  # fmt: skip
+    m.config["server"]["listeners"][0]["address"] = f"127.0.0.1:{m.port}"
+    m.write_config()
+    m.start()
+    ctx = verifying_context(crt)
+    ctx.check_hostname = False  # we connect to 127.0.0.1; the chain is still verified
+    with smtplib.SMTP_SSL("127.0.0.1", m.port, context=ctx, source_address=(TRUSTED, 0)) as c:
+        code, caps = c.ehlo("client.test")
+        assert code == 250 and b"STARTTLS" not in caps
+        assert c.docmd("STARTTLS") == (554, b"5.5.1 Error: TLS already active")
+        assert c.sendmail("s@client.test", ["a@example.test"], b"Subject: x\r\n\r\nhi\r\n") == {}
+    [qid] = m.queued()
+    head = m.body(qid).split(b"\r\n\r\n")[0]
+    assert b"with ESMTPS id" in head and b"(using TLSv1." in head
+
+
+def test_implicit_tls_needs_a_certificate(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("server:\n  listeners:\n    - {name: smtps, address: '127.0.0.1:4650', tls: implicit}\n")
+    out = subprocess.run([sys.executable, "-m", "mtaserver", "check-config", "-c", str(p)], capture_output=True, text=True)
+    assert out.returncode == 1 and "tls implicit needs server.tls.cert" in out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import smtplib
 
 from smtpclient import TRUSTED, UNTRUSTED, SmtpClient, queue_id_of, wait_for_log
 
@@ -145,3 +146,15 @@ def test_log_client_port(make_mta):
         c.expect("QUIT", 221)
     wait_for_log(mta, f"connect from unknown[127.0.0.2]:{port}")
     wait_for_log(mta, f"disconnect from unknown[127.0.0.2]:{port} quit=1 commands=1")
+
+
+def test_disconnect_counts_a_queued_message_after_refused_recipients(mta):
+    """The error budget is reset when a message is queued; the DATA still counts as a success."""
+    with smtplib.SMTP("127.0.0.1", mta.port, source_address=("127.0.0.2", 0)) as c:
+        c.ehlo("client.test")
+        c.mail("s@client.test")
+        assert c.rcpt("x@remote.test")[0] == 554
+        assert c.rcpt("a@example.test")[0] == 250
+        assert c.data(b"Subject: x\r\n\r\nhi\r\n")[0] == 250
+    wait_for_log(mta, "disconnect from")
+    assert "ehlo=1 mail=1 rcpt=1/2 data=1 quit=1 commands=5/6" in mta.log()

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import free_port, require_tool
+from conftest import free_port, require_tool, stop_process
 
 
 def zone(name: str, records: str, *, negative_ttl: int = 300, ttl: int = 3600) -> str:
@@ -82,10 +82,4 @@ class Nsd:
                 return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)

@@ -369,6 +369,11 @@ class CacheConfig(Strict):
         return self
 
 
+class StressConfig(Strict):
+    connections: int = Field(90, ge=0)  # a worker's connections on a screened listener; 0 = never
+    greet_wait: Duration = 2.0  # Postfix: postscreen_greet_wait = ${stress?{2}:{6}}s
+
+
 class PostscreenConfig(Strict):
     access_list: list[str] = ["permit_mynetworks"]
     blacklist_action: PostscreenAction = "ignore"
@@ -379,6 +384,7 @@ class PostscreenConfig(Strict):
     pipelining: DeepTest = DeepTest(action="enforce")
     deep_tests_require_reconnect: bool = False
     cache: CacheConfig = CacheConfig()
+    stress: StressConfig = StressConfig()
 
     @field_validator("access_list")
     @classmethod

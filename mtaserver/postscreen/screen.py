@@ -54,7 +54,9 @@ DESCRIPTION
     The cache record is written when the screening concludes (verdict.conclude says which
     record), "PASS NEW [ip]:port" / "PASS OLD" logged when every due test passed.
 
-    Not implemented (see conf/mtaserver.yaml): stress mode (shorter greet wait under load),
+    Stress mode: when a worker holds postscreen.stress.connections connections on the
+    listener, new clients get the shorter stress.greet_wait (logged on entering/leaving).
+    Not implemented (see conf/mtaserver.yaml):
     Postfix's "cache only for the first session of an IP" (every connection reads the
     cache), switching on all deep tests after an early failure, command count/time limits
     of Postfix's dummy engine (the real session's limits apply), dnsbl reply_map.
@@ -106,10 +108,21 @@ class Screener:
         self.store: CacheStore = open_store(ps.cache, cfg.data_path)
         self.resolver = Resolver([str(ep) for ep in cfg.server.dns.nameservers], cfg.server.dns.timeout)
         self.counters: Counter[str] = Counter()
+        self.stress = False
         self._cleanup_task: asyncio.Task[None] | None = None
 
     def connection(self, session: SmtpSession) -> Screen:
         return Screen(self, session)
+
+    def greet_wait(self, connections: int) -> float:
+        """The greet wait now: shorter in stress mode, when this worker is busy (Postfix)."""
+        limit = self.ps.stress.connections
+        stress = bool(limit) and connections >= limit
+        if stress != self.stress:
+            self.stress = stress
+            log.warning("%s STRESS mode with %d connections", "entering" if stress else "leaving", connections)
+            self.count("stress", "enter" if stress else "leave")
+        return min(self.ps.greet.wait, self.ps.stress.greet_wait) if stress else self.ps.greet.wait
 
     def count(self, check: Check | str, outcome: str) -> None:
         name = check.value if isinstance(check, Check) else check
@@ -211,7 +224,7 @@ class Screen:
         s = self.session
         loop = asyncio.get_running_loop()
         start = loop.time()
-        wait = ps.greet.wait
+        wait = sc.greet_wait(len(s.server.sessions))
         deadline = start + wait
         pregreet_due = Check.PREGREET in due
         if pregreet_due:

@@ -349,3 +349,19 @@ def test_sighup_rebuilds_the_screener(make_mta, nsd):
     c, g, _ = connect(m, "127.0.0.2")
     assert g.code == 521
     c.close()
+
+
+def test_stress_mode_shortens_the_greet_wait(make_mta, nsd):
+    """Postfix's stress mode: once a worker holds stress.connections connections, new
+    clients wait stress.greet_wait instead of greet.wait; the log says when it enters."""
+    m = start(make_mta, nsd, {"greet": {"wait": 3}, "stress": {"connections": 3, "greet_wait": 0.2}})
+    # New (uncached) clients each: a cached one would skip the wait anyway.
+    _, _, calm = connect(m, "127.0.0.7")
+    assert calm >= 2.7, "not stressed: the full greet wait"
+    busy = [SmtpClient(m.port, ip) for ip in ("127.0.0.8", "127.0.0.9")]  # held in their greet wait
+    time.sleep(0.2)
+    _, g, stressed = connect(m, "127.0.0.10")
+    assert g.code == 220 and stressed < 1.5
+    wait_for_log(m, "entering STRESS mode with 3 connections")
+    for c in busy:
+        c.close()

@@ -74,6 +74,7 @@ class DataScanner:
         self._max_header = max_header
         self._pending = b""  # an unfinished line
         self._crlf_start = True  # the next byte starts a line after a CRLF (or starts DATA)
+        self._line_start_after_bare = False  # normalize/note: the last line ended in a bare LF
         self._in_header = True
         self._header_bytes = 0
         self.size = 0  # content bytes accepted so far (after unstuffing)
@@ -146,8 +147,6 @@ class DataScanner:
             self._problem(DataProblem.TOO_BIG)
             return b""
         return seg
-
-    _line_start_after_bare = False
 
     def _track_header(self, seg: bytes, at_line_start: bool) -> None:
         if at_line_start and seg.startswith(b"\r\n"):

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 
 from . import policy
-from .address import NULL, AddressError, Mailbox, needs_smtputf8, parse_path
+from .address import AddressError, Mailbox, needs_smtputf8, parse_path
 from .datastream import BareNewline, DataProblem, DataScanner
 from .logutil import sanitize
 from .model import ClientInfo, Envelope, Recipient, Reply

@@ -82,7 +82,6 @@ import asyncio
 import base64
 import logging
 import ssl
-import time
 from pathlib import Path
 
 from ..logutil import sanitize

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -61,13 +62,38 @@ def bind(ep: Endpoint, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def steering_wanted(cfg: Config) -> bool:
+    """Only a per-IP connection limit needs one client's connections in one worker.
+
+    Steering by IP puts all of one address's sessions on one core, which is what a limit per
+    IP needs and what a busy single client (a relay, a load test) does not: with no limit the
+    kernel spreads connections over the workers by the whole 4-tuple.
+    """
+    return cfg.server.limits.connections_per_ip > 0
+
+
+def set_steering(groups: list[list[socket.socket]], workers: int, wanted: bool) -> None:
+    """Attach or detach the by-IP steering on every listener's reuseport group."""
+    for sock in groups[0] if groups else []:
+        try:
+            if wanted:
+                steer_by_client_ip(sock, workers)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_DETACH_REUSEPORT_BPF, 0)
+        except OSError as exc:
+            if wanted:
+                log.warning("cannot steer clients to workers by IP (%s): per-IP limits apply per worker", exc)
+            elif exc.errno != errno.ENOENT:  # ENOENT: nothing was attached
+                log.warning("cannot detach the by-IP steering (%s)", exc)
+
+
 def steer_by_client_ip(sock: socket.socket, workers: int) -> None:
     """Make the kernel hand every connection from one client IP to the same worker.
 
     SO_REUSEPORT alone spreads connections by a hash of the whole 4-tuple, so the per-IP
-    state each worker keeps (server.limits.connections_per_ip, postscreen) would see only
-    part of a client's connections. A classic BPF program on the reuseport group picks the
-    socket by source address instead: index = saddr (IPv4; last 32 bits for IPv6) % workers.
+    state each worker keeps (server.limits.connections_per_ip) would see only part of a
+    client's connections. A classic BPF program on the reuseport group picks the socket by
+    source address instead: index = saddr (IPv4; last 32 bits for IPv6) % workers.
     """
     off = _SKF_NET_OFF + (12 if sock.family == socket.AF_INET else 20)  # IPv4 / IPv6 saddr
     prog = [(0x20, 0, 0, off & 0xFFFFFFFF), (0x94, 0, 0, workers), (0x16, 0, 0, 0)]  # ld [off]; mod #n; ret a
@@ -76,6 +102,7 @@ def steer_by_client_ip(sock: socket.socket, workers: int) -> None:
 
 
 _SO_ATTACH_REUSEPORT_CBPF = 51  # linux/asm-generic/socket.h
+_SO_DETACH_REUSEPORT_BPF = 68
 _SKF_NET_OFF = -0x100000  # linux/filter.h: load relative to the network header
 
 
@@ -88,7 +115,10 @@ class Worker:
         self.path = path
         self.sockets = sockets
         self.index = index
-        self.store = QueueStore(cfg.queue_path, sync_threads=cfg.queue.sync_threads)
+        self.store = QueueStore(
+            cfg.queue_path, sync_threads=cfg.queue.sync_threads,
+            spool_in_memory=cfg.queue.spool_in_memory, spool_memory_total=cfg.queue.spool_memory_total,
+        )
         self.servers: list[SmtpServer] = []
         self.screener: Screener | None = None  # postscreen, when a listener has postscreen: true
         self._stop = asyncio.Event()
@@ -213,12 +243,8 @@ def run(path: str) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
-    if n > 1:
-        for sock in socks[0]:
-            try:
-                steer_by_client_ip(sock, n)
-            except OSError as exc:
-                log.warning("cannot steer clients to workers by IP (%s): per-IP limits apply per worker", exc)
+    if n > 1 and steering_wanted(cfg):
+        set_steering(socks, n, True)
     log.info("mtaserver starting: %d worker(s), queue %s", n, cfg.queue_path)
     if n == 1:
         _run_worker(cfg, path, socks[0], 0, manager=True)
@@ -267,11 +293,12 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
             stopping = True
         if sig == signal.SIGHUP:
             try:
-                config_mod.load(path)
+                new = config_mod.load(path)
             except ConfigError as exc:
                 for line in exc.errors:
                     log.error("reload refused: %s", line)
                 return
+            set_steering(socks, len(socks) - 1, steering_wanted(new))
         for pid in children:
             try:
                 os.kill(pid, sig)

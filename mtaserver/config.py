@@ -512,6 +512,8 @@ class QueueConfig(Strict):
     destination_concurrency: int = Field(20, ge=1)
     min_free: Size = 0  # refuse MAIL (452 4.3.1) when the spool has less free space than this
     sync_threads: int = Field(16, ge=1, le=256)  # threads doing fsync, so commits overlap
+    spool_in_memory: Size = 256 * 1024  # content held in memory while it arrives; larger spills to tmp/
+    spool_memory_total: Size = 64 * 1024 * 1024  # per process, across all sessions; past it, spill
 
     @model_validator(mode="after")
     def _backoff(self) -> QueueConfig:

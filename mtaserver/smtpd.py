@@ -53,7 +53,7 @@ from .address import AddressError, Mailbox, needs_smtputf8, parse_path
 from .datastream import BareNewline, DataProblem, DataScanner
 from .logutil import sanitize
 from .model import ClientInfo, Envelope, Recipient, Reply
-from .queue.store import QueueStore, QueueWriteError, write_error_reply
+from .queue.store import QueueStore, QueueWriteError
 
 if TYPE_CHECKING:
     from .config import Config, Listener
@@ -607,12 +607,7 @@ class SmtpSession(AiosmtpdSMTP):
             return
         store = self.server.store
         qid = store.new_id()
-        try:
-            spool = await store.open_spool(qid)
-        except OSError as exc:
-            log.error("%s: cannot create queue file: %s", qid, exc)
-            self._reply(write_error_reply(exc))  # ENOSPC (no inode left): 452 4.3.1, as for the data
-            return
+        spool = store.new_spool(qid)  # in memory; a file only once it is large (then errors show at commit)
         committed = False
         try:
             spool.write(self._received_header(qid, tx))

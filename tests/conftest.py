@@ -97,8 +97,11 @@ class Mta:
         d = self.queue / state
         return sorted(os.listdir(d)) if d.exists() else []
 
-    def body(self, qid: str) -> bytes:
-        return (self.queue / "msg" / qid).read_bytes()
+    def body(self, qid: str, state: str = "incoming") -> bytes:
+        """The message content of a queue file (what follows is the envelope)."""
+        from mtaserver.queue.store import split_queue_file
+
+        return bytes(split_queue_file((self.queue / state / qid).read_bytes())[1])
 
     def start(self, timeout: float = 10.0) -> Mta:
         logf = open(self.log_path, "ab")

@@ -47,7 +47,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def deliver(root: Path, address: str, body_path: Path) -> str:
+def deliver(root: Path, address: str, body: bytes) -> str:
     """Deliver one copy for `address`; returns the file name. Raises OSError on failure."""
     box = mailbox_dir(root, address)
     for sub in ("tmp", "new", "cur"):
@@ -58,10 +58,9 @@ def deliver(root: Path, address: str, body_path: Path) -> str:
     header = b"Delivered-To: " + address.encode("utf-8", "surrogateescape") + b"\r\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb", closefd=False) as out, open(body_path, "rb") as src:
+        with os.fdopen(fd, "wb", closefd=False) as out:
             out.write(header)
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
+            out.write(body)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -23,7 +23,7 @@ DESCRIPTION
     as Dovecot, at most `advanced.threads.lmtp` sessions at a time.
 
 SECURITY
-    Does not talk to clients. Reads only envelope files it validates (store.read).
+    Does not talk to clients. Reads only queue files it validates (store.load).
 
 CONFIG
     queue.*, domains.local, domains.local_delivery, outbound.relay_host,
@@ -194,12 +194,12 @@ class QueueManager:
     async def _process(self, qid: str) -> None:
         try:
             try:
-                env = self.store.read("active", qid)
+                env, body = await self._load(qid)
             except CorruptEnvelope:
                 return
             except FileNotFoundError:
                 return
-            await self._attempt(env)
+            await self._attempt(env, body)
         except Exception:
             log.exception("%s: delivery attempt failed; the message stays in active/ until restart", qid)
         finally:
@@ -209,11 +209,16 @@ class QueueManager:
 
     # -- one delivery attempt --------------------------------------------------------------
 
-    async def _attempt(self, env: Envelope) -> None:
+    async def _load(self, qid: str) -> tuple[Envelope, bytes]:
+        """The envelope and content of an active message; a large one is read in a thread."""
+        if os.stat(self.store.path("active", qid)).st_size > (1 << 20):
+            env, content = await asyncio.to_thread(self.store.load, "active", qid)
+        else:
+            env, content = self.store.load("active", qid)
+        return env, bytes(content)
+
+    async def _attempt(self, env: Envelope, body: bytes) -> None:
         cfg = self._cfg()
-        qid = env.queue_id
-        body_path = self.store.body_path(qid)
-        body = await asyncio.to_thread(body_path.read_bytes) if env.size > (1 << 20) else body_path.read_bytes()
         pending = [r.address for r in env.recipients]
         results: dict[str, Outcome] = {}
         header = body[: body.find(b"\r\n\r\n") + 2] if b"\r\n\r\n" in body else body
@@ -225,14 +230,14 @@ class QueueManager:
             remote = [r for r in pending if r not in set(local)]
             jobs = []
             if local:
-                jobs.append(self._deliver_local(cfg, env, local, body_path, body))
+                jobs.append(self._deliver_local(cfg, env, local, body))
             if remote:
                 jobs.append(self._deliver_remote(cfg, env, remote, body))
             for part in await asyncio.gather(*jobs):
                 results.update(part)
         await self._finish(cfg, env, results, body)
 
-    async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body_path: Path, body: bytes) -> dict[str, Outcome]:
+    async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
         ld = cfg.domains.local_delivery
         if ld.type == "lmtp":
             assert ld.address is not None  # config validation guarantees it
@@ -244,7 +249,7 @@ class QueueManager:
         out = {}
         for r in rcpts:
             try:
-                await asyncio.to_thread(maildir.deliver, root, r, body_path)
+                await asyncio.to_thread(maildir.deliver, root, r, body)
                 out[r] = Outcome(Kind.SENT, "2.0.0", "delivered to maildir", "maildir", False)
             except OSError as exc:
                 out[r] = Outcome(Kind.DEFER, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}", "maildir", False)

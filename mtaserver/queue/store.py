@@ -1,40 +1,56 @@
-"""The on-disk queue: spool files, the envelope format, the commit, recovery.
+"""The on-disk queue: queue files, their format, the commit, recovery.
 
 DESCRIPTION
     data_dir/queue/
-      tmp/        bodies being received (<id>.body) and envelopes being written (<id>.env)
-      msg/        message bodies, written once, named by queue id
-      incoming/   committed messages not yet scheduled (one envelope file each)
+      tmp/        queue files being written: nothing here was ever acknowledged
+      incoming/   committed messages not yet scheduled
       active/     messages the queue manager is delivering
-      deferred/   messages waiting for their next attempt
+      deferred/   messages waiting for their next attempt (mtime = time of the next attempt)
       hold/       messages held by the administrator
-      corrupt/    envelope files that failed to parse; kept, never deleted
+      corrupt/    queue files that failed to parse; kept, never deleted
+      status/     the queue manager's record of delivery progress (see below)
 
-    The directory names the state; every transition is one rename(2). The commit, after
-    which and only after which the client hears "250 2.0.0 Ok: queued as <id>":
+    One message is one queue file, named by its queue id, in the directory of its state; every
+    state transition is one rename(2). A queue file is the message content as received (CRLF
+    lines, dots unstuffed, our Received: header first), then the envelope as one JSON line,
+    then a fixed 25-byte trailer that gives the JSON's length and CRC-32:
 
-      1. fsync(tmp/<id>.body); rename -> msg/<id>     } at the same time,
-      2. write tmp/<id>.env, fsync it                   } in two threads
-      3. fsync(msg/)            (the body's name is durable before the envelope's)
-      4. rename tmp/<id>.env -> incoming/<id>
-      5. fsync(incoming/)
+        <content> <json> "\nMTAQ2 <len:08x> <crc:08x>\n"
 
-    File fsyncs run in a thread pool so that commits of concurrent sessions overlap; the
-    directory fsyncs are group commits: one fsync covers every rename made before it began.
+    The content length is implied (file size - json - trailer) and must equal the envelope's
+    `size`; a file that is short, damaged or of another version moves to corrupt/.
 
-    Envelope file: a version line, one JSON object, and an end line with the CRC-32 of the
-    JSON. A file that does not parse (or whose body is missing) moves to corrupt/.
+    The commit, after which and only after which the client hears "250 2.0.0 Ok: queued as
+    <id>", is one job in a worker thread:
 
-    Recovery at start (before any worker accepts): tmp/ is swept (nothing there was ever
-    acknowledged), active/ moves back to incoming/ (at-least-once: a crash may cause a
-    duplicate, never a loss), incoming/ is validated, and bodies with no envelope are removed.
+      1. write tmp/<id> (the content, unless it already spilled there, and the trailer)
+      2. fsync(tmp/<id>)
+      3. rename tmp/<id> -> incoming/<id>
+      4. fsync(incoming/)
+
+    Postfix's cleanup does steps 1-2 into incoming/ and relies on the file system for the name;
+    we also make the name durable. Content stays in memory while it arrives, up to
+    queue.spool_in_memory bytes per message and queue.spool_memory_total per process; a larger
+    message spills to tmp/<id> as it arrives. So a small message costs one file creation, one
+    write, two fsyncs and one rename, and one hand-off to a thread (profile: thread hand-offs
+    and file creations were the largest costs of receiving).
+
+    Delivery progress: the queue file never changes once committed. When an attempt leaves
+    recipients for later, the queue manager writes the whole updated envelope (same JSON,
+    with an empty content part) to status/<id>, atomically; it supersedes the envelope in the
+    queue file. Removal unlinks the queue file first, then status/<id>.
+
+    Recovery at start (before any worker accepts): tmp/ is swept, active/ moves back to
+    incoming/ (at-least-once: a crash may cause a duplicate, never a loss), incoming/ is
+    validated, and status files with no queue file are removed.
 
 SECURITY
     Files are created 0600 under a 0700 root. Queue ids are generated here, never taken from
     a client; envelope contents are JSON, never evaluated.
 
 CONFIG
-    server.data_dir, queue.sync_threads, queue.min_free
+    server.data_dir, queue.sync_threads, queue.min_free, queue.spool_in_memory,
+    queue.spool_memory_total
 """
 
 from __future__ import annotations
@@ -44,6 +60,7 @@ import errno
 import json
 import logging
 import os
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -56,9 +73,10 @@ from ..model import ClientInfo, Envelope, Recipient, RcptState, Reply
 log = logging.getLogger("queue")
 
 STATES = ("incoming", "active", "deferred", "hold", "corrupt")
-DIRS = ("tmp", "msg", *STATES)
-FORMAT_VERSION = 1
-_MAGIC = b"MTAQ %d\n" % FORMAT_VERSION
+DIRS = ("tmp", "status", *STATES)
+FORMAT_VERSION = 2
+_TRAILER = re.compile(rb"\nMTAQ(\d) ([0-9a-f]{8}) ([0-9a-f]{8})\n\Z")
+TRAILER_SIZE = 25  # len(b"\nMTAQ2 00000000 00000000\n")
 
 # ---------------------------------------------------------------------------------------------
 # Queue ids: Crockford base32, fixed width, so that sorting by name sorts by arrival.
@@ -97,41 +115,99 @@ def is_queue_id(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Envelope format.
+# The queue file format.
 
 
 class CorruptEnvelope(ValueError):
     pass
 
 
-def dump_envelope(env: Envelope) -> bytes:
+def _envelope_doc(env: Envelope) -> dict:
     doc = asdict(env)
     for r in doc["recipients"]:
         r["state"] = r["state"].value if isinstance(r["state"], RcptState) else r["state"]
-    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
-    return b"%s%s\nEND %08x\n" % (_MAGIC, body, zlib.crc32(body))
+    return doc
 
 
-def parse_envelope(data: bytes) -> Envelope:
-    if not data.startswith(_MAGIC):
-        raise CorruptEnvelope("bad version line")
-    body, sep, trailer = data[len(_MAGIC) :].rpartition(b"\nEND ")
-    if not sep or not trailer.endswith(b"\n") or len(trailer) != 9:
-        raise CorruptEnvelope("no end marker")
+def envelope_trailer(env: Envelope) -> bytes:
+    """What follows the content in a queue file: the envelope JSON and the fixed trailer."""
+    body = json.dumps(_envelope_doc(env), separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return b"%s\nMTAQ%d %08x %08x\n" % (body, FORMAT_VERSION, len(body), zlib.crc32(body))
+
+
+def dump_envelope(env: Envelope) -> bytes:
+    """A queue file with no content: the form of status/<id> files."""
+    return envelope_trailer(env)
+
+
+def _envelope_from_json(body: bytes) -> Envelope:
     try:
-        if int(trailer[:8], 16) != zlib.crc32(body):
-            raise CorruptEnvelope("checksum mismatch")
         doc = json.loads(body.decode("utf-8", "surrogateescape"))
         doc["client"] = ClientInfo(**doc["client"])
         doc["recipients"] = [Recipient(**{**r, "state": RcptState(r["state"])}) for r in doc["recipients"]]
         env = Envelope(**doc)
-    except CorruptEnvelope:
-        raise
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptEnvelope(f"bad content: {exc}") from None
     if not is_queue_id(env.queue_id) or not env.recipients:
         raise CorruptEnvelope("bad queue id or no recipients")
     return env
+
+
+def _parse_tail(tail: bytes) -> int:
+    """The JSON length from the last TRAILER_SIZE bytes of a queue file."""
+    m = _TRAILER.search(tail)
+    if m is None or len(tail) != TRAILER_SIZE:
+        raise CorruptEnvelope("no trailer")
+    if int(m[1]) != FORMAT_VERSION:
+        raise CorruptEnvelope(f"format version {int(m[1])}, not {FORMAT_VERSION}")
+    return int(m[2], 16)
+
+
+def _checked_json(data: bytes | memoryview, crc_hex: bytes) -> bytes:
+    body = bytes(data)
+    if zlib.crc32(body) != int(crc_hex, 16):
+        raise CorruptEnvelope("envelope checksum mismatch")
+    return body
+
+
+def split_queue_file(data: bytes, *, content: bool = True) -> tuple[Envelope, memoryview]:
+    """A whole queue file -> (envelope, content). Raises CorruptEnvelope."""
+    if len(data) < TRAILER_SIZE:
+        raise CorruptEnvelope("file too short")
+    tail = data[-TRAILER_SIZE:]
+    jlen = _parse_tail(tail)
+    start = len(data) - TRAILER_SIZE - jlen
+    if start < 0:
+        raise CorruptEnvelope("file shorter than its envelope")
+    env = _envelope_from_json(_checked_json(memoryview(data)[start : len(data) - TRAILER_SIZE], tail[16:24]))
+    if content and env.size != start:
+        raise CorruptEnvelope(f"content is {start} bytes, the envelope says {env.size}")
+    return env, memoryview(data)[:start]
+
+
+def parse_envelope(data: bytes) -> Envelope:
+    """The envelope of a whole queue file (or of a status file)."""
+    return split_queue_file(data, content=False)[0]
+
+
+def read_envelope_only(path: Path) -> tuple[Envelope, int]:
+    """The envelope and the content length of a queue file, reading only its end."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size < TRAILER_SIZE:
+            raise CorruptEnvelope("file too short")
+        tail = os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE)
+        jlen = _parse_tail(tail)
+        start = size - TRAILER_SIZE - jlen
+        if start < 0:
+            raise CorruptEnvelope("file shorter than its envelope")
+        env = _envelope_from_json(_checked_json(os.pread(fd, jlen, start), tail[16:24]))
+    finally:
+        os.close(fd)
+    if env.size != start:
+        raise CorruptEnvelope(f"content is {start} bytes, the envelope says {env.size}")
+    return env, start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,83 +228,132 @@ def write_error_reply(exc: BaseException) -> Reply:
     return Reply(451, "4.3.0", "Error: queue file write error")
 
 
-class Spool:
-    """The body of one message while it arrives: tmp/<id>.body, appended to from the loop.
+class MemoryBudget:
+    """Bytes of message content a process may hold in memory across all sessions."""
 
-    Writes go to the page cache (memcpy speed); the slow part, fsync, happens at commit in
-    a thread. A write error is remembered and the rest of DATA is drained, not written.
+    __slots__ = ("free",)
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+
+
+class Spool:
+    """The content of one message while it arrives.
+
+    In memory while it is small (chunks kept as received, no copy), in tmp/<id> once it is
+    larger than `in_memory` or the process budget is spent. A write error is remembered and the
+    rest of DATA is drained, not written; commit reports it.
     """
 
-    __slots__ = ("queue_id", "path", "_file", "size", "error")
+    __slots__ = ("queue_id", "path", "size", "error", "_chunks", "_file", "_limit", "_budget", "_held")
 
-    def __init__(self, queue_id: str, path: Path) -> None:
+    def __init__(self, queue_id: str, path: Path, in_memory: int = 0, budget: MemoryBudget | None = None) -> None:
         self.queue_id = queue_id
         self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        self._file = os.fdopen(fd, "wb", buffering=65536)
         self.size = 0
         self.error: OSError | None = None
+        self._chunks: list[bytes] = []
+        self._file = None
+        self._limit = in_memory
+        self._budget = budget
+        self._held = 0  # bytes taken from the budget
+
+    @property
+    def on_disk(self) -> bool:
+        return self._file is not None
 
     def write(self, data: bytes) -> None:
-        if self.error is None and data:
+        if self.error is not None or not data:
+            return
+        n = len(data)
+        if self._file is None:
+            budget = self._budget
+            if self.size + n <= self._limit and (budget is None or budget.free >= n):
+                self._chunks.append(data)
+                self.size += n
+                if budget is not None:
+                    budget.free -= n
+                    self._held += n
+                return
             try:
-                self._file.write(data)
-                self.size += len(data)
+                self._spill()
             except OSError as exc:
                 self.error = exc
-
-    def close(self) -> None:
+                return
         try:
-            self._file.close()
+            self._file.write(data)
+            self.size += n
         except OSError as exc:
-            self.error = self.error or exc
+            self.error = exc
 
+    def _spill(self) -> None:
+        """Move what is held in memory to tmp/<id> and go on there (a large message)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._file = os.fdopen(fd, "wb", buffering=65536)
+        chunks, self._chunks = self._chunks, []
+        self._release()
+        for c in chunks:
+            self._file.write(c)
 
-class DirSyncer:
-    """Group commit of a directory: each caller is covered by an fsync that began after it called."""
-
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, fsync: Callable[[int], None]) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self._executor = executor
-        self._fsync = fsync
-        self._waiters: list[asyncio.Future[None]] = []
-        self._runner: asyncio.Task[None] | None = None
-
-    async def sync(self) -> None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(fut)
-        if self._runner is None or self._runner.done():
-            self._runner = loop.create_task(self._run(loop))
-        await fut
-
-    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        while self._waiters:
-            batch, self._waiters = self._waiters, []
-            try:
-                await loop.run_in_executor(self._executor, self._fsync, self._fd)
-            except OSError as exc:
-                for f in batch:
-                    if not f.done():
-                        f.set_exception(OSError(exc.errno, exc.strerror))
-            else:
-                for f in batch:
-                    if not f.done():
-                        f.set_result(None)
+    def _release(self) -> None:
+        if self._budget is not None:
+            self._budget.free += self._held
+        self._held = 0
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._chunks = []
+        self._release()
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self.error = self.error or exc
+
+    def _write_out(self, trailer: bytes, fsync: Callable[[int], None]) -> None:
+        """Commit steps 1-2, in a worker thread: the file is complete and durable."""
+        if self._file is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, [*self._chunks, trailer])
+                fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            f = self._file
+            f.write(trailer)
+            f.flush()
+            fsync(f.fileno())
+            f.close()
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        n = os.writev(fd, views[:1024])  # IOV_MAX
+        while n:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 class QueueStore:
-    def __init__(self, root: Path, *, sync_threads: int = 16, fsync: Callable[[int], None] = os.fsync) -> None:
+    def __init__(
+        self, root: Path, *, sync_threads: int = 16, fsync: Callable[[int], None] = os.fsync,
+        spool_in_memory: int = 256 * 1024, spool_memory_total: int = 64 * 1024 * 1024,
+    ) -> None:  # fmt: skip
         self.root = Path(root)
         self._fsync = fsync
         self._ids = QueueIdGenerator()
         self._pool: ThreadPoolExecutor | None = None
         self._sync_threads = sync_threads
-        self._msg_sync: DirSyncer | None = None
-        self._incoming_sync: DirSyncer | None = None
+        self._in_memory = spool_in_memory
+        self._budget = MemoryBudget(spool_memory_total)
+        self._incoming_fd: int | None = None
+        self._tmp = str(self.root / "tmp")
+        self._incoming = str(self.root / "incoming")
         self.on_commit: Callable[[str], None] | None = None  # the queue manager's wake-up
 
     # -- layout ------------------------------------------------------------------------------
@@ -241,8 +366,8 @@ class QueueStore:
     def path(self, state: str, queue_id: str) -> Path:
         return self.root / state / queue_id
 
-    def body_path(self, queue_id: str) -> Path:
-        return self.root / "msg" / queue_id
+    def status_path(self, queue_id: str) -> Path:
+        return self.root / "status" / queue_id
 
     def list(self, state: str) -> list[str]:
         return sorted(n for n in os.listdir(self.root / state) if is_queue_id(n))
@@ -257,102 +382,104 @@ class QueueStore:
     # -- receiving ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Per process, after fork: the fsync threads and directory handles."""
+        """Per process, after fork: the fsync threads and the incoming/ directory handle."""
         self.ensure_dirs()
         self._ids = QueueIdGenerator()
         self._pool = ThreadPoolExecutor(self._sync_threads, thread_name_prefix="qsync")
-        self._msg_sync = DirSyncer(self.root / "msg", self._pool, self._fsync)
-        self._incoming_sync = DirSyncer(self.root / "incoming", self._pool, self._fsync)
+        self._incoming_fd = os.open(self.root / "incoming", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
         if self._pool:
             self._pool.shutdown(wait=True)
             self._pool = None
-        for s in (self._msg_sync, self._incoming_sync):
-            if s:
-                s.close()
-        self._msg_sync = self._incoming_sync = None
+        if self._incoming_fd is not None:
+            os.close(self._incoming_fd)
+            self._incoming_fd = None
 
     def new_spool(self, queue_id: str) -> Spool:
-        return Spool(queue_id, self.root / "tmp" / f"{queue_id}.body")
-
-    async def open_spool(self, queue_id: str) -> Spool:
-        """new_spool from the event loop: creating a file can block on the journal (profile: 8%)."""
-        assert self._pool is not None, "QueueStore.open() first"
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.new_spool, queue_id)
+        """Creates nothing on disk until the content outgrows memory (or at commit)."""
+        return Spool(queue_id, self.root / "tmp" / queue_id, self._in_memory, self._budget)
 
     def discard(self, spool: Spool) -> None:
         spool.close()
-        _unlink(spool.path)
+        if spool.on_disk:
+            _unlink(spool.path)
 
-    def _sync_body(self, spool: Spool) -> None:
-        """Step 1 of the commit, in a worker thread."""
-        f = spool._file
-        f.flush()
-        self._fsync(f.fileno())
-        f.close()
-        os.rename(spool.path, self.body_path(spool.queue_id))
-
-    def _write_env(self, queue_id: str, env_data: bytes) -> None:
-        """Step 2 of the commit, in another worker thread at the same time as step 1."""
-        env_tmp = self.root / "tmp" / f"{queue_id}.env"
-        fd = os.open(env_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    def _commit_job(self, spool: Spool, trailer: bytes) -> None:
+        """The whole commit, in one worker thread (see DESCRIPTION)."""
+        assert self._incoming_fd is not None
+        spool._write_out(trailer, self._fsync)
+        qid = spool.queue_id
+        os.rename(f"{self._tmp}/{qid}", f"{self._incoming}/{qid}")
         try:
-            view = memoryview(env_data)
-            while view:
-                view = view[os.write(fd, view) :]
-            self._fsync(fd)
-        finally:
-            os.close(fd)
+            self._fsync(self._incoming_fd)
+        except OSError:
+            _unlink(Path(self._incoming) / qid)  # not acknowledged: it must not be delivered either
+            raise
 
     async def commit(self, spool: Spool, env: Envelope) -> None:
         """Make the message durable in incoming/, or raise QueueWriteError with the reply to give."""
-        assert self._pool and self._msg_sync and self._incoming_sync, "QueueStore.open() first"
-        qid = spool.queue_id
+        assert self._pool is not None, "QueueStore.open() first"
         env.size = spool.size
         if spool.error is not None:
             self._remove_partial(spool)
             raise QueueWriteError(write_error_reply(spool.error), spool.error)
-        loop = asyncio.get_running_loop()
         try:
-            # Body and envelope are made durable side by side: a single-session client waits
-            # for three fsyncs in a row instead of four.
-            body_job = loop.run_in_executor(self._pool, self._sync_body, spool)
-            env_job = loop.run_in_executor(self._pool, self._write_env, qid, dump_envelope(env))
-            for outcome in await asyncio.gather(body_job, env_job, return_exceptions=True):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            await self._msg_sync.sync()
-            # rename(2) can wait on the journal behind other fsyncs: keep it off the loop too.
-            await loop.run_in_executor(self._pool, os.rename, self.root / "tmp" / f"{qid}.env", self.path("incoming", qid))
-            await self._incoming_sync.sync()
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._commit_job, spool, envelope_trailer(env))
         except OSError as exc:
             self._remove_partial(spool)
             raise QueueWriteError(write_error_reply(exc), exc) from exc
+        finally:
+            spool.close()
         if self.on_commit:
-            self.on_commit(qid)
+            self.on_commit(spool.queue_id)
 
     def _remove_partial(self, spool: Spool) -> None:
         spool.close()
-        qid = spool.queue_id
-        for p in (spool.path, self.root / "tmp" / f"{qid}.env", self.body_path(qid), self.path("incoming", qid)):
-            _unlink(p)
+        _unlink(spool.path)
 
     # -- reading and moving ------------------------------------------------------------------
 
-    def read(self, state: str, queue_id: str) -> Envelope:
-        """Parse an envelope; a damaged one moves to corrupt/ and raises CorruptEnvelope."""
-        path = self.path(state, queue_id)
+    def _corrupt(self, state: str, queue_id: str, exc: Exception) -> None:
         try:
-            env = parse_envelope(path.read_bytes())
+            self.move(queue_id, state, "corrupt")
+        except FileNotFoundError:
+            return
+        log.warning('saving corrupt file "%s" from queue "%s" to queue "corrupt": %s', queue_id, state, exc)
+
+    def _status(self, queue_id: str, env: Envelope) -> Envelope:
+        """The envelope as the queue manager last recorded it, if it did."""
+        try:
+            data = self.status_path(queue_id).read_bytes()
+        except FileNotFoundError:
+            return env
+        newer = parse_envelope(data)
+        if newer.queue_id != env.queue_id:
+            raise CorruptEnvelope("status file of another message")
+        newer.size = env.size
+        return newer
+
+    def read(self, state: str, queue_id: str) -> Envelope:
+        """The current envelope (reads only the end of the file); a damaged file moves to corrupt/."""
+        try:
+            env, _ = read_envelope_only(self.path(state, queue_id))
             if env.queue_id != queue_id:
                 raise CorruptEnvelope("queue id does not match the file name")
-            if not self.body_path(queue_id).exists():
-                raise CorruptEnvelope("message body missing")
-            return env
+            return self._status(queue_id, env)
         except CorruptEnvelope as exc:
-            self.move(queue_id, state, "corrupt")
-            log.warning('saving corrupt file "%s" from queue "%s" to queue "corrupt": %s', queue_id, state, exc)
+            self._corrupt(state, queue_id, exc)
+            raise
+
+    def load(self, state: str, queue_id: str) -> tuple[Envelope, memoryview]:
+        """Envelope and content, for delivery; a damaged file moves to corrupt/."""
+        data = self.path(state, queue_id).read_bytes()
+        try:
+            env, content = split_queue_file(data)
+            if env.queue_id != queue_id:
+                raise CorruptEnvelope("queue id does not match the file name")
+            return self._status(queue_id, env), content
+        except CorruptEnvelope as exc:
+            self._corrupt(state, queue_id, exc)
             raise
 
     def move(self, queue_id: str, src: str, dst: str) -> None:
@@ -361,17 +488,15 @@ class QueueStore:
     # -- the queue manager's operations ------------------------------------------------------
 
     def rewrite(self, state: str, env: Envelope) -> None:
-        """Replace a committed envelope atomically (tmp + fsync + rename over it)."""
-        tmp = self.root / "tmp" / f"{env.queue_id}.env"
+        """Record delivery progress: status/<id>, replaced atomically (tmp + fsync + rename)."""
+        tmp = self.root / "tmp" / f"{env.queue_id}.status"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(dump_envelope(env))
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, [dump_envelope(env)])
             self._fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, self.path(state, env.queue_id))
+        os.rename(tmp, self.status_path(env.queue_id))
 
     def set_due(self, state: str, queue_id: str, when: float) -> None:
         """The file's mtime carries the time of the next attempt (Postfix's deferred queue)."""
@@ -381,22 +506,18 @@ class QueueStore:
         return os.stat(self.path(state, queue_id)).st_mtime
 
     def remove(self, state: str, queue_id: str) -> None:
-        """Delivery is complete: the envelope goes first, so a crash never leaves one without its body."""
+        """Delivery is complete: the queue file first, then its status (a leftover status is swept)."""
         _unlink(self.path(state, queue_id))
-        _unlink(self.body_path(queue_id))
+        _unlink(self.status_path(queue_id))
 
     async def inject(self, *, sender: str, recipients: list[str], body: bytes, client: ClientInfo) -> str:
         """Queue a message we generate ourselves (bounces, warnings) through the same commit."""
         qid = self.new_id()
-        spool = self.new_spool(qid)
+        spool = Spool(qid, self.root / "tmp" / qid, len(body))
         spool.write(body)
         env = Envelope(queue_id=qid, sender=sender, recipients=[Recipient(address=r) for r in recipients],
                        arrival=time.time(), client=client)  # fmt: skip
-        try:
-            await self.commit(spool, env)
-        except BaseException:
-            self._remove_partial(spool)
-            raise
+        await self.commit(spool, env)
         return qid
 
     # -- recovery ----------------------------------------------------------------------------
@@ -419,9 +540,9 @@ class QueueStore:
         known: set[str] = set()
         for state in STATES:
             known.update(self.list(state))
-        for name in os.listdir(self.root / "msg"):
+        for name in os.listdir(self.root / "status"):
             if name not in known:
-                _unlink(self.root / "msg" / name)
+                _unlink(self.root / "status" / name)
                 counts["orphans_removed"] += 1
         for d in DIRS:
             fd = os.open(self.root / d, os.O_RDONLY | os.O_DIRECTORY)
@@ -432,7 +553,7 @@ class QueueStore:
         return counts
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: Path | str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:

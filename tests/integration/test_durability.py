@@ -8,7 +8,7 @@ import threading
 
 from smtpclient import TRUSTED, SmtpClient, queue_id_of, restart, wait_for_log
 
-from mtaserver.queue.store import QueueIdGenerator, QueueStore, is_queue_id, parse_envelope
+from mtaserver.queue.store import TRAILER_SIZE, QueueIdGenerator, QueueStore, is_queue_id, parse_envelope
 
 THREADS = 8
 PER_THREAD = 38  # about 300 messages in all
@@ -54,7 +54,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(make_mta):
     assert len(snapshot) < THREADS * PER_THREAD, "the kill came after the load had finished"
     assert acked == snapshot
 
-    debris = {d: len(mta.queued(d)) for d in ("tmp", "msg", "incoming")}
+    debris = {d: len(mta.queued(d)) for d in ("tmp", "incoming")}
     print("at the kill:", len(snapshot), "acknowledged;", debris)
     restart(mta)
     # every acknowledged message is queued, complete, with its envelope
@@ -70,9 +70,8 @@ def test_kill_9_under_load_loses_no_acknowledged_message(make_mta):
         assert env.size == len(body)
         assert body.startswith(b"Received: from load%d.test (unknown [127.0.0.1])" % t)
         assert body.endswith(content(t, i))
-    # and the queue is consistent: no debris, no envelope without a body or body without an envelope
+    # and the queue is consistent: no debris, nothing half-written
     assert mta.queued("tmp") == []
-    assert set(mta.queued("msg")) == incoming
     assert mta.queued("active") == [] and mta.queued("corrupt") == []
     for qid in incoming - set(snapshot):  # sent but not acknowledged: allowed (at least once), but whole
         parse_envelope((mta.queue / "incoming" / qid).read_bytes())
@@ -81,6 +80,11 @@ def test_kill_9_under_load_loses_no_acknowledged_message(make_mta):
         c.greeting()
         c.ehlo()
         queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: after\r\n\r\nx\r\n"))
+
+
+def _trailer_len(data: bytes) -> int:
+    """Bytes after the content of a queue file: the envelope JSON and the fixed trailer."""
+    return TRAILER_SIZE + int(data[-TRAILER_SIZE:].split()[1], 16)
 
 
 def _committed_message(mta) -> str:
@@ -94,7 +98,7 @@ def test_recovery_at_start(make_mta):
     mta = make_mta()
     keep = _committed_message(mta)
     was_active = _committed_message(mta)
-    body_missing = _committed_message(mta)
+    truncated = _committed_message(mta)
     mismatched = _committed_message(mta)
     assert mta.stop() == 0
     q = mta.queue
@@ -103,29 +107,28 @@ def test_recovery_at_start(make_mta):
     assert all(is_queue_id(x) for x in (garbage, renamed, orphan))
     # a message the queue manager was working on when the process died
     os.rename(q / "incoming" / was_active, q / "active" / was_active)
-    # a file that is not an envelope, under a valid queue id
-    (q / "incoming" / garbage).write_bytes(b"\x00garbage that is not an envelope\n")
-    (q / "msg" / garbage).write_bytes(b"Subject: x\r\n\r\n")
-    # an envelope whose body is gone
-    (q / "msg" / body_missing).unlink()
-    # an envelope under another id's name
+    # a file that is not a queue file, under a valid queue id
+    (q / "incoming" / garbage).write_bytes(b"\x00garbage that is not a queue file\n")
+    # a queue file that lost the start of its content (its envelope and trailer are intact)
+    data = (q / "incoming" / truncated).read_bytes()
+    (q / "incoming" / truncated).write_bytes(data[10:])
+    # a queue file under another id's name
     os.rename(q / "incoming" / mismatched, q / "incoming" / renamed)
-    os.rename(q / "msg" / mismatched, q / "msg" / renamed)
-    # a body without an envelope, and debris of an unfinished receive
-    (q / "msg" / orphan).write_bytes(b"Subject: orphan\r\n\r\n")
-    (q / "tmp" / f"{junk_name}.body").write_bytes(b"half a message")
-    (q / "tmp" / f"{junk_name}.env").write_bytes(b"MTAQ 1\n{")
+    # a delivery status with no message, and debris of an unfinished receive and status write
+    (q / "status" / orphan).write_bytes(b"{}")
+    (q / "tmp" / junk_name).write_bytes(b"half a message")
+    (q / "tmp" / f"{junk_name}.status").write_bytes(b"{")
 
     restart(mta)
     log = wait_for_log(mta, "queue recovery: tmp_removed=2, active_requeued=1, corrupt=3, orphans_removed=1")
     assert mta.queued("incoming") == sorted([keep, was_active])
     assert mta.queued("active") == []
-    assert mta.queued("corrupt") == sorted([garbage, body_missing, renamed])
-    assert mta.queued("tmp") == []
-    # the garbage is kept for the administrator, with its body
-    assert (q / "corrupt" / garbage).read_bytes() == b"\x00garbage that is not an envelope\n"
-    assert sorted(mta.queued("msg")) == sorted([keep, was_active, garbage, renamed])
-    for qid, why in ((garbage, "bad version line"), (body_missing, "message body missing"), (renamed, "queue id does not match")):
+    assert mta.queued("corrupt") == sorted([garbage, truncated, renamed])
+    assert mta.queued("tmp") == [] and mta.queued("status") == []
+    # the garbage is kept for the administrator, as it was
+    assert (q / "corrupt" / garbage).read_bytes() == b"\x00garbage that is not a queue file\n"
+    shortened = "content is %d bytes, the envelope says %d" % (len(data) - 10 - _trailer_len(data), len(data) - _trailer_len(data))
+    for qid, why in ((garbage, "no trailer"), (truncated, shortened), (renamed, "queue id does not match")):
         assert f'saving corrupt file "{qid}" from queue "incoming" to queue "corrupt": {why}' in log
     # the requeued message is whole
     env = parse_envelope((q / "incoming" / was_active).read_bytes())
@@ -170,8 +173,8 @@ def test_queue_files_are_private(make_mta):
     """Mail is private: the queue directories are 0700 and the queue files 0600."""
     mta = make_mta()
     qid = _committed_message(mta)
-    for d in ("", "tmp", "msg", "incoming", "active", "deferred", "hold", "corrupt"):
+    for d in ("", "tmp", "status", "incoming", "active", "deferred", "hold", "corrupt"):
         mode = (mta.queue / d).stat().st_mode & 0o777
         assert mode == 0o700, (d, oct(mode))
-    for p in (mta.queue / "incoming" / qid, mta.queue / "msg" / qid):
+    for p in (mta.queue / "incoming" / qid,):
         assert p.stat().st_mode & 0o777 == 0o600, (p, oct(p.stat().st_mode))

@@ -45,7 +45,6 @@ def assert_nothing_smuggled(mta: Mta, before: set[str]) -> set[str]:
         assert [r.address for r in e.recipients] == ["a@example.test"]
     assert all(e.sender != "evil@x" for e in envelopes(mta, mta.queued()))
     assert mta.queued("tmp") == []
-    assert mta.queued("msg") == mta.queued()
     return new
 
 
@@ -132,7 +131,7 @@ def test_bare_newline_reject_applies_to_trusted_when_not_excluded(make_mta):
     with c:
         assert r.line == "550 5.5.2 Error: bare <LF> received"
         assert c.closed_by_server(2)
-    assert mta.queued() == [] and mta.queued("tmp") == [] and mta.queued("msg") == []
+    assert mta.queued() == [] and mta.queued("tmp") == []
 
 
 @pytest.mark.parametrize(("line", "which"), [(b"EHLO x\n", "<LF>"), (b"EHLO x\r\r\n", "<CR>"), (b"EHLO x\ry\r\n", "<CR>")])

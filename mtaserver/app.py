@@ -169,7 +169,7 @@ class Worker:
         manager_task = None
         if self.with_manager and cfg.queue.manager:
             manager = QueueManager(lambda: self.holder.current, self.store)
-            self.store.on_commit = lambda _qid: manager.wake.set()
+            self.store.on_commit = manager.announce
             manager_task = loop.create_task(manager.run(self._stop))
             manager_task.add_done_callback(_log_crash)
         elif not self.with_manager:

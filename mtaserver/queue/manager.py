@@ -55,12 +55,13 @@ from ..model import ClientInfo, Envelope, RcptState
 from . import backoff
 from .dsn import Kind as DsnKind
 from .dsn import RecipientStatus, build_dsn
-from .store import CorruptEnvelope, QueueStore
+from .store import CorruptEnvelope, QueueStore, is_queue_id
 
 log = logging.getLogger("qmgr")
 
 MAX_ACTIVE = 200  # messages in active/ at once (Postfix qmgr_message_active_limit is 20000)
 SCAN_INTERVAL = 60.0  # at most this long between looks at deferred/ (Postfix queue_run_delay)
+INCOMING_SCAN = 5.0  # a full listing of incoming/ at least this often (a lost wake-up costs at most this)
 MAX_HOPS = 50  # Received: headers; more is a mail loop (Postfix hopcount_limit)
 _RECEIVED = re.compile(rb"(?im)^received:")
 LOCAL_CLIENT = ClientInfo(ip="127.0.0.1", port=0, name="localhost", helo="localhost", protocol="local", trusted=True)
@@ -86,11 +87,13 @@ def notify(queue_root: Path) -> Callable[[str], None]:
 
 
 class _Wake(asyncio.DatagramProtocol):
-    def __init__(self, event: asyncio.Event) -> None:
-        self.event = event
+    def __init__(self, announce: Callable[[str], None]) -> None:
+        self.announce = announce
 
     def datagram_received(self, data: bytes, addr: object) -> None:
-        self.event.set()
+        qid = data.decode("ascii", "replace")
+        if is_queue_id(qid):
+            self.announce(qid)
 
 
 class QueueManager:
@@ -100,6 +103,10 @@ class QueueManager:
         self._clock = clock
         self.wake = asyncio.Event()
         self._active: set[str] = set()
+        self._announced: list[str] = []  # committed since the last look, in order (wake-ups carry the id)
+        self._next_incoming_scan = 0.0
+        self._removals: list[str] = []  # delivered: their files are unlinked in batches, off the loop
+        self._remover: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_ACTIVE)
         self._dest: dict[str, asyncio.Semaphore] = {}
@@ -114,6 +121,11 @@ class QueueManager:
             password=_read_secret(cfg0, cfg0.outbound.relay_auth.password_file),
             max_idle_per_host=cfg0.queue.destination_concurrency,
         )
+
+    def announce(self, queue_id: str) -> None:
+        """A worker committed `queue_id` to incoming/ (the store's on_commit, or a datagram)."""
+        self._announced.append(queue_id)
+        self.wake.set()
 
     def flush(self) -> None:
         """postqueue -f: retry all deferred mail now."""
@@ -132,7 +144,7 @@ class QueueManager:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.bind(str(path))
             os.chmod(path, 0o600)
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Wake(self.wake), sock=sock)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Wake(self.announce), sock=sock)
         log.info("queue manager started")
         stopper = loop.create_task(stop.wait())
         try:
@@ -148,6 +160,9 @@ class QueueManager:
                 transport.close()
             for t in list(self._tasks):
                 t.cancel()
+            if self._remover is not None:
+                await asyncio.gather(self._remover, return_exceptions=True)
+            self._remove_batch(self._removals)
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.smtp.close_idle()
             log.info("queue manager stopped")
@@ -158,7 +173,15 @@ class QueueManager:
     async def _feed(self) -> None:
         """Schedule what is ready: incoming/ and due deferred/, alternating."""
         now = self._clock()
-        incoming = [q for q in self.store.list("incoming") if q not in self._active]
+        if now >= self._next_incoming_scan:
+            # At start, every INCOMING_SCAN, and after a feed stopped short: the directory is
+            # the truth (wake-ups can be lost: a full socket buffer, a restart in between).
+            self._announced.clear()
+            incoming = [q for q in self.store.list("incoming") if q not in self._active]
+            self._next_incoming_scan = now + INCOMING_SCAN
+        else:
+            incoming = list(dict.fromkeys(q for q in self._announced if q not in self._active))
+            self._announced.clear()
         deferred: list[str] = []
         if now >= self._next_deferred_scan or self._flush:
             next_due = now + SCAN_INTERVAL
@@ -178,6 +201,7 @@ class QueueManager:
             order += [("incoming", q) for q in incoming[i : i + 1]] + [("deferred", q) for q in deferred[i : i + 1]]
         for state, qid in order:
             if self._slots.locked():
+                self._next_incoming_scan = 0.0  # what was not taken now is found by a full scan
                 self.wake.set()  # come back when a slot frees
                 return
             await self._slots.acquire()
@@ -361,7 +385,7 @@ class QueueManager:
         if bounced and env.sender:
             await self._notify(cfg, env, bounced, body, DsnKind.FAILURE, now)
         if not keep:
-            await asyncio.to_thread(self.store.remove, "active", qid)  # unlinks wait on the journal: off the loop
+            self._remove_later(qid)
             log.info("%s: removed", qid)
             return
         env.recipients = keep
@@ -376,6 +400,25 @@ class QueueManager:
         self.store.set_due("active", qid, due)
         self.store.move(qid, "active", "deferred")
         self._next_deferred_scan = min(self._next_deferred_scan, due)
+
+    def _remove_later(self, qid: str) -> None:
+        """Unlinks can wait on the disk: they run in a thread, many per hand-off."""
+        self._removals.append(qid)
+        if self._remover is None or self._remover.done():
+            self._remover = asyncio.get_running_loop().create_task(self._drain_removals())
+
+    async def _drain_removals(self) -> None:
+        while self._removals:
+            batch, self._removals = self._removals, []
+            await asyncio.to_thread(self._remove_batch, batch)
+
+    def _remove_batch(self, batch: list[str]) -> None:
+        for qid in batch:
+            try:
+                self.store.remove("active", qid)
+            except OSError as exc:
+                log.error("%s: cannot remove the delivered message: %s", qid, exc)
+        batch.clear()
 
     async def _notify(self, cfg: Config, env: Envelope, rcpts: list[RecipientStatus], body: bytes, kind: DsnKind, now: float) -> None:
         q = cfg.queue

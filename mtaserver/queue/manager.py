@@ -61,7 +61,8 @@ log = logging.getLogger("qmgr")
 
 MAX_ACTIVE = 200  # messages in active/ at once (Postfix qmgr_message_active_limit is 20000)
 SCAN_INTERVAL = 60.0  # at most this long between looks at deferred/ (Postfix queue_run_delay)
-INCOMING_SCAN = 5.0  # a full listing of incoming/ at least this often (a lost wake-up costs at most this)
+INCOMING_SCAN = 1.0  # a full listing of incoming/ at least this often (a lost wake-up costs at most this)
+RESCAN = "*"  # a wake-up that asks for a full listing (the sender lost some of its earlier ones)
 MAX_HOPS = 50  # Received: headers; more is a mail loop (Postfix hopcount_limit)
 _RECEIVED = re.compile(rb"(?im)^received:")
 LOCAL_CLIENT = ClientInfo(ip="127.0.0.1", port=0, name="localhost", helo="localhost", protocol="local", trusted=True)
@@ -77,11 +78,17 @@ def notify(queue_root: Path) -> Callable[[str], None]:
     sock.setblocking(False)
     path = str(wakeup_path(queue_root))
 
+    missed = False
+
     def poke(queue_id: str) -> None:
+        # The socket queue is short (net.unix.max_dgram_qlen, 10 by default): a wake-up that
+        # does not fit is lost, so the next one asks for a full listing instead.
+        nonlocal missed
         try:
-            sock.sendto(queue_id.encode(), path)
+            sock.sendto(RESCAN.encode() if missed else queue_id.encode(), path)
+            missed = False
         except OSError:
-            pass  # manager busy or down: it scans incoming/ on start and every SCAN_INTERVAL
+            missed = True  # the manager also lists incoming/ every INCOMING_SCAN
 
     return poke
 
@@ -92,7 +99,7 @@ class _Wake(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         qid = data.decode("ascii", "replace")
-        if is_queue_id(qid):
+        if is_queue_id(qid) or qid == RESCAN:
             self.announce(qid)
 
 
@@ -124,7 +131,10 @@ class QueueManager:
 
     def announce(self, queue_id: str) -> None:
         """A worker committed `queue_id` to incoming/ (the store's on_commit, or a datagram)."""
-        self._announced.append(queue_id)
+        if queue_id == RESCAN:
+            self._next_incoming_scan = 0.0
+        else:
+            self._announced.append(queue_id)
         self.wake.set()
 
     def flush(self) -> None:
@@ -168,7 +178,8 @@ class QueueManager:
             log.info("queue manager stopped")
 
     def _sleep_time(self) -> float:
-        return max(0.05, min(SCAN_INTERVAL, self._next_deferred_scan - self._clock()))
+        now = self._clock()
+        return max(0.05, min(SCAN_INTERVAL, self._next_deferred_scan - now, self._next_incoming_scan - now))
 
     async def _feed(self) -> None:
         """Schedule what is ready: incoming/ and due deferred/, alternating."""
@@ -202,8 +213,7 @@ class QueueManager:
         for state, qid in order:
             if self._slots.locked():
                 self._next_incoming_scan = 0.0  # what was not taken now is found by a full scan
-                self.wake.set()  # come back when a slot frees
-                return
+                return  # a finished delivery frees a slot and wakes us
             await self._slots.acquire()
             try:
                 self.store.move(qid, state, "active")

@@ -492,6 +492,21 @@ class Postfix(Server):
         }  # fmt: skip
         fill(BENCH / "postfix" / "main.cf", conf / "main.cf", values)
         fill(BENCH / "postfix" / "master.cf", conf / "master.cf", values)
+        if self.args.postscreen:
+            # postscreen takes the port and hands clients that pass to smtpd ("smtpd pass").
+            master = (conf / "master.cf").read_text()
+            listen = f"127.0.0.1:{self.port} inet  n       -       n       -       -       smtpd"
+            if listen not in master:
+                raise BenchError(f"bench/postfix/master.cf: no line {listen!r} to put postscreen in front of")
+            master = master.replace(listen, "\n".join([
+                f"127.0.0.1:{self.port} inet  n       -       n       -       1       postscreen",
+                "smtpd     pass  -       -       n       -       -       smtpd",
+                "dnsblog   unix  -       -       n       -       0       dnsblog",
+                "tlsproxy  unix  -       -       n       -       0       tlsproxy",
+            ]))  # fmt: skip
+            (conf / "master.cf").write_text(master)
+            with open(conf / "main.cf", "a") as f:
+                f.write("\n" + (BENCH / "postfix" / "postscreen.cf").read_text())
         self.sink.start()
         self._postfix("set-permissions")
         self._postfix("check")
@@ -564,7 +579,12 @@ class Mtaserver(Server):
         fill(BENCH / "mtaserver.yaml", self.config, {
             "DATA_DIR": str(self.data), "WORKERS": str(self.args.workers or "auto"), "PORT": str(self.port),
             "SINK_PORT": str(self.sink.port), "ADMIN_PORT": str(free_port()),
+            "POSTSCREEN": "true" if self.args.postscreen else "false",
         })  # fmt: skip
+        if self.args.postscreen:
+            # The same screening as the Postfix side (bench/postfix/postscreen.cf).
+            with open(self.config, "a") as f:
+                f.write("postscreen:\n  access_list: []\n  greet: {wait: 6s, action: enforce}\n")
         if self.args.mta_delivery == "no":
             # Receive and queue only (queue.manager: false): the accept-only numbers.
             with open(self.config, "a") as f:
@@ -621,8 +641,8 @@ class Mtaserver(Server):
         return self._log
 
     def before_run(self, sc: Scenario) -> None:
-        if self.data.exists():
-            shutil.rmtree(self.data)
+        # An empty queue for every run; the postscreen cache (data_dir) stays warm.
+        shutil.rmtree(self.data / "queue", ignore_errors=True)
         self.start(sc.name)
 
     def after_run(self, sc: Scenario) -> dict:
@@ -631,7 +651,7 @@ class Mtaserver(Server):
         q = self.data / "queue"
         left = {st: len(os.listdir(q / st)) for st in ("incoming", "active", "deferred", "hold", "corrupt") if (q / st).is_dir()}
         # Every run starts with an empty queue: without delivery it would only grow.
-        shutil.rmtree(self.data, ignore_errors=True)
+        shutil.rmtree(q, ignore_errors=True)
         return {"queue_at_stop": left}
 
     def teardown(self) -> None:
@@ -674,8 +694,27 @@ class Run:
     profiled: bool = False
 
 
+def prime_postscreen(server: Server) -> None:
+    """One session that sits through the greet wait, so that every timed client is PASS OLD."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        f = s.makefile("rb")
+        while True:
+            line = f.readline()
+            if not line:
+                raise BenchError(f"{server.name}: postscreen closed the priming session")
+            if line.startswith(b"220 "):
+                break
+        s.sendall(b"QUIT\r\n")
+        f.readline()
+    server.primed = True
+    log(f"{server.name}: postscreen cache primed (first session waited {time.monotonic() - t0:.1f} s)")
+
+
 def measure(server: Server, sc: Scenario, rep: int, args: argparse.Namespace) -> Run:
     server.before_run(sc)
+    if args.postscreen and not getattr(server, "primed", False):
+        prime_postscreen(server)
     # Warm-up (not timed): as many sessions as the scenario, two messages per session.
     warm = 2 * sc.sessions
     sink_before = server.sink.count()
@@ -712,8 +751,12 @@ def measure(server: Server, sc: Scenario, rep: int, args: argparse.Namespace) ->
     if profiler is not None:
         finish_profiler(profiler)
     stats = wait_log(server, log_off, sc.messages, sc.messages // sc.per_conn)
-    extra = server.after_run(sc)
     expected_conns = sc.messages // sc.per_conn
+    if args.postscreen:
+        passed = read_from(server.log_path(), log_off).count("PASS OLD")
+        if passed != expected_conns:
+            load.errors.append(f"postscreen: {passed} PASS OLD for {expected_conns} connections (cache not warm?)")
+    extra = server.after_run(sc)
     if stats.accepted != sc.messages:
         load.errors.append(f"server log shows {stats.accepted} accepted, expected {sc.messages}")
     if stats.connections != expected_conns or stats.per_conn != {sc.per_conn: expected_conns}:
@@ -1022,6 +1065,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=int, metavar="SECONDS", default=0, help="run py-spy on mtaserver for SECONDS during each of its runs (bench/profiles/)")
     p.add_argument("--summarize-profile", type=Path, metavar="FILE", help="only print the summary of a collapsed py-spy profile and exit")
     p.add_argument("--out", type=Path, default=BENCH / "out", help="where results and the throwaway work dir go (default bench/out)")
+    p.add_argument("--postscreen", action="store_true",
+                   help="postscreen on for both servers (greet test, 6 s wait, cache warmed once before the first run)")
     p.add_argument("--keep", action="store_true", help="keep the throwaway work dir (configs, logs, Postfix queue)")
     p.add_argument("--src", type=Path, default=None,
                    help="run mtaserver from this source tree (the directory holding mtaserver/), e.g. "
@@ -1122,6 +1167,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- disk: {info['disk']}",
         f"- Postfix {info['postfix']}; Python {info['python']}; mtaserver {info['mtaserver']}, workers {args.workers or 'auto'}"
         + (f" = {mta.workers}" if mta else ""),
+        f"- postscreen: {'on for both (greet test, enforce, 6 s wait; cache warm: every timed session is PASS OLD)' if args.postscreen else 'off'}",
         f"- repetitions: {args.reps} (interleaved; medians shown); CPU accounting: "
         + ("cgroup v2 cpu.stat usage_usec of each server's own cgroup" if cpu_method == "cgroup" else "/proc/PID/stat utime+stime+cutime+cstime over each server's process tree"),
         "- accepted/s: messages / smtp-source wall time. e2e/s: until the server's smtp-sink counted them all. "

@@ -53,7 +53,8 @@ from .address import AddressError, Mailbox, needs_smtputf8, parse_path
 from .datastream import BareNewline, DataProblem, DataScanner
 from .logutil import sanitize
 from .model import ClientInfo, Envelope, Recipient, Reply
-from .queue.store import QueueStore, QueueWriteError
+from .filters.chain import Action, FilterChain, rewrite_message
+from .queue.store import QueueStore, QueueWriteError, Spool
 
 if TYPE_CHECKING:
     from .config import Config, Listener
@@ -120,6 +121,7 @@ class SmtpServer:
         self.store = store
         self.screener = screener if listener.postscreen else None  # None: no postscreen, no cost
         self.tls_context = tls_context if listener.tls == "starttls" else None
+        self.filters = FilterChain(lambda: config.current)
         self.sessions: set[SmtpSession] = set()
         self.per_ip: dict[str, int] = {}
         self.shutting_down = False
@@ -610,7 +612,8 @@ class SmtpSession(AiosmtpdSMTP):
         spool = store.new_spool(qid)  # in memory; a file only once it is large (then errors show at commit)
         committed = False
         try:
-            spool.write(self._received_header(qid, tx))
+            received = self._received_header(qid, tx)
+            spool.write(received)
             self._reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
             await self._flush()
             scanner = await self._receive(spool)
@@ -627,6 +630,8 @@ class SmtpSession(AiosmtpdSMTP):
                 return
             if scanner.normalized and self.bare_policy is BareNewline.NOTE:
                 log.info("%s: bare newline normalized in message from %s", qid, self._label())
+            if FilterChain.wanted(self.cfg) and not await self._filter(qid, tx, spool, len(received)):
+                return
             env = Envelope(
                 queue_id=qid,
                 sender=str(tx.sender),
@@ -658,7 +663,32 @@ class SmtpSession(AiosmtpdSMTP):
             if not committed:
                 store.discard(spool)
 
-    async def _receive(self, spool) -> DataScanner | None:
+    async def _filter(self, qid: str, tx: _Transaction, spool: Spool, offset: int) -> bool:
+        """The content filters (filters/chain.py): False when the message is not to be queued."""
+        store = self.server.store
+        verdict = await self.server.filters.run(
+            size=spool.size, trusted=self.trusted,
+            content=lambda: store.content_chunks(spool), whole=lambda: store.content(spool),
+        )  # fmt: skip
+        if verdict.action is Action.ACCEPT:
+            if verdict.reason:
+                log.info("%s: filter: %s", qid, verdict.reason)
+            if verdict.headers or verdict.subject_tag:
+                spool.replace(rewrite_message(await store.content(spool), offset, verdict.headers, verdict.subject_tag))
+            return True
+        where = f"END-OF-MESSAGE from {self._label()}"
+        envelope = f"from=<{sanitize(str(tx.sender))}> to=<{sanitize(str(tx.recipients[0]))}> proto={'ESMTP' if self.esmtp else 'SMTP'} helo=<{sanitize(self.helo or '')}>"
+        if verdict.action is Action.DISCARD:
+            log.info("%s: filter-discard: %s: %s; %s", qid, where, verdict.reason, envelope)
+            self._reply(Reply(250, "2.0.0", f"Ok: queued as {qid}"))  # as Postfix DISCARD: the client is not told
+        else:
+            assert verdict.reply is not None
+            log.info("%s: filter-reject: %s: %s (%s); %s", qid, where, verdict.reply.line(), verdict.reason, envelope)
+            self._reply(verdict.reply)
+        self._reset_tx()
+        return False
+
+    async def _receive(self, spool: Spool) -> DataScanner | None:
         limits = self.limits
         scanner = DataScanner(
             bare_newline=self.bare_policy,

@@ -79,6 +79,9 @@ class Mta:
             # Receive-only by default: messages stay in incoming/ for the test to inspect.
             # Delivery tests turn the queue manager on.
             "queue": {"manager": False},
+            # No content scanners unless a test starts them (tests/integration/scanners.py).
+            "antispam": {"enabled": False},
+            "antivirus": {"enabled": False},
         }
         self.config = deep_merge(base, overrides or {})
         self.config_path = tmp / "mtaserver.yaml"

@@ -63,7 +63,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -309,6 +309,18 @@ class Spool:
             except OSError as exc:
                 self.error = self.error or exc
 
+    def replace(self, content: bytes) -> None:
+        """New content for the whole message (a filter changed it); it is held in memory."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+            _unlink(self.path)
+        self._chunks = [content]
+        self.size = len(content)
+
     def _write_out(self, trailer: bytes, fsync: Callable[[int], None]) -> None:
         """Commit steps 1-2, in a worker thread: the file is complete and durable."""
         if self._file is None:
@@ -404,6 +416,26 @@ class QueueStore:
         spool.close()
         if spool.on_disk:
             _unlink(spool.path)
+
+    async def content_chunks(self, spool: Spool) -> AsyncIterator[bytes]:
+        """The content received so far, in pieces (a spilled file is read in the thread pool)."""
+        if not spool.on_disk:
+            for chunk in list(spool._chunks):
+                yield chunk
+            return
+        assert self._pool is not None and spool._file is not None
+        spool._file.flush()
+        loop = asyncio.get_running_loop()
+        f = await loop.run_in_executor(self._pool, open, spool.path, "rb")
+        try:
+            while chunk := await loop.run_in_executor(self._pool, f.read, 1 << 20):
+                yield chunk
+        finally:
+            f.close()
+
+    async def content(self, spool: Spool) -> bytes:
+        """The whole content in one piece (for a scanner that wants it so, or to rewrite it)."""
+        return b"".join([c async for c in self.content_chunks(spool)])
 
     def _commit_job(self, spool: Spool, trailer: bytes) -> None:
         """The whole commit, in one worker thread (see DESCRIPTION)."""

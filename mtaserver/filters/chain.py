@@ -182,6 +182,9 @@ class FilterChain:
                 setattr(scanned, key, await task)
             except ScannerError as exc:
                 setattr(scanned, key, exc)
+            except Exception as exc:  # a bug of ours: the message is not lost, the client retries
+                log.exception("content filter failed")
+                setattr(scanned, key, ScannerError(f"internal error: {type(exc).__name__}"))
         return decide(scanned, cfg.antivirus, cfg.antispam)
 
     async def _scan(self, cfg: Config, chunks: AsyncIterator[bytes]) -> AvResult:

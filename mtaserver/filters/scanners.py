@@ -107,8 +107,8 @@ def spamd_request(message: bytes, user: str = "mtaserver") -> bytes:
 
 
 async def _open(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    if endpoint.path:
-        return await asyncio.open_unix_connection(endpoint.path)
+    if endpoint.unix_path:
+        return await asyncio.open_unix_connection(endpoint.unix_path)
     return await asyncio.open_connection(endpoint.host, endpoint.port)
 
 

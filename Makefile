@@ -30,7 +30,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench.py $(ARGS)
+	bash bench/all.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -51,10 +51,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 REPO = BENCH.parent
 SBIN = Path("/usr/sbin")
 SMTP_SOURCE = str(SBIN / "smtp-source")
@@ -437,6 +439,67 @@ def drive(port: int, sc: Scenario, messages: int | None = None, sessions: int | 
 
 
 # ---------------------------------------------------------------------------------------------
+# --filters: one spamd and one clamd for both servers; Postfix reaches them through milters.
+
+
+class Scanners:
+    """spamd and clamd as the test suite runs them (tests/integration/scanners.py: stock
+    SpamAssassin rules without network tests, a clamd with a one-signature database), shared by
+    both servers, plus spamass-milter and clamav-milter for Postfix. Stopped by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "scanners"
+        self.dir.mkdir()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.spamd = self.clamd = None
+        self.spamass_port = free_port()
+        self.clamav_milter_port = free_port()
+
+    def start(self, milter_preexec: Callable[[], None] | None) -> None:
+        """`milter_preexec` puts the milters in Postfix's CPU accounting: they do for it what
+        mtaserver's chain does in its own processes (spamd and clamd are counted for neither)."""
+        self.milter_preexec = milter_preexec
+        sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+        from scanners import Clamd, Spamd  # noqa: PLC0415  (the test suite's own launchers)
+
+        self.spamd = Spamd(children=5).start()  # spamd's default --max-children
+        self.clamd = Clamd().start()
+        conf = self.dir / "clamav-milter.conf"
+        conf.write_text(
+            f"MilterSocket inet:{self.clamav_milter_port}@127.0.0.1\nClamdSocket tcp:{self.clamd.host}:{self.clamd.port}\n"
+            f"Foreground yes\nOnInfected Reject\nOnFail Defer\nAddHeader No\nLogFile {self.dir}/clamav-milter.log\n"
+            f"PidFile {self.dir}/clamav-milter.pid\nTemporaryDirectory {self.dir}\nMaxFileSize 25M\n"
+        )  # fmt: skip
+        self._spawn("clamav-milter", [str(SBIN / "clamav-milter"), f"--config-file={conf}"])
+        self._spawn("spamass-milter", [str(SBIN / "spamass-milter"), "-p", f"inet:{self.spamass_port}@127.0.0.1", "-r", "15",
+                                       "--", "-d", self.spamd.host, "-p", str(self.spamd.port)])  # fmt: skip
+        for port in (self.clamav_milter_port, self.spamass_port):
+            if not wait_port(port, 20):
+                raise BenchError(f"a milter did not listen on 127.0.0.1:{port}; see {self.dir}")
+        log(f"scanners: spamd {self.spamd.address}, clamd {self.clamd.address}; milters for Postfix on "
+            f"{self.spamass_port} (spamass-milter) and {self.clamav_milter_port} (clamav-milter)")  # fmt: skip
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        out = open(self.dir / f"{name}.out", "wb")
+        self.procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
+                                           preexec_fn=self.milter_preexec))  # fmt: skip
+        out.close()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for d in (self.spamd, self.clamd):
+            if d is not None:
+                d.stop(keep_log_in=self.dir)
+
+
+# ---------------------------------------------------------------------------------------------
 # The servers.
 
 
@@ -452,6 +515,7 @@ class Server:
         self.sink = Sink(self.name, workdir)
         self.cpu = CpuMeter(self.name, args.cpu_method)
         self.port = free_port()
+        self.scanners: Scanners | None = None  # --filters
 
     # Per-run life cycle; Postfix runs throughout, mtaserver is restarted around each run.
     def setup(self) -> None: ...
@@ -507,6 +571,11 @@ class Postfix(Server):
             (conf / "master.cf").write_text(master)
             with open(conf / "main.cf", "a") as f:
                 f.write("\n" + (BENCH / "postfix" / "postscreen.cf").read_text())
+        if self.scanners is not None:
+            with open(conf / "main.cf", "a") as f:
+                f.write("\n" + (BENCH / "postfix" / "filters.cf").read_text()
+                        .replace("@SPAMASS_PORT@", str(self.scanners.spamass_port))
+                        .replace("@CLAMAV_MILTER_PORT@", str(self.scanners.clamav_milter_port)))  # fmt: skip
         self.sink.start()
         self._postfix("set-permissions")
         self._postfix("check")
@@ -580,6 +649,10 @@ class Mtaserver(Server):
             "DATA_DIR": str(self.data), "WORKERS": str(self.args.workers or "auto"), "PORT": str(self.port),
             "SINK_PORT": str(self.sink.port), "ADMIN_PORT": str(free_port()),
             "POSTSCREEN": "true" if self.args.postscreen else "false",
+            # With --filters, the same scanners as the Postfix side's milters (bench/postfix/filters.cf).
+            "ANTISPAM": f'{{enabled: true, spamd: {{address: "{self.scanners.spamd.address}"}}, blocked_spam_action: reject}}'
+            if self.scanners else "{enabled: false}",
+            "ANTIVIRUS": f'{{enabled: true, clamd: {{address: "{self.scanners.clamd.address}"}}}}' if self.scanners else "{enabled: false}",
         })  # fmt: skip
         if self.args.postscreen:
             # The same screening as the Postfix side (bench/postfix/postscreen.cf).
@@ -920,7 +993,22 @@ def summarize_profile(collapsed: str, cmd: str, top: int = 20) -> str:
 # Packages, machine description, report.
 
 
-def ensure_packages() -> None:
+def ensure_packages(*, filters: bool = False) -> None:
+    if filters and not all(os.access(SBIN / p, os.X_OK) for p in ("spamd", "clamd", "spamass-milter", "clamav-milter")):
+        # The test suite's installer brings spamd and clamd and keeps their services from starting;
+        # the two milters go in under the same guard.
+        subprocess.run(["bash", str(ROOT / "scripts" / "test-services.sh")], check=True)
+        guard = Path("/usr/sbin/policy-rc.d")
+        made = not guard.exists()
+        if made:
+            guard.write_text("#!/bin/sh\nexit 101\n")
+            guard.chmod(0o755)
+        try:
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            subprocess.run(["apt-get", "install", "-y", "-qq", "spamass-milter", "clamav-milter"], env=env, check=True)
+        finally:
+            if made:
+                guard.unlink()
     need = []
     if not all(os.access(p, os.X_OK) for p in (POSTFIX, SMTP_SOURCE, SMTP_SINK)):
         need.append("postfix")
@@ -1073,6 +1161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=int, metavar="SECONDS", default=0, help="run py-spy on mtaserver for SECONDS during each of its runs (bench/profiles/)")
     p.add_argument("--summarize-profile", type=Path, metavar="FILE", help="only print the summary of a collapsed py-spy profile and exit")
     p.add_argument("--out", type=Path, default=BENCH / "out", help="where results and the throwaway work dir go (default bench/out)")
+    p.add_argument("--filters", action="store_true",
+                   help="content scanners on for both: one spamd and one clamd; mtaserver's filter chain, Postfix's spamass-milter + clamav-milter")
     p.add_argument("--postscreen", action="store_true",
                    help="postscreen on for both servers (greet test, 6 s wait, cache warmed once before the first run)")
     p.add_argument("--keep", action="store_true", help="keep the throwaway work dir (configs, logs, Postfix queue)")
@@ -1083,8 +1173,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.workers not in (None, "auto") and not str(args.workers).isdigit():
         p.error("--workers: a number or auto")
     args.reps = args.reps or (1 if args.quick else 3)
-    args.messages_1k = args.messages_1k or (300 if args.quick else 5000)
-    args.messages_100k = args.messages_100k or (100 if args.quick else 1000)
+    # With --filters spamd bounds both servers at a few dozen messages/s: smaller runs.
+    args.messages_1k = args.messages_1k or (300 if args.quick else 1000 if args.filters else 5000)
+    args.messages_100k = args.messages_100k or (100 if args.quick else 200 if args.filters else 1000)
     return args
 
 
@@ -1106,12 +1197,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT is ignored
     scs = scenarios(args)
-    ensure_packages()
+    ensure_packages(filters=args.filters)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = args.out / f"work-{stamp}"
     workdir.mkdir(mode=0o755)
     servers: list[Server] = []
+    scanners: Scanners | None = None
     runs: list[Run] = []
     json_path = args.out / f"results-{stamp}.json"
     md_path = args.out / f"results-{stamp}.md"
@@ -1121,6 +1213,11 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(Postfix(workdir, args))
         if args.only != "postfix":
             servers.append(Mtaserver(workdir, args))
+        if args.filters:
+            scanners = Scanners(workdir)
+            scanners.start(next((s.cpu.preexec for s in servers if isinstance(s, Postfix)), None))
+            for s in servers:
+                s.scanners = scanners
         for s in servers:
             s.setup()
         for s in servers:
@@ -1149,6 +1246,8 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted: stopping everything we started")
     finally:
         stop_loads()
+        if scanners is not None:  # before the servers' cgroups go (the milters are in Postfix's)
+            scanners.stop()
         for s in servers:
             try:
                 s.teardown()
@@ -1175,6 +1274,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- disk: {info['disk']}",
         f"- Postfix {info['postfix']}; Python {info['python']}; mtaserver {info['mtaserver']}, workers {args.workers or 'auto'}"
         + (f" = {mta.workers}" if mta else ""),
+        f"- content filters: {'spamd + clamd for both (mtaserver: its chain, in parallel; Postfix: spamass-milter + clamav-milter)' if args.filters else 'off'}",
         f"- postscreen: {'on for both (greet test, enforce, 6 s wait; cache warm: every timed session is PASS OLD)' if args.postscreen else 'off'}",
         f"- repetitions: {args.reps} (interleaved; medians shown); CPU accounting: "
         + ("cgroup v2 cpu.stat usage_usec of each server's own cgroup" if cpu_method == "cgroup" else "/proc/PID/stat utime+stime+cutime+cstime over each server's process tree"),

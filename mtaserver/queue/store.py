@@ -554,10 +554,54 @@ class QueueStore:
 
     # -- recovery ----------------------------------------------------------------------------
 
+    def _upgrade_v1(self) -> int:
+        """Queues written by format 1 (envelope files, bodies in msg/<id>) become queue files.
+
+        Each message is rewritten as tmp/<id> (fsync), renamed over its envelope file, and only
+        then loses its old body; a crash in between leaves msg/ for the next start to finish.
+        """
+        old = self.root / "msg"
+        if not old.is_dir():
+            return 0
+        done: list[str] = []
+        for state in STATES:
+            for qid in self.list(state):
+                path = self.path(state, qid)
+                with open(path, "rb") as f:
+                    if f.read(len(_V1_MAGIC)) != _V1_MAGIC:
+                        continue
+                try:
+                    env = _parse_v1(path.read_bytes())
+                    content = (old / qid).read_bytes()
+                except (CorruptEnvelope, FileNotFoundError):
+                    continue  # left as it is: recovery moves it to corrupt/
+                env.size = len(content)
+                tmp = self.root / "tmp" / f"{qid}.upgrade"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    _write_all(fd, [content, envelope_trailer(env)])
+                    self._fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, path)
+                done.append(qid)
+        _fsync_dirs(self.root, STATES, self._fsync)
+        for qid in done:
+            _unlink(old / qid)
+        left = os.listdir(old)
+        if left:  # bodies of envelopes that could not be read: kept for the administrator
+            log.warning("queue upgrade: %d file(s) left in %s (their envelopes are damaged)", len(left), old)
+        else:
+            old.rmdir()
+        return len(done)
+
     def recover(self) -> dict[str, int]:
         """At start, before anyone accepts mail. Returns counts for the log."""
         self.ensure_dirs()
         counts = {"tmp_removed": 0, "active_requeued": 0, "corrupt": 0, "orphans_removed": 0}
+        upgraded = self._upgrade_v1()
+        if upgraded:
+            counts["upgraded"] = upgraded
         for name in os.listdir(self.root / "tmp"):
             _unlink(self.root / "tmp" / name)
             counts["tmp_removed"] += 1
@@ -576,13 +620,28 @@ class QueueStore:
             if name not in known:
                 _unlink(self.root / "status" / name)
                 counts["orphans_removed"] += 1
-        for d in DIRS:
-            fd = os.open(self.root / d, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                self._fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync_dirs(self.root, DIRS, self._fsync)
         return counts
+
+
+def _fsync_dirs(root: Path, names: tuple[str, ...], fsync: Callable[[int], None]) -> None:
+    for d in names:
+        fd = os.open(root / d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_V1_MAGIC = b"MTAQ 1\n"
+
+
+def _parse_v1(data: bytes) -> Envelope:
+    """Format 1's envelope file: a version line, the JSON, `END <crc32>`."""
+    body, sep, trailer = data[len(_V1_MAGIC) :].rpartition(b"\nEND ")
+    if not sep or len(trailer) != 9 or int(trailer[:8], 16) != zlib.crc32(body):
+        raise CorruptEnvelope("format 1 envelope without a valid end marker")
+    return _envelope_from_json(body)
 
 
 def _unlink(path: Path | str) -> None:

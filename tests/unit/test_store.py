@@ -207,3 +207,27 @@ async def test_recovery(tmp_path):
     assert os.listdir(tmp_path / "corrupt") == [bad]
     assert (tmp_path / "corrupt" / bad).read_bytes() == b"garbage", "a corrupt file is kept as it was"
     assert os.listdir(tmp_path / "tmp") == [] and os.listdir(tmp_path / "status") == []
+
+
+def test_a_format_1_queue_is_upgraded_at_recovery(tmp_path):
+    """Session 1's layout: incoming/<id> = "MTAQ 1" envelope, msg/<id> = the content."""
+    import json
+
+    for d in ("tmp", "msg", "incoming", "deferred"):
+        (tmp_path / d).mkdir()
+    ids = QueueIdGenerator()
+    waiting, deferred, broken = ids.next(), ids.next(), ids.next()
+    for qid, state in ((waiting, "incoming"), (deferred, "deferred"), (broken, "incoming")):
+        doc = json.loads(envelope_trailer(envelope(qid)).rsplit(b"\nMTAQ2 ", 1)[0])
+        body = json.dumps(doc).encode()
+        (tmp_path / state / qid).write_bytes(b"MTAQ 1\n%s\nEND %08x\n" % (body, zlib.crc32(body)))
+        (tmp_path / "msg" / qid).write_bytes(b"Subject: " + qid.encode() + b"\r\n\r\nhi\r\n")
+    (tmp_path / "msg" / broken).unlink()  # its body was lost: it goes to corrupt/, not away
+    counts = QueueStore(tmp_path).recover()
+    assert counts["upgraded"] == 2 and counts["corrupt"] == 1
+    assert not (tmp_path / "msg").exists()
+    store = QueueStore(tmp_path)
+    for qid, state in ((waiting, "incoming"), (deferred, "deferred")):
+        env, content = store.load(state, qid)
+        assert env.queue_id == qid and bytes(content) == b"Subject: " + qid.encode() + b"\r\n\r\nhi\r\n"
+    assert os.listdir(tmp_path / "corrupt") == [broken]

@@ -170,6 +170,7 @@ class Worker:
         if self.with_manager and cfg.queue.manager:
             manager = QueueManager(lambda: self.holder.current, self.store)
             self.store.on_commit = manager.announce
+            self.store.inline_commit = False  # the deliveries share this loop: never block it
             manager_task = loop.create_task(manager.run(self._stop))
             manager_task.add_done_callback(_log_crash)
         elif not self.with_manager:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 def _escape(b: int) -> str:
     special = {0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x5C: "\\\\"}
@@ -29,12 +30,42 @@ def sanitize(data: bytes | str, limit: int = 200) -> str:
     return text + "..." if len(data) > limit else text
 
 
+class LineFormatter(logging.Formatter):
+    """`2026-11-25 23:40:43,671 mtaserver/smtpd[13925]: message`, the date made once a second.
+
+    Same output as Formatter("%(asctime)s program/%(name)s[%(process)d]: %(message)s") at less
+    than half its cost: a mail server logs about six lines per message."""
+
+    def __init__(self, program: str) -> None:
+        super().__init__()
+        self.program = program
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        line = f"{self._stamp},{int(record.msecs):03d} {self.program}/{record.name}[{record.process}]: {record.getMessage()}"
+        if record.exc_info:
+            record.exc_text = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
 def setup(level: str = "info", *, program: str = "mtaserver") -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+    # Nobody reads the caller's file and line or the thread name: skip collecting them.
+    logging._srcfile = None  # documented switch (logging/__init__.py) that skips findCaller
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {program}/%(name)s[%(process)d]: %(message)s"))
+    handler.setFormatter(LineFormatter(program))
     root.addHandler(handler)
     root.setLevel(level.upper())
     # aiosmtpd logs every peer at INFO under "mail.log"; our own lines say what matters.

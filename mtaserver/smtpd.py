@@ -68,6 +68,18 @@ FORBIDDEN_COMMANDS = frozenset({"CONNECT", "GET", "POST", "PUT", "HEAD", "USER",
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 JUNK_LIMIT = 100  # Postfix smtpd_junk_command_limit
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _header_date() -> str:
+    """Now as an RFC 5322 date in local time; made once a second (it is in every Received:)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, localtime=True))
+    return _date_cache[1]
+
+
 R_OK = Reply(250, "2.0.0", "Ok")
 R_MAIL_OK = Reply(250, "2.1.0", "Ok")
 R_RCPT_OK = Reply(250, "2.1.5", "Ok")
@@ -192,6 +204,7 @@ class SmtpSession(AiosmtpdSMTP):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.sessions.add(self)
+        self.server.store.receiving += 1
         self._task = self.loop.create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -326,6 +339,7 @@ class SmtpSession(AiosmtpdSMTP):
             if not srv.per_ip[ip]:
                 del srv.per_ip[ip]
             srv.sessions.discard(self)
+            srv.store.receiving -= 1
             if not self._closing:
                 self._close()
             log.info("disconnect from %s%s", self._label(), self._stats())
@@ -729,7 +743,7 @@ class SmtpSession(AiosmtpdSMTP):
             if ssl_obj is not None:
                 lines.append(f"\t(using {ssl_obj.version()} with cipher {ssl_obj.cipher()[0]})")
         lines.append(f"\tby {self.hostname} (mtaserver) with {self._protocol_name(tx)} id {qid}")
-        date = email.utils.format_datetime(email.utils.localtime())
+        date = _header_date()
         if len(tx.recipients) == 1:
             lines.append(f"\tfor <{sanitize(str(tx.recipients[0]), 300)}>; {date}")
         else:

@@ -231,3 +231,24 @@ def test_a_format_1_queue_is_upgraded_at_recovery(tmp_path):
         env, content = store.load(state, qid)
         assert env.queue_id == qid and bytes(content) == b"Subject: " + qid.encode() + b"\r\n\r\nhi\r\n"
     assert os.listdir(tmp_path / "corrupt") == [broken]
+
+
+def test_the_queue_file_keeps_every_envelope_field():
+    """The hand-written encoder must not forget a field that model.py grows."""
+    import dataclasses
+
+    from mtaserver.model import RcptState
+    from mtaserver.queue.store import _envelope_doc
+
+    env = Envelope(
+        queue_id="1K149DFWT7T0DK5KA", sender="s@example.test",
+        recipients=[Recipient(address="a@x.test", orcpt="rfc822;a@x.test", notify="FAILURE,DELAY",
+                              state=RcptState.DEFERRED, attempts=3, last_reply="451 4.3.0 later")],
+        arrival=1795600000.5, size=1234, body_type="8BITMIME", smtputf8=True, ret="HDRS", envid="E1",
+        extra={"k": "v"},
+        client=ClientInfo(ip="192.0.2.1", port=25, name="c.test", helo="h", protocol="ESMTPSA", login="u", trusted=True),
+    )  # fmt: skip
+    expected = dataclasses.asdict(env)
+    expected["recipients"][0]["state"] = RcptState.DEFERRED.value
+    assert _envelope_doc(env) == expected
+    assert parse_envelope(dump_envelope(env)) == env

@@ -30,6 +30,11 @@ DESCRIPTION
                    connection, so blocking calls never run on the event loop.
       RedisStore   cache.url (redis://host:port/db), keys "mtaserver:postscreen:<ip>":
                    shared by every node.
+    RecentRecords, in front of either store: each worker remembers for RECENT_TTL seconds
+    the records it read or wrote, so a client that comes back within seconds (a busy
+    sender, 50 sessions from one relay) costs no store round trip. A record changed by
+    another worker or node, or deleted by an administrator, is seen at most RECENT_TTL
+    seconds late.
     Both fail open: a backend error is logged and a lookup answers "no record" (the
     client is screened as new), a write or a cleanup is skipped. Cleanup deletes a record
     only if it is unchanged since it was read, so a pass written meanwhile by another
@@ -157,6 +162,37 @@ class CacheStore(Protocol):
     async def cleanup(self, keep: Callable[[Stamps], bool]) -> CleanupResult: ...
 
     async def close(self) -> None: ...
+
+
+RECENT_TTL = 10.0  # seconds a worker trusts a record it read or wrote without asking the store
+RECENT_LIMIT = 10_000  # records remembered per worker; the oldest goes first
+
+
+class RecentRecords:
+    """The records this worker read or wrote lately: ip -> (when, stamps). No I/O."""
+
+    def __init__(self, ttl: float = RECENT_TTL, limit: int = RECENT_LIMIT) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._records: dict[str, tuple[float, Stamps]] = {}
+
+    def get(self, ip: str, now: float) -> Stamps | None:
+        hit = self._records.get(ip)
+        if hit is None:
+            return None
+        if not 0 <= now - hit[0] < self.ttl:
+            del self._records[ip]
+            return None
+        return hit[1]
+
+    def put(self, ip: str, stamps: Stamps, now: float) -> None:
+        self._records.pop(ip, None)
+        if len(self._records) >= self.limit:
+            del self._records[next(iter(self._records))]
+        self._records[ip] = (now, stamps)
+
+    def __len__(self) -> int:
+        return len(self._records)
 
 
 def open_store(cfg: CacheConfig, data_dir: Path) -> CacheStore:

@@ -81,7 +81,7 @@ from ..dns import Resolver
 from ..model import Reply
 from . import logline
 from .access import Access, parse_access_list
-from .cache import NEW_CLIENT, CacheStore, Stamps, allowlist_non_dnsbl, checks_due, cleanup, is_new, open_store
+from .cache import NEW_CLIENT, CacheStore, RecentRecords, Stamps, allowlist_non_dnsbl, checks_due, cleanup, is_new, open_store
 from .checks import DEEP, Check, enabled_checks, pass_ttl
 from .dnsbl import DnsblResult, parse_sites, query_all
 from .verdict import Conclusion, Outcome, Screening, Step, Verdict, conclude, dnsbl_allowlisted, dnsbl_failed, on_failure
@@ -106,6 +106,7 @@ class Screener:
         self.sites = parse_sites(ps.dnsbl.sites)
         self.enabled = enabled_checks(ps)
         self.store: CacheStore = open_store(ps.cache, cfg.data_path)
+        self.recent = RecentRecords()  # in front of the store: see cache.py
         self.resolver = Resolver([str(ep) for ep in cfg.server.dns.nameservers], cfg.server.dns.timeout)
         self.counters: Counter[str] = Counter()
         self.stress = False
@@ -194,7 +195,11 @@ class Screen:
         now = time.time()
         stamps = None
         if denied is None or not denied.failed:  # Postfix: no cache lookup after a failure
-            stamps = await sc.store.get(ip)
+            stamps = sc.recent.get(ip, now)
+            if stamps is None:
+                stamps = await sc.store.get(ip)
+                if stamps is not None:
+                    sc.recent.put(ip, stamps, now)
         self.stamps = stamps if stamps is not None else NEW_CLIENT
         due = checks_due(self.stamps, sc.enabled, now)
         screening = Screening(client_ip=ip, due=due, new=stamps is None or is_new(stamps))
@@ -412,6 +417,7 @@ class Screen:
         self.conclusion = c
         self.sc.count("conclusion", c.outcome.value)
         if c.cache is not None:
+            self.sc.recent.put(self.ip, c.cache, time.time())
             await self.sc.store.put(self.ip, c.cache)
         if c.pass_log is not None:
             log.info(logline.pass_line(c.pass_log, self.ip, self.port))

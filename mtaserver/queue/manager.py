@@ -156,14 +156,24 @@ class QueueManager:
             os.chmod(path, 0o600)
             transport, _ = await loop.create_datagram_endpoint(lambda: _Wake(self.announce), sock=sock)
         log.info("queue manager started")
-        stopper = loop.create_task(stop.wait())
+
+        async def stop_wakes_us() -> None:
+            await stop.wait()
+            self.wake.set()
+
+        stopper = loop.create_task(stop_wakes_us())
         try:
             while not stop.is_set():
                 self.wake.clear()
                 await self._feed()
-                waiter = loop.create_task(self.wake.wait())
-                await asyncio.wait({waiter, stopper}, timeout=self._sleep_time(), return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
+                if self.wake.is_set():
+                    continue
+                # One Event and one timer per sleep (this runs about twice per message).
+                try:
+                    async with asyncio.timeout(self._sleep_time()):
+                        await self.wake.wait()
+                except TimeoutError:
+                    pass
         finally:
             stopper.cancel()
             if transport is not None:

@@ -395,6 +395,7 @@ class QueueStore:
         self._in_memory = spool_in_memory
         self._budget = MemoryBudget(spool_memory_total)
         self._incoming_fd: int | None = None
+        self._root = str(self.root)
         self._tmp = str(self.root / "tmp")
         self._incoming = str(self.root / "incoming")
         self.on_commit: Callable[[str], None] | None = None  # the queue manager's wake-up
@@ -409,11 +410,13 @@ class QueueStore:
         for d in DIRS:
             (self.root / d).mkdir(mode=0o700, exist_ok=True)
 
-    def path(self, state: str, queue_id: str) -> Path:
-        return self.root / state / queue_id
+    def path(self, state: str, queue_id: str) -> str:
+        # Strings, not Paths: the queue manager asks for about eight per message, and building
+        # pathlib objects was 8% of its CPU.
+        return f"{self._root}/{state}/{queue_id}"
 
-    def status_path(self, queue_id: str) -> Path:
-        return self.root / "status" / queue_id
+    def status_path(self, queue_id: str) -> str:
+        return f"{self._root}/status/{queue_id}"
 
     def list(self, state: str) -> list[str]:
         return sorted(n for n in os.listdir(self.root / state) if is_queue_id(n))
@@ -521,7 +524,7 @@ class QueueStore:
     def _status(self, queue_id: str, env: Envelope) -> Envelope:
         """The envelope as the queue manager last recorded it, if it did."""
         try:
-            data = self.status_path(queue_id).read_bytes()
+            data = _read_file(self.status_path(queue_id))
         except FileNotFoundError:
             return env
         newer = parse_envelope(data)
@@ -543,7 +546,7 @@ class QueueStore:
 
     def load(self, state: str, queue_id: str) -> tuple[Envelope, memoryview]:
         """Envelope and content, for delivery; a damaged file moves to corrupt/."""
-        data = self.path(state, queue_id).read_bytes()
+        data = _read_file(self.path(state, queue_id))
         try:
             env, content = split_queue_file(data)
             if env.queue_id != queue_id:
@@ -610,7 +613,7 @@ class QueueStore:
                     if f.read(len(_V1_MAGIC)) != _V1_MAGIC:
                         continue
                 try:
-                    env = _parse_v1(path.read_bytes())
+                    env = _parse_v1(_read_file(path))
                     content = (old / qid).read_bytes()
                 except (CorruptEnvelope, FileNotFoundError):
                     continue  # left as it is: recovery moves it to corrupt/
@@ -681,6 +684,11 @@ def _parse_v1(data: bytes) -> Envelope:
     if not sep or len(trailer) != 9 or int(trailer[:8], 16) != zlib.crc32(body):
         raise CorruptEnvelope("format 1 envelope without a valid end marker")
     return _envelope_from_json(body)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _unlink(path: Path | str) -> None:

@@ -7,6 +7,7 @@ from mtaserver.postscreen.cache import (
     DISABLED,
     NEW,
     NEW_CLIENT,
+    RecentRecords,
     Stamps,
     allowlist_non_dnsbl,
     is_new,
@@ -104,3 +105,27 @@ def test_checks_follow_the_configuration():
         pass_ttl(Check.DNSBL, cfg)
     with pytest.raises(ValueError):
         pass_ttl(Check.DENYLIST, cfg)
+
+
+def test_recent_records_answer_for_ttl_seconds_then_ask_the_store_again():
+    recent = RecentRecords(ttl=10.0, limit=3)
+    s = Stamps.decode("1795600000;1795600000;1;1;1")
+    assert recent.get("192.0.2.1", 100.0) is None
+    recent.put("192.0.2.1", s, 100.0)
+    assert recent.get("192.0.2.1", 109.9) == s
+    assert recent.get("192.0.2.1", 110.0) is None  # expired: the store decides again
+    assert len(recent) == 0
+    recent.put("192.0.2.1", s, 200.0)
+    assert recent.get("192.0.2.1", 199.0) is None  # the clock went back: do not trust it
+
+
+def test_recent_records_forget_the_oldest_first_when_full():
+    recent = RecentRecords(ttl=10.0, limit=2)
+    s = Stamps.decode("1;1;1;1;1")
+    recent.put("192.0.2.1", s, 0.0)
+    recent.put("192.0.2.2", s, 1.0)
+    recent.put("192.0.2.1", s, 2.0)  # rewritten: now the newest
+    recent.put("192.0.2.3", s, 3.0)  # full: 192.0.2.2 goes
+    assert len(recent) == 2
+    assert recent.get("192.0.2.2", 4.0) is None
+    assert recent.get("192.0.2.1", 4.0) == s and recent.get("192.0.2.3", 4.0) == s

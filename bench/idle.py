@@ -8,7 +8,6 @@ times one fresh EHLO/QUIT session. Stops the server by PID.
 """
 
 import asyncio
-import os
 import resource
 import signal
 import subprocess

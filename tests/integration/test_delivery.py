@@ -10,9 +10,7 @@ import email
 import smtplib
 import threading
 import time
-from pathlib import Path
 
-import pytest
 from aiosmtpd.controller import Controller
 
 from conftest import free_port

@@ -238,7 +238,7 @@ def test_sighup_with_an_unloadable_certificate_is_refused(make_mta, cert, tmp_pa
         mta.write_config(cfg)
         before = mta.log().count("reload refused:")
         mta.signal(signal.SIGHUP)
-        wait_for(lambda: mta.log().count("reload refused:") > before, 5, "the refusal")
+        wait_for(lambda before=before: mta.log().count("reload refused:") > before, 5, "the refusal")
         assert f"reload refused: {mta.config_path}: server.tls: cannot load the certificate and key: " in mta.log()
         assert "reload: configuration applied" not in mta.log()
         with SmtpClient(mta.port, UNTRUSTED) as c:

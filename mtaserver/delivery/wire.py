@@ -285,7 +285,7 @@ class Connection:
     async def _line(self, deadline: float) -> bytes:
         # A line already received (the pipelined replies after the first one) needs no timer:
         # arming one per reply was a visible share of the queue manager's CPU.
-        if b"\n" in getattr(self.reader, "_buffer", b""):
+        if b"\n" in self._unread():
             return await self.reader.readuntil(b"\n")
         async with asyncio.timeout_at(deadline):
             return await self.reader.readuntil(b"\n")
@@ -303,10 +303,13 @@ class Connection:
         except OSError as exc:
             raise Lost(phase, detail=_why(exc)) from None
 
-    def buffered(self) -> int:
+    def _unread(self) -> bytes | bytearray:
         """Bytes received and not read yet. StreamReader has no public way to ask; its
         `_buffer` has been there since asyncio began."""
-        return len(getattr(self.reader, "_buffer", b""))
+        return getattr(self.reader, "_buffer", b"")
+
+    def buffered(self) -> int:
+        return len(self._unread())
 
     def usable(self) -> bool:
         """Still open, nothing unread (no late reply, no 421 from an idle timeout), no EOF."""

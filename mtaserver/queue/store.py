@@ -483,7 +483,7 @@ class QueueStore:
         try:
             self._fsync(self._incoming_fd)
         except OSError:
-            _unlink(Path(self._incoming) / qid)  # not acknowledged: it must not be delivered either
+            _unlink(f"{self._incoming}/{qid}")  # not acknowledged: it must not be delivered either
             raise
 
     async def commit(self, spool: Spool, env: Envelope) -> None:

@@ -2,12 +2,15 @@
 """CPU per message of each mtaserver process under smtp-source load, user and system apart.
 
 usage: .venv/bin/python bench/cpu_split.py [--workers N] [--no-delivery] [--messages N]
-                                           [--sessions S] [--size BYTES] [--perf]
+                                           [--sessions S] [--size BYTES] [--perf] [--cprofile DIR]
 
 Starts its own smtp-sink and mtaserver (bench/mtaserver.yaml, in a temporary directory), warms
 up with 200 messages, then reads /proc/PID/task/*/stat of every mtaserver process before and
 after `smtp-source -s S -m N`. With --perf it also records `perf record -g` of those processes
-into perf.data in the temporary directory (kept, path printed) for `perf report`. This is how the
+into perf.data in the temporary directory (kept, path printed) for `perf report`. With
+--cprofile DIR every mtaserver process runs under cProfile (MTASERVER_CPROFILE=DIR) and writes
+DIR/<role>-<index>-<pid>.prof when it stops (warm-up included; the CPU figures are then the
+profiler's, not the server's). This is how the
 figures "user / sys per message" in bench/RESULTS.md were taken; bench.py gives the totals.
 """
 
@@ -69,6 +72,7 @@ def main() -> int:
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--perf", action="store_true")
+    p.add_argument("--cprofile", metavar="DIR", help="cProfile every mtaserver process into DIR (MTASERVER_CPROFILE)")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mtaserver-cpu-"))
     port, sink_port = free_port(), free_port()
@@ -81,7 +85,11 @@ def main() -> int:
         cfg += "queue:\n  manager: false\n"
     (work / "mtaserver.yaml").write_text(cfg)
     sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", "-m", "1000", f"127.0.0.1:{sink_port}", "1024"])
-    mta = subprocess.Popen([str(MTASERVER), "run", "-c", str(work / "mtaserver.yaml")],
+    env = dict(os.environ)
+    if a.cprofile:
+        os.makedirs(a.cprofile, exist_ok=True)
+        env["MTASERVER_CPROFILE"] = os.path.abspath(a.cprofile)
+    mta = subprocess.Popen([str(MTASERVER), "run", "-c", str(work / "mtaserver.yaml")], env=env,
                            stdout=open(work / "mtaserver.log", "wb"), stderr=subprocess.STDOUT)  # fmt: skip
     try:
         for _ in range(200):

@@ -172,6 +172,7 @@ class SmtpSession(AiosmtpdSMTP):
         self.hostname = self.cfg.server.hostname
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # loop time; None: no timeout armed
         self._task: asyncio.Task[None] | None = None
         self._out: list[bytes] = []
         self._idle = False  # waiting for a command: shutdown may interrupt
@@ -209,7 +210,7 @@ class SmtpSession(AiosmtpdSMTP):
 
     def connection_lost(self, exc: Exception | None) -> None:
         asyncio.StreamReaderProtocol.connection_lost(self, exc)
-        self._disarm()
+        self._stop_timer()
         self.transport = None  # the task sees EOF on its next read and ends
 
     def eof_received(self) -> bool:
@@ -229,12 +230,13 @@ class SmtpSession(AiosmtpdSMTP):
         if self._out and self.transport is not None and not self.transport.is_closing():
             data = b"".join(self._out)
             self._out.clear()
-            self._writer.write(data)
-            self._arm(self.limits.command_timeout)  # a client that reads nothing is timed out too
-            try:
-                await self._writer.drain()
-            finally:
-                self._disarm()
+            self.transport.write(data)
+            if self._paused:  # the client does not read what we send: wait, within the timeout
+                self._arm(self.limits.command_timeout)
+                try:
+                    await self._writer.drain()
+                finally:
+                    self._disarm()
         else:
             self._out.clear()
 
@@ -258,18 +260,41 @@ class SmtpSession(AiosmtpdSMTP):
             self.loop.call_later(5.0, t.abort)  # a client that never reads must not pin us
 
     # -- timers ------------------------------------------------------------------------------
+    # A session arms and disarms its timeout around every read and write, about 14 times per
+    # message. Arming sets a deadline; the one loop timer behind it is rescheduled only when
+    # it would fire too late, and when it fires early (the deadline moved on) it re-arms
+    # itself. So a busy session creates about one timer, not one per read.
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._on_timeout)
+        deadline = self._deadline = self.loop.time() + seconds
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._tick)
 
     def _disarm(self) -> None:
+        self._deadline = None  # the timer, when it fires, finds nothing to do
+
+    def _stop_timer(self) -> None:
+        """The session is over: drop the timer (it holds the session)."""
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _on_timeout(self) -> None:
+    def _tick(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._tick)
+            return
+        self._deadline = None
+        self._on_timeout()
+
+    def _on_timeout(self) -> None:
         log.info("timeout after %s from %s", self.last_command, self._label())
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self._out) + Reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded").encode())
@@ -332,7 +357,7 @@ class SmtpSession(AiosmtpdSMTP):
             log.exception("session error after %s from %s", self.last_command, self._label())
             self._goodbye(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
         finally:
-            self._disarm()
+            self._stop_timer()
             if self.screen is not None:
                 self.screen.end()
             srv.per_ip[ip] -= 1

@@ -112,13 +112,12 @@ class QueueManager:
         self._active: set[str] = set()
         self._announced: list[str] = []  # committed since the last look, in order (wake-ups carry the id)
         self._next_incoming_scan = 0.0
-        self._removals: list[str] = []  # delivered: their files are unlinked in batches, off the loop
-        self._remover: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_ACTIVE)
         self._dest: dict[str, asyncio.Semaphore] = {}
         self._next_deferred_scan = 0.0
         self._flush = False
+        self._stopped_short = False  # the last feed left work for when a slot frees up
         cfg0 = cfg()
         self.resolver = Resolver([str(ep) for ep in cfg0.server.dns.nameservers], cfg0.server.dns.timeout)
         self.smtp = SmtpClient(
@@ -180,9 +179,6 @@ class QueueManager:
                 transport.close()
             for t in list(self._tasks):
                 t.cancel()
-            if self._remover is not None:
-                await asyncio.gather(self._remover, return_exceptions=True)
-            self._remove_batch(self._removals)
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.smtp.close_idle()
             log.info("queue manager stopped")
@@ -194,6 +190,7 @@ class QueueManager:
     async def _feed(self) -> None:
         """Schedule what is ready: incoming/ and due deferred/, alternating."""
         now = self._clock()
+        self._stopped_short = False
         if now >= self._next_incoming_scan:
             # At start, every INCOMING_SCAN, and after a feed stopped short: the directory is
             # the truth (wake-ups can be lost: a full socket buffer, a restart in between).
@@ -223,6 +220,7 @@ class QueueManager:
         for state, qid in order:
             if self._slots.locked():
                 self._next_incoming_scan = 0.0  # what was not taken now is found by a full scan
+                self._stopped_short = True
                 return  # a finished delivery frees a slot and wakes us
             await self._slots.acquire()
             try:
@@ -249,7 +247,8 @@ class QueueManager:
         finally:
             self._active.discard(qid)
             self._slots.release()
-            self.wake.set()
+            if self._stopped_short:
+                self.wake.set()  # otherwise nothing waits for this slot: no need to turn the main loop
 
     # -- one delivery attempt --------------------------------------------------------------
 
@@ -272,13 +271,13 @@ class QueueManager:
         else:
             local = [r for r in pending if _is_local(r, cfg)]
             remote = [r for r in pending if r not in set(local)]
-            jobs = []
-            if local:
-                jobs.append(self._deliver_local(cfg, env, local, body))
-            if remote:
-                jobs.append(self._deliver_remote(cfg, env, remote, body))
-            for part in await asyncio.gather(*jobs):
-                results.update(part)
+            if local and remote:
+                for part in await asyncio.gather(self._deliver_local(cfg, env, local, body), self._deliver_remote(cfg, env, remote, body)):
+                    results.update(part)
+            elif local:  # one kind only (the usual case): no task of its own
+                results = await self._deliver_local(cfg, env, local, body)
+            else:
+                results = await self._deliver_remote(cfg, env, remote, body)
         await self._finish(cfg, env, results, body)
 
     async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
@@ -310,9 +309,12 @@ class QueueManager:
             for r in rcpts:
                 groups.setdefault(NextHop(r.rpartition("@")[2].lower().rstrip("."), port, mx=True), []).append(r)
         results: dict[str, Outcome] = {}
-        parts = await asyncio.gather(*(self._deliver_to(hop, group, env, body) for hop, group in groups.items()))
-        for part in parts:
-            results.update(part)
+        if len(groups) == 1:  # a relay host, or one domain: no task of its own
+            [(hop, group)] = groups.items()
+            results.update(await self._deliver_to(hop, group, env, body))
+        else:
+            for part in await asyncio.gather(*(self._deliver_to(hop, group, env, body) for hop, group in groups.items())):
+                results.update(part)
         todo = [r for r in rcpts if results[r].kind is Kind.DEFER]
         if todo and out.fallback_relay_host:
             first = results[todo[0]]
@@ -405,7 +407,13 @@ class QueueManager:
         if bounced and env.sender:
             await self._notify(cfg, env, bounced, body, DsnKind.FAILURE, now)
         if not keep:
-            self._remove_later(qid)
+            # In the loop, as the moves and reads are: a hand-off to a thread cost more CPU
+            # than the unlink itself (bench/RESULTS.md, step 8).
+            try:
+                self.store.remove("active", qid)
+            except OSError as exc:
+                log.error("%s: cannot remove the delivered message: %s", qid, exc)
+                return
             log.info("%s: removed", qid)
             return
         env.recipients = keep
@@ -420,25 +428,7 @@ class QueueManager:
         self.store.set_due("active", qid, due)
         self.store.move(qid, "active", "deferred")
         self._next_deferred_scan = min(self._next_deferred_scan, due)
-
-    def _remove_later(self, qid: str) -> None:
-        """Unlinks can wait on the disk: they run in a thread, many per hand-off."""
-        self._removals.append(qid)
-        if self._remover is None or self._remover.done():
-            self._remover = asyncio.get_running_loop().create_task(self._drain_removals())
-
-    async def _drain_removals(self) -> None:
-        while self._removals:
-            batch, self._removals = self._removals, []
-            await asyncio.to_thread(self._remove_batch, batch)
-
-    def _remove_batch(self, batch: list[str]) -> None:
-        for qid in batch:
-            try:
-                self.store.remove("active", qid)
-            except OSError as exc:
-                log.error("%s: cannot remove the delivered message: %s", qid, exc)
-        batch.clear()
+        self.wake.set()  # the main loop sleeps until the next due time, which may now be earlier
 
     async def _notify(self, cfg: Config, env: Envelope, rcpts: list[RecipientStatus], body: bytes, kind: DsnKind, now: float) -> None:
         q = cfg.queue

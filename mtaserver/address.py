@@ -175,6 +175,13 @@ def parse_path(arg: str | None, keyword: str, *, utf8_allowed: bool) -> tuple[Ma
 
 
 def _closing_bracket(text: str) -> int:
+    if '"' not in text:  # the usual case, without the walk
+        end = text.find(">", 1)
+        if end < 0:
+            raise AddressError("unbalanced angle bracket")
+        if "<" in text[1:end]:
+            raise AddressError("nested angle bracket")
+        return end
     i = 1
     while i < len(text):
         c = text[i]

@@ -685,19 +685,23 @@ class SmtpSession(AiosmtpdSMTP):
             )
             try:
                 # Shielded: a client that hangs up mid-commit must not leave half a commit.
-                await asyncio.shield(store.commit(spool, env))
+                await asyncio.shield(store.commit(spool, env, announce=False))
             except QueueWriteError as exc:
                 log.error("%s: queue file write error: %s", qid, exc)
                 self._reply(exc.reply)
                 self._reset_tx()
                 return
             committed = True
-            log.info("%s: client=%s", qid, self._label())
-            log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", qid, sanitize(env.sender), env.size, len(env.recipients))
-            self._reply(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
             self.errors = 0
             self.junk = 0  # Postfix: "The junk command count is reset after mail is delivered."
             self._reset_tx()
+            self._reply(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
+            try:
+                await self._flush()  # the client waits for this; the wake-up and the log can wait
+            finally:
+                store.announce(qid)
+                log.info("%s: client=%s", qid, self._label())
+                log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", qid, sanitize(env.sender), env.size, len(env.recipients))
         finally:
             if not committed:
                 store.discard(spool)

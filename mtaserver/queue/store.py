@@ -494,8 +494,11 @@ class QueueStore:
             _unlink(final)  # not acknowledged: it must not be delivered either
             raise
 
-    async def commit(self, spool: Spool, env: Envelope) -> None:
-        """Make the message durable in incoming/, or raise QueueWriteError with the reply to give."""
+    async def commit(self, spool: Spool, env: Envelope, *, announce: bool = True) -> None:
+        """Make the message durable in incoming/, or raise QueueWriteError with the reply to give.
+
+        Then tell the queue manager, unless `announce` is false: the caller then calls
+        `announce` itself (smtpd does, once the client has its 250)."""
         assert self._pool is not None, "QueueStore.open() first"
         env.size = spool.size
         if spool.error is not None:
@@ -513,8 +516,13 @@ class QueueStore:
             raise QueueWriteError(write_error_reply(exc), exc) from exc
         finally:
             spool.close()
+        if announce:
+            self.announce(spool.queue_id)
+
+    def announce(self, queue_id: str) -> None:
+        """Wake the queue manager for a committed message (a lost wake-up costs at most a second)."""
         if self.on_commit:
-            self.on_commit(spool.queue_id)
+            self.on_commit(queue_id)
 
     def _remove_partial(self, spool: Spool) -> None:
         spool.close()

@@ -9,8 +9,19 @@ SECURITY
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+
+_pid = os.getpid()  # logged on every line; getpid(2) is a system call each time
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 def _escape(b: int) -> str:
     special = {0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x5C: "\\\\"}
@@ -46,7 +57,7 @@ class LineFormatter(logging.Formatter):
         second = int(record.created)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        line = f"{self._stamp},{int(record.msecs):03d} {self.program}/{record.name}[{record.process}]: {record.getMessage()}"
+        line = f"{self._stamp},{int(record.msecs):03d} {self.program}/{record.name}[{_pid}]: {record.getMessage()}"
         if record.exc_info:
             record.exc_text = record.exc_text or self.formatException(record.exc_info)
         if record.exc_text:
@@ -64,6 +75,7 @@ def setup(level: str = "info", *, program: str = "mtaserver") -> None:
     logging._srcfile = None  # documented switch (logging/__init__.py) that skips findCaller
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging.logProcesses = False  # the formatter keeps the pid itself
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LineFormatter(program))
     root.addHandler(handler)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -201,9 +200,7 @@ class SmtpSession(AiosmtpdSMTP):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: uvloop (and asyncio) set it on every TCP transport already.
         self.server.sessions.add(self)
         self.server.store.receiving += 1
         self._task = self.loop.create_task(self._serve())

@@ -681,8 +681,9 @@ class SmtpSession(AiosmtpdSMTP):
                 smtputf8="SMTPUTF8" in tx.params,
             )
             try:
-                # Shielded: a client that hangs up mid-commit must not leave half a commit.
-                await asyncio.shield(store.commit(spool, env, announce=False))
+                if not store.commit_inline(spool, env):
+                    # Shielded: a client that hangs up mid-commit must not leave half a commit.
+                    await asyncio.shield(store.commit(spool, env, announce=False))
             except QueueWriteError as exc:
                 log.error("%s: queue file write error: %s", qid, exc)
                 self._reply(exc.reply)

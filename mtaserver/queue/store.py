@@ -284,7 +284,7 @@ class Spool:
 
     __slots__ = ("queue_id", "path", "size", "error", "_chunks", "_file", "_limit", "_budget", "_held")
 
-    def __init__(self, queue_id: str, path: Path, in_memory: int = 0, budget: MemoryBudget | None = None) -> None:
+    def __init__(self, queue_id: str, path: str, in_memory: int = 0, budget: MemoryBudget | None = None) -> None:
         self.queue_id = queue_id
         self.path = path
         self.size = 0
@@ -455,7 +455,7 @@ class QueueStore:
 
     def new_spool(self, queue_id: str) -> Spool:
         """Creates nothing on disk until the content outgrows memory (or at commit)."""
-        return Spool(queue_id, self.root / "tmp" / queue_id, self._in_memory, self._budget)
+        return Spool(queue_id, f"{self._tmp}/{queue_id}", self._in_memory, self._budget)
 
     def discard(self, spool: Spool) -> None:
         spool.close()
@@ -494,30 +494,49 @@ class QueueStore:
             _unlink(final)  # not acknowledged: it must not be delivered either
             raise
 
+    def commit_inline(self, spool: Spool, env: Envelope) -> bool:
+        """The commit, here and now in the event loop, when that keeps nobody waiting: this
+        process has exactly one session open (a lone client's latency: no thread hand-off,
+        no task). False: nothing was done, await `commit`. Raises QueueWriteError."""
+        if not (self.inline_commit and self.receiving == 1):
+            return False
+        trailer = self._prepare(spool, env)
+        try:
+            self._commit_job(spool, trailer)
+        except OSError as exc:
+            raise self._failed(spool, exc) from exc
+        finally:
+            spool.close()
+        return True
+
     async def commit(self, spool: Spool, env: Envelope, *, announce: bool = True) -> None:
         """Make the message durable in incoming/, or raise QueueWriteError with the reply to give.
 
         Then tell the queue manager, unless `announce` is false: the caller then calls
         `announce` itself (smtpd does, once the client has its 250)."""
         assert self._pool is not None, "QueueStore.open() first"
+        if not self.commit_inline(spool, env):
+            trailer = self._prepare(spool, env)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._pool, self._commit_job, spool, trailer)
+            except OSError as exc:
+                raise self._failed(spool, exc) from exc
+            finally:
+                spool.close()
+        if announce:
+            self.announce(spool.queue_id)
+
+    def _prepare(self, spool: Spool, env: Envelope) -> bytes:
+        """The trailer to write; a spool that already failed to spill is refused here."""
         env.size = spool.size
         if spool.error is not None:
             self._remove_partial(spool)
             raise QueueWriteError(write_error_reply(spool.error), spool.error)
-        try:
-            if self.inline_commit and self.receiving == 1:
-                # Nobody else in this process is waiting for the loop: blocking it for the
-                # fsyncs costs nothing, and skips two thread hand-offs (a lone client's latency).
-                self._commit_job(spool, envelope_trailer(env))
-            else:
-                await asyncio.get_running_loop().run_in_executor(self._pool, self._commit_job, spool, envelope_trailer(env))
-        except OSError as exc:
-            self._remove_partial(spool)
-            raise QueueWriteError(write_error_reply(exc), exc) from exc
-        finally:
-            spool.close()
-        if announce:
-            self.announce(spool.queue_id)
+        return envelope_trailer(env)
+
+    def _failed(self, spool: Spool, exc: OSError) -> QueueWriteError:
+        self._remove_partial(spool)
+        return QueueWriteError(write_error_reply(exc), exc)
 
     def announce(self, queue_id: str) -> None:
         """Wake the queue manager for a committed message (a lost wake-up costs at most a second)."""
@@ -603,7 +622,7 @@ class QueueStore:
     async def inject(self, *, sender: str, recipients: list[str], body: bytes, client: ClientInfo) -> str:
         """Queue a message we generate ourselves (bounces, warnings) through the same commit."""
         qid = self.new_id()
-        spool = Spool(qid, self.root / "tmp" / qid, len(body))
+        spool = Spool(qid, f"{self._tmp}/{qid}", len(body))
         spool.write(body)
         env = Envelope(queue_id=qid, sender=sender, recipients=[Recipient(address=r) for r in recipients],
                        arrival=time.time(), client=client)  # fmt: skip

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Where a lone client's time goes: the median time of each SMTP step, Postfix and mtaserver.
+
+usage: .venv/bin/python bench/latency.py [--messages N] [--size BYTES] [--src TREE]
+
+Starts the throwaway Postfix and mtaserver of bench.py (same configs, same sinks), then, for
+each server in turn (alternating, 3 rounds), sends N messages one connection each, the way
+`smtp-source -s 1` does (connect, greeting, HELO, MAIL, RCPT, DATA, content and dot, QUIT),
+and times each step from the moment its bytes are sent to the moment its whole reply is
+in. It prints the median and 90th percentile per step, so a gap in the single-session
+scenarios can be traced to the step that causes it (the commit, say, or the greeting).
+Blocking sockets, one client: it measures latency, not throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench as B  # noqa: E402
+
+STEPS = ("connect+greeting", "HELO", "MAIL", "RCPT", "DATA", "content+dot", "QUIT")
+
+
+def one_message(port: int, body: bytes) -> list[float]:
+    times = []
+    t = time.perf_counter()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    f = s.makefile("rb")
+
+    def reply() -> bytes:
+        while True:
+            line = f.readline()
+            if not line:
+                raise ConnectionError("connection closed")
+            if line[3:4] != b"-":
+                return line
+
+    def step(data: bytes | None, expect: bytes) -> None:
+        nonlocal t
+        if data is not None:
+            t = time.perf_counter()
+            s.sendall(data)
+        line = reply()
+        times.append(time.perf_counter() - t)
+        if not line.startswith(expect):
+            raise RuntimeError(f"unexpected reply {line!r}")
+
+    step(None, b"220")
+    step(f"HELO {B.HELO}\r\n".encode(), b"250")
+    step(f"MAIL FROM:<{B.SENDER}>\r\n".encode(), b"250")
+    step(f"RCPT TO:<{B.RCPT}>\r\n".encode(), b"250")
+    step(b"DATA\r\n", b"354")
+    step(body + b".\r\n", b"250")
+    step(b"QUIT\r\n", b"221")
+    f.close()
+    s.close()
+    return times
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--messages", type=int, default=1000)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--src", help="mtaserver source tree, as for bench.py")
+    a = p.parse_args()
+    args = B.parse_args(["--reps", "1"])
+    if a.src:
+        B.MTA_SRC = Path(a.src).resolve()
+    B.ensure_packages()
+    line = b"X" * 70 + b"\r\n"
+    body = b"Subject: latency probe\r\n\r\n" + line * max(1, a.size // len(line))
+    work = Path(tempfile.mkdtemp(prefix="mtaserver-latency-"))
+    work.chmod(0o755)  # Postfix's daemons run as postfix and must reach their queue
+    pf = B.Postfix(work, args)
+    mt = B.Mtaserver(work, args)
+    results: dict[str, list[list[float]]] = {"postfix": [], "mtaserver": []}
+    try:
+        pf.setup()
+        mt.setup()
+        mt.start("latency")
+        for server in (pf, mt):
+            for _ in range(50):  # warm up
+                one_message(server.port, body)
+        for _round in range(3):
+            for server in (pf, mt):
+                for _ in range(a.messages // 3):
+                    results[server.name].append(one_message(server.port, body))
+    finally:
+        mt.stop()
+        for server in (mt, pf):
+            try:
+                server.teardown()
+            finally:
+                server.sink.stop()
+                server.cpu.close()
+    print(f"# median / p90 per step in ms, {a.messages} messages of {a.size} bytes each, one connection each")
+    print("| step | Postfix median | mtaserver median | Postfix p90 | mtaserver p90 |")
+    print("|---|---|---|---|---|")
+    for i, name in enumerate(STEPS + ("whole message",)):
+        cols = []
+        for stat in (statistics.median, lambda xs: statistics.quantiles(xs, n=10)[-1]):
+            for server in ("postfix", "mtaserver"):
+                xs = [sum(r) if i == len(STEPS) else r[i] for r in results[server]]
+                cols.append(f"{stat(xs) * 1000:.3f}")
+        print(f"| {name} | {cols[0]} | {cols[1]} | {cols[2]} | {cols[3]} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

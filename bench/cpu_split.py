@@ -30,6 +30,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 MTASERVER = BENCH.parent / ".venv" / "bin" / "mtaserver"
+# Where bench.py works too: on this machine creating a file under /tmp took 1.5 ms against
+# 0.04-0.17 ms elsewhere on the same file system (bench/RESULTS.md, step 8).
+OUT = BENCH / "out"
 
 
 def free_port() -> int:
@@ -74,7 +77,8 @@ def main() -> int:
     p.add_argument("--perf", action="store_true")
     p.add_argument("--cprofile", metavar="DIR", help="cProfile every mtaserver process into DIR (MTASERVER_CPROFILE)")
     a = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mtaserver-cpu-"))
+    OUT.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mtaserver-cpu-", dir=OUT))
     port, sink_port = free_port(), free_port()
     cfg = (BENCH / "mtaserver.yaml").read_text()
     for k, v in {"DATA_DIR": str(work / "var"), "WORKERS": str(a.workers), "PORT": str(port), "SINK_PORT": str(sink_port),

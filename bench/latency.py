@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench as B  # noqa: E402
 
+OUT = Path(__file__).resolve().parent / "out"  # where bench.py works (not /tmp: see cpu_split.py)
 STEPS = ("connect+greeting", "HELO", "MAIL", "RCPT", "DATA", "content+dot", "QUIT")
 
 
@@ -77,7 +78,8 @@ def main() -> int:
     B.ensure_packages()
     line = b"X" * 70 + b"\r\n"
     body = b"Subject: latency probe\r\n\r\n" + line * max(1, a.size // len(line))
-    work = Path(tempfile.mkdtemp(prefix="mtaserver-latency-"))
+    OUT.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mtaserver-latency-", dir=OUT))
     work.chmod(0o755)  # Postfix's daemons run as postfix and must reach their queue
     pf = B.Postfix(work, args)
     mt = B.Mtaserver(work, args)

@@ -31,7 +31,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 MTASERVER = BENCH.parent / ".venv" / "bin" / "mtaserver"
 # Where bench.py works too: on this machine creating a file under /tmp took 1.5 ms against
-# 0.04-0.17 ms elsewhere on the same file system (bench/RESULTS.md, step 8).
+# 0.04-0.17 ms elsewhere on the same file system (bench/RESULTS.md, step 9).
 OUT = BENCH / "out"
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Where a lone client's time goes: the median time of each SMTP step, Postfix and mtaserver.
 
-usage: .venv/bin/python bench/latency.py [--messages N] [--size BYTES] [--src TREE]
+usage: .venv/bin/python bench/latency.py [--messages N] [--size BYTES] [--per-conn K] [--src TREE]
 
 Starts the throwaway Postfix and mtaserver of bench.py (same configs, same sinks), then, for
 each server in turn (alternating, 3 rounds), sends N messages one connection each, the way
-`smtp-source -s 1` does (connect, greeting, HELO, MAIL, RCPT, DATA, content and dot, QUIT),
-and times each step from the moment its bytes are sent to the moment its whole reply is
+`smtp-source -s 1` does (connect, greeting, HELO, MAIL, RCPT, DATA, content and dot, QUIT;
+with --per-conn K, K messages per connection, as `smtp-source -d` sends them), and times each step from the moment its bytes are sent to the moment its whole reply is
 in. It prints the median and 90th percentile per step, so a gap in the single-session
 scenarios can be traced to the step that causes it (the commit, say, or the greeting).
 Blocking sockets, one client: it measures latency, not throughput.
@@ -29,8 +29,11 @@ OUT = Path(__file__).resolve().parent / "out"  # where bench.py works (not /tmp:
 STEPS = ("connect+greeting", "HELO", "MAIL", "RCPT", "DATA", "content+dot", "QUIT")
 
 
-def one_message(port: int, body: bytes) -> list[float]:
-    times = []
+def one_connection(port: int, body: bytes, messages: int = 1) -> list[list[float]]:
+    """Per message, the time of each step in STEPS; the connection's own steps (connect,
+    HELO, QUIT) are counted with its first and last message."""
+    times: list[float] = []
+    out = []
     t = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -56,20 +59,27 @@ def one_message(port: int, body: bytes) -> list[float]:
 
     step(None, b"220")
     step(f"HELO {B.HELO}\r\n".encode(), b"250")
-    step(f"MAIL FROM:<{B.SENDER}>\r\n".encode(), b"250")
-    step(f"RCPT TO:<{B.RCPT}>\r\n".encode(), b"250")
-    step(b"DATA\r\n", b"354")
-    step(body + b".\r\n", b"250")
-    step(b"QUIT\r\n", b"221")
+    for i in range(messages):
+        if i:
+            times = [0.0, 0.0]  # connect and HELO belong to the first message
+        step(f"MAIL FROM:<{B.SENDER}>\r\n".encode(), b"250")
+        step(f"RCPT TO:<{B.RCPT}>\r\n".encode(), b"250")
+        step(b"DATA\r\n", b"354")
+        step(body + b".\r\n", b"250")
+        out.append(times)
+    step(b"QUIT\r\n", b"221")  # goes with the last message
+    for row in out[:-1]:
+        row.append(0.0)
     f.close()
     s.close()
-    return times
+    return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=1000)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--per-conn", type=int, default=1, help="messages per connection (default 1)")
     p.add_argument("--src", help="mtaserver source tree, as for bench.py")
     a = p.parse_args()
     args = B.parse_args(["--reps", "1"])
@@ -90,11 +100,11 @@ def main() -> int:
         mt.start("latency")
         for server in (pf, mt):
             for _ in range(50):  # warm up
-                one_message(server.port, body)
+                one_connection(server.port, body)
         for _round in range(3):
             for server in (pf, mt):
-                for _ in range(a.messages // 3):
-                    results[server.name].append(one_message(server.port, body))
+                for _ in range(max(1, a.messages // 3 // a.per_conn)):
+                    results[server.name] += one_connection(server.port, body, a.per_conn)
     finally:
         mt.stop()
         for server in (mt, pf):
@@ -103,14 +113,18 @@ def main() -> int:
             finally:
                 server.sink.stop()
                 server.cpu.close()
-    print(f"# median / p90 per step in ms, {a.messages} messages of {a.size} bytes each, one connection each")
+    print(f"# median / p90 per step in ms, {a.messages} messages of {a.size} bytes each, {a.per_conn} per connection"
+          + (" (connect, HELO and QUIT: medians over connections)" if a.per_conn > 1 else ""))
     print("| step | Postfix median | mtaserver median | Postfix p90 | mtaserver p90 |")
     print("|---|---|---|---|---|")
     for i, name in enumerate(STEPS + ("whole message",)):
         cols = []
         for stat in (statistics.median, lambda xs: statistics.quantiles(xs, n=10)[-1]):
             for server in ("postfix", "mtaserver"):
-                xs = [sum(r) if i == len(STEPS) else r[i] for r in results[server]]
+                rows = results[server]
+                if i in (0, 1, len(STEPS) - 1) and a.per_conn > 1:  # once per connection
+                    rows = rows[0 :: a.per_conn] if i < 2 else rows[a.per_conn - 1 :: a.per_conn]
+                xs = [sum(r) if i == len(STEPS) else r[i] for r in rows]
                 cols.append(f"{stat(xs) * 1000:.3f}")
         print(f"| {name} | {cols[0]} | {cols[1]} | {cols[2]} | {cols[3]} |")
     return 0

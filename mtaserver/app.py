@@ -221,7 +221,7 @@ def _run_worker(cfg: Config, path: str, sockets: list[socket.socket], index: int
     worker = Worker(cfg, path, sockets, index, manager=manager)
     # What exists now (modules, config) lives as long as the process: out of every collection.
     # A message makes about a thousand short-lived objects, so the young generation is
-    # collected every 5,000 allocations instead of 700 (bench/RESULTS.md, step 8).
+    # collected every 5,000 allocations instead of 700 (bench/RESULTS.md, step 9).
     gc.freeze()
     gc.set_threshold(5000, 10, 10)
     out = os.environ.get("MTASERVER_CPROFILE")  # a developer's switch: bench/README.md, "Profiling"

@@ -408,7 +408,7 @@ class QueueManager:
             await self._notify(cfg, env, bounced, body, DsnKind.FAILURE, now)
         if not keep:
             # In the loop, as the moves and reads are: a hand-off to a thread cost more CPU
-            # than the unlink itself (bench/RESULTS.md, step 8).
+            # than the unlink itself (bench/RESULTS.md, step 9).
             try:
                 self.store.remove("active", qid)
             except OSError as exc:

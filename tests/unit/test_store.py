@@ -136,11 +136,36 @@ async def test_small_content_stays_in_memory_and_large_content_spills(tmp_path):
     assert store._budget.free == 130, "every byte held in memory was given back"
 
 
+async def test_a_lone_session_commits_in_the_loop_and_announces_when_told(tmp_path):
+    store = QueueStore(tmp_path)
+    store.open()
+    woken = []
+    store.on_commit = woken.append
+    qid = store.new_id()
+    spool = store.new_spool(qid)
+    spool.write(b"Subject: x\r\n\r\nhi\r\n")
+    store.receiving = 2  # another session in this process: not here, not now
+    assert store.commit_inline(spool, envelope(qid)) is False
+    assert store.list("incoming") == [] and os.listdir(tmp_path / "tmp") == []
+    store.receiving = 1
+    assert store.commit_inline(spool, envelope(qid)) is True
+    assert store.list("incoming") == [qid] and os.listdir(tmp_path / "tmp") == []
+    assert woken == [], "smtpd announces itself, after the 250"
+    store.announce(qid)
+    store.close()
+    assert woken == [qid]
+    assert bytes(store.load("incoming", qid)[1]) == b"Subject: x\r\n\r\nhi\r\n"
+
+
+@pytest.mark.parametrize("lone_session", [False, True])  # a thread job, or in the event loop
 @pytest.mark.parametrize("fail_on, err, code", [(1, errno.EIO, 451), (1, errno.ENOSPC, 452), (2, errno.EIO, 451)])
 @pytest.mark.parametrize("size", [10, 1000])  # in memory, spilled to tmp/
-async def test_a_failed_fsync_leaves_nothing_and_says_why(tmp_path, fail_on, err, code, size):
+async def test_a_failed_fsync_leaves_nothing_and_says_why(tmp_path, fail_on, err, code, size, lone_session):
+    # The file is renamed into incoming/ before its fsync (fail_on=1) and the directory's
+    # (fail_on=2): either failure must take it out again.
     store = QueueStore(tmp_path, fsync=CountingFsync(fail_on, err), spool_in_memory=100)
     store.open()
+    store.receiving = 1 if lone_session else 0
     with pytest.raises(QueueWriteError) as exc:
         await _commit_one(store, b"x" * size)
     store.close()

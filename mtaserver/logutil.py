@@ -23,6 +23,7 @@ def _forked() -> None:
 
 os.register_at_fork(after_in_child=_forked)
 
+
 def _escape(b: int) -> str:
     special = {0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x5C: "\\\\"}
     if b in special:

@@ -34,14 +34,16 @@ DESCRIPTION
     file's fsync can carry the new name with it (ext4 does: with a journal in the same commit,
     without one by syncing the new entry's directory too), and the directory's fsync then
     finds little left to do: 0.13 of 0.53 ms here, against 0.61 ms for fsync, rename, fsync
-    (bench/RESULTS.md, step 9). Until step 4 ends no client has heard 250: a
-    crash in between leaves either a complete file (delivered; the client, who saw no reply,
-    may send it again: at least once) or a short or damaged one, which the trailer shows and
-    recovery moves to corrupt/. A failed fsync unlinks incoming/<id> and answers 4xx. Content stays in memory while it arrives, up to
-    queue.spool_in_memory bytes per message and queue.spool_memory_total per process; a larger
-    message spills to tmp/<id> as it arrives. So a small message costs one file creation, one
-    write, two fsyncs and one rename, and one hand-off to a thread (profile: thread hand-offs
-    and file creations were the largest costs of receiving).
+    (bench/RESULTS.md, step 9). Until step 4 ends no client has heard 250: a crash in between
+    leaves either a complete file (delivered; the client, who saw no reply, may send it again:
+    at least once) or a short or damaged one, which the trailer shows and recovery moves to
+    corrupt/. A failed fsync unlinks incoming/<id> and answers 4xx.
+
+    Content stays in memory while it arrives, up to queue.spool_in_memory bytes per message
+    and queue.spool_memory_total per process; a larger message spills to tmp/<id> as it
+    arrives. So a small message costs one file creation, one write, two fsyncs and one
+    rename, and one hand-off to a thread, none for a worker's lone session (profile: thread
+    hand-offs and file creations were the largest costs of receiving).
 
     Delivery progress: the queue file never changes once committed. When an attempt leaves
     recipients for later, the queue manager writes the whole updated envelope (same JSON,

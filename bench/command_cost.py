@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The Python cost of one SMTP command in a session, without sockets, kernel or client.
+
+usage: .venv/bin/python bench/command_cost.py [--rounds N] [--profile]
+
+Builds one SmtpSession (the embedded default config, a queue under bench/out/) on a fake
+transport that records what is written, feeds it command lines through `data_received` as the
+event loop would, and times until each reply is written: HELO alone, MAIL + HELO (HELO resets
+the transaction; RSET and NOOP would soon hit the junk-command limit), MAIL + RCPT + HELO.
+What it measures is the session's own Python per command (parsing, state, reply, timers,
+the stream reader and task wake-up), the part that `bench/latency.py` cannot separate from
+the kernel's. With --profile it prints the top of a cProfile of the HELO loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import logging
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import uvloop  # noqa: E402
+
+from mtaserver import config, smtpd  # noqa: E402
+from mtaserver.queue.store import QueueStore  # noqa: E402
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = asyncio.Event()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.written.set()
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def measure(rounds: int, only_helo: bool) -> None:
+    cfg = config.load(str(REPO / "conf" / "mtaserver.yaml"))
+    out = REPO / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    store = QueueStore(tempfile.mkdtemp(prefix="command-cost-", dir=out))
+    store.open()
+    server = smtpd.SmtpServer(smtpd.ConfigHolder(cfg), cfg.server.listeners[0], store)
+    session = server.protocol()
+    transport = FakeTransport()
+    session.connection_made(transport)
+    await transport.written.wait()  # the greeting
+
+    async def command(line: bytes) -> None:
+        transport.written.clear()
+        session.data_received(line)
+        await transport.written.wait()
+
+    helo, mail, rcpt = b"HELO client.test\r\n", b"MAIL FROM:<sender@client.test>\r\n", b"RCPT TO:<rcpt@example.test>\r\n"
+    groups = {"HELO": [helo], "MAIL + HELO": [mail, helo], "MAIL + RCPT + HELO": [mail, rcpt, helo]}
+    for name, lines in groups.items():
+        if only_helo and name != "HELO":
+            continue
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for line in lines:
+                await command(line)
+        us = (time.perf_counter() - t0) / rounds * 1e6
+        print(f"{name:20s} {us:7.1f} µs per round, {us / len(lines):6.1f} µs per command")
+    store.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5000)
+    p.add_argument("--profile", action="store_true")
+    a = p.parse_args()
+    logging.disable(logging.CRITICAL)  # the log lines are measured elsewhere (RESULTS.md, step 5)
+    if not a.profile:
+        uvloop.run(measure(a.rounds, False))
+        return 0
+    prof = cProfile.Profile()
+    prof.runcall(uvloop.run, measure(a.rounds, True))
+    stats = pstats.Stats(prof)
+    print(f"{stats.total_calls / a.rounds:.0f} Python calls per HELO (the fake transport and the set-up included)")
+    stats.sort_stats("tottime").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

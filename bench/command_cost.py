@@ -19,6 +19,7 @@ import asyncio
 import cProfile
 import logging
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -67,7 +68,8 @@ async def measure(rounds: int, only_helo: bool) -> None:
     cfg = config.load(str(REPO / "conf" / "mtaserver.yaml"))
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
-    store = QueueStore(tempfile.mkdtemp(prefix="command-cost-", dir=out))
+    root = tempfile.mkdtemp(prefix="command-cost-", dir=out)
+    store = QueueStore(root)
     store.open()
     server = smtpd.SmtpServer(smtpd.ConfigHolder(cfg), cfg.server.listeners[0], store)
     session = server.protocol()
@@ -92,6 +94,7 @@ async def measure(rounds: int, only_helo: bool) -> None:
         us = (time.perf_counter() - t0) / rounds * 1e6
         print(f"{name:20s} {us:7.1f} µs per round, {us / len(lines):6.1f} µs per command")
     store.close()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ Blocking sockets, one client: it measures latency, not throughput.
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import sys
@@ -113,6 +114,7 @@ def main() -> int:
             finally:
                 server.sink.stop()
                 server.cpu.close()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"# median / p90 per step in ms, {a.messages} messages of {a.size} bytes each, {a.per_conn} per connection"
           + (" (connect, HELO and QUIT: medians over connections)" if a.per_conn > 1 else ""))
     print("| step | Postfix median | mtaserver median | Postfix p90 | mtaserver p90 |")

@@ -228,7 +228,9 @@ class SmtpSession(AiosmtpdSMTP):
             data = b"".join(self._out)
             self._out.clear()
             self.transport.write(data)
-            if self._paused:  # the client does not read what we send: wait, within the timeout
+            # _paused: our base's (asyncio FlowControlMixin) record of pause_writing. Set, the
+            # client does not read what we send: wait for it, within the timeout.
+            if self._paused:
                 self._arm(self.limits.command_timeout)
                 try:
                     await self._writer.drain()

@@ -2,7 +2,7 @@
 """CPU per message of each mtaserver process under smtp-source load, user and system apart.
 
 usage: .venv/bin/python bench/cpu_split.py [--workers N] [--no-delivery] [--messages N]
-                                           [--sessions S] [--size BYTES] [--perf] [--cprofile DIR]
+                                           [--sessions S] [--size BYTES] [--keep-open] [--perf] [--cprofile DIR]
 
 Starts its own smtp-sink and mtaserver (bench/mtaserver.yaml, in a temporary directory), warms
 up with 200 messages, then reads /proc/PID/task/*/stat of every mtaserver process before and
@@ -74,6 +74,7 @@ def main() -> int:
     p.add_argument("--messages", type=int, default=5000)
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--keep-open", action="store_true", help="smtp-source -d: all of a session's messages on one connection")
     p.add_argument("--perf", action="store_true")
     p.add_argument("--cprofile", metavar="DIR", help="cProfile every mtaserver process into DIR (MTASERVER_CPROFILE)")
     a = p.parse_args()
@@ -105,7 +106,8 @@ def main() -> int:
 
         def load(n: int) -> None:
             subprocess.run(["/usr/sbin/smtp-source", "-c", "-s", str(a.sessions), "-m", str(n), "-l", str(a.size),
-                            "-f", "sender@client.test", "-t", "rcpt@bench.test", f"127.0.0.1:{port}"],
+                            "-f", "sender@client.test", "-t", "rcpt@bench.test", *(["-d"] if a.keep_open else []),
+                            f"127.0.0.1:{port}"],
                            check=True, stdout=subprocess.DEVNULL)  # fmt: skip
 
         load(200)

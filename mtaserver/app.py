@@ -120,6 +120,7 @@ class Worker:
             cfg.queue_path, sync_threads=cfg.queue.sync_threads,
             spool_in_memory=cfg.queue.spool_in_memory, spool_memory_total=cfg.queue.spool_memory_total,
         )
+        self.store.announce_delay = cfg.queue.wakeup_delay
         self.servers: list[SmtpServer] = []
         self.screener: Screener | None = None  # postscreen, when a listener has postscreen: true
         self._stop = asyncio.Event()
@@ -149,6 +150,7 @@ class Worker:
         if [(x.name, str(x.address)) for x in new.server.listeners] != [(x.name, str(x.address)) for x in old.server.listeners]:
             log.warning("reload: listener changes need a restart; other settings applied")
         self.holder.current = new
+        self.store.announce_delay = new.queue.wakeup_delay
         old_screener, self.screener = self.screener, self._make_screener(new) if self.sockets else None
         if old_screener is not None:  # sessions that took it keep it; closed once they are done
             asyncio.get_running_loop().create_task(old_screener.close(delay=SHUTDOWN_GRACE))
@@ -206,6 +208,7 @@ class Worker:
             await manager_task
         if self.screener is not None:
             await self.screener.close()
+        self.store.flush_announcements()
         self.store.close()
 
 

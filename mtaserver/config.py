@@ -40,12 +40,12 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Value types: durations, sizes, endpoints, networks.
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhdw]?)\s*$")
+_DURATION_UNIT = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(value: Any) -> float:
-    """`6s`, `5m`, `1h`, `30d`, `2w` or a number of seconds -> seconds (float)."""
+    """`20ms`, `6s`, `5m`, `1h`, `30d`, `2w` or a number of seconds -> seconds (float)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 30s, 5m, 1h, 7d")
     if isinstance(value, (int, float)):
@@ -514,6 +514,7 @@ class QueueConfig(Strict):
     sync_threads: int = Field(16, ge=1, le=256)  # threads doing fsync, so commits overlap
     spool_in_memory: Size = 256 * 1024  # content held in memory while it arrives; larger spills to tmp/
     spool_memory_total: Size = 64 * 1024 * 1024  # per process, across all sessions; past it, spill
+    wakeup_delay: Duration = Field(0.02, le=1.0)  # at most one wake-up of the queue manager per this, per worker
 
     @model_validator(mode="after")
     def _backoff(self) -> QueueConfig:

@@ -72,20 +72,26 @@ def wakeup_path(queue_root: Path) -> Path:
     return queue_root / "qmgr.sock"
 
 
-def notify(queue_root: Path) -> Callable[[str], None]:
-    """For worker processes: a commit callback that pokes the manager over a datagram socket."""
+MAX_IDS_PER_WAKEUP = 256  # more commits than this in one wake-up: ask for a full listing instead
+
+
+def notify(queue_root: Path) -> Callable[[list[str]], None]:
+    """For worker processes: a commit callback that pokes the manager over a datagram socket.
+
+    One datagram carries the ids committed since the last one, separated by spaces."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.setblocking(False)
     path = str(wakeup_path(queue_root))
 
     missed = False
 
-    def poke(queue_id: str) -> None:
+    def poke(queue_ids: list[str]) -> None:
         # The socket queue is short (net.unix.max_dgram_qlen, 10 by default): a wake-up that
         # does not fit is lost, so the next one asks for a full listing instead.
         nonlocal missed
+        lots = missed or len(queue_ids) > MAX_IDS_PER_WAKEUP
         try:
-            sock.sendto(RESCAN.encode() if missed else queue_id.encode(), path)
+            sock.sendto(RESCAN.encode() if lots else " ".join(queue_ids).encode(), path)
             missed = False
         except OSError:
             missed = True  # the manager also lists incoming/ every INCOMING_SCAN
@@ -94,13 +100,12 @@ def notify(queue_root: Path) -> Callable[[str], None]:
 
 
 class _Wake(asyncio.DatagramProtocol):
-    def __init__(self, announce: Callable[[str], None]) -> None:
+    def __init__(self, announce: Callable[[list[str]], None]) -> None:
         self.announce = announce
 
     def datagram_received(self, data: bytes, addr: object) -> None:
-        qid = data.decode("ascii", "replace")
-        if is_queue_id(qid) or qid == RESCAN:
-            self.announce(qid)
+        ids = data.decode("ascii", "replace").split(" ")
+        self.announce([q for q in ids if is_queue_id(q) or q == RESCAN])
 
 
 class QueueManager:
@@ -128,13 +133,15 @@ class QueueManager:
             max_idle_per_host=cfg0.queue.destination_concurrency,
         )
 
-    def announce(self, queue_id: str) -> None:
-        """A worker committed `queue_id` to incoming/ (the store's on_commit, or a datagram)."""
-        if queue_id == RESCAN:
-            self._next_incoming_scan = 0.0
-        else:
-            self._announced.append(queue_id)
-        self.wake.set()
+    def announce(self, queue_ids: list[str]) -> None:
+        """Workers committed these to incoming/ (the store's on_commit, or a datagram)."""
+        for qid in queue_ids:
+            if qid == RESCAN:
+                self._next_incoming_scan = 0.0
+            else:
+                self._announced.append(qid)
+        if queue_ids:
+            self.wake.set()
 
     def flush(self) -> None:
         """postqueue -f: retry all deferred mail now."""

@@ -106,7 +106,7 @@ async def test_commit_makes_one_durable_queue_file(tmp_path):
     store = QueueStore(tmp_path)
     store.open()
     woken = []
-    store.on_commit = woken.append
+    store.on_commit = woken.extend
     qid = await _commit_one(store)
     store.close()
     assert store.list("incoming") == [qid] and woken == [qid]
@@ -140,7 +140,7 @@ async def test_a_lone_session_commits_in_the_loop_and_announces_when_told(tmp_pa
     store = QueueStore(tmp_path)
     store.open()
     woken = []
-    store.on_commit = woken.append
+    store.on_commit = woken.extend
     qid = store.new_id()
     spool = store.new_spool(qid)
     spool.write(b"Subject: x\r\n\r\nhi\r\n")
@@ -277,3 +277,23 @@ def test_the_queue_file_keeps_every_envelope_field():
     expected["recipients"][0]["state"] = RcptState.DEFERRED.value
     assert _envelope_doc(env) == expected
     assert parse_envelope(dump_envelope(env)) == env
+
+
+async def test_commits_within_the_wakeup_delay_make_one_wakeup(tmp_path):
+    store = QueueStore(tmp_path)
+    store.open()
+    store.announce_delay = 0.05
+    woken: list[list[str]] = []
+    store.on_commit = woken.append
+    first = await _commit_one(store)
+    assert woken == [[first]], "after a quiet spell: at once"
+    second = await _commit_one(store)
+    third = await _commit_one(store)
+    assert woken == [[first]], "within the delay: gathered"
+    await asyncio.sleep(0.1)
+    assert woken == [[first], [second, third]]
+    fourth = await _commit_one(store)
+    fifth = await _commit_one(store)
+    store.flush_announcements()  # a stopping worker sends what it gathered at once
+    store.close()
+    assert woken == [[first], [second, third], [fourth], [fifth]]

@@ -413,7 +413,7 @@ class QueueStore:
         self.announce_delay = 0.0  # seconds commits are gathered into one wake-up (queue.wakeup_delay)
         self._announcing: list[str] = []
         self._announce_timer: asyncio.TimerHandle | None = None
-        self._announced_at = float("-inf")  # loop time of the last wake-up
+        self._announced_at = float("-inf")  # time.monotonic() of the last wake-up
         self.receiving = 0  # SMTP sessions open in this process (smtpd keeps the count)
         self.inline_commit = True  # a lone session commits in the event loop (see commit); not
         # where the queue manager shares the loop (workers: 1)
@@ -558,12 +558,12 @@ class QueueStore:
         self._announcing.append(queue_id)
         if self._announce_timer is not None:
             return  # gathered into the wake-up already planned
-        loop = asyncio.get_running_loop()
-        due = self._announced_at + self.announce_delay
-        if loop.time() >= due:
+        delay = self._announced_at + self.announce_delay - time.monotonic()
+        if delay <= 0:
             self.flush_announcements()
         else:
-            self._announce_timer = loop.call_at(due, self.flush_announcements)
+            # Only here: get_running_loop() costs a getpid(2) in Python 3.11.
+            self._announce_timer = asyncio.get_running_loop().call_later(delay, self.flush_announcements)
 
     def flush_announcements(self) -> None:
         """Send the gathered wake-up now (at its time, and when the process stops)."""
@@ -572,7 +572,7 @@ class QueueStore:
             self._announce_timer = None
         ids, self._announcing = self._announcing, []
         if ids and self.on_commit is not None:
-            self._announced_at = asyncio.get_running_loop().time()
+            self._announced_at = time.monotonic()
             self.on_commit(ids)
 
     def _remove_partial(self, spool: Spool) -> None:

@@ -1,7 +1,8 @@
 """The queue manager: moves messages through the queue and decides their fate.
 
 DESCRIPTION
-    One per node. It takes messages from incoming/ (woken at once by each commit) and,
+    One per node. It takes messages from incoming/ (woken by the workers' commits, at most
+    once per `queue.wakeup_delay` per worker: see QueueStore.announce) and,
     when they are due, from deferred/ (alternating, so retries are not starved by new
     mail), renames each into active/ and delivers it, at most `MAX_ACTIVE` at a time and at
     most `queue.destination_concurrency` per destination. Then, per recipient:
@@ -26,7 +27,7 @@ SECURITY
     Does not talk to clients. Reads only queue files it validates (store.load).
 
 CONFIG
-    queue.*, domains.local, domains.local_delivery, outbound.relay_host,
+    queue.* (queue.wakeup_delay: the workers' side), domains.local, domains.local_delivery, outbound.relay_host,
     outbound.fallback_relay_host, outbound.helo_name, outbound.tls, server.hostname
 """
 
@@ -115,7 +116,7 @@ class QueueManager:
         self._clock = clock
         self.wake = asyncio.Event()
         self._active: set[str] = set()
-        self._announced: list[str] = []  # committed since the last look, in order (wake-ups carry the id)
+        self._announced: list[str] = []  # committed since the last look, in order (wake-ups carry the ids)
         self._next_incoming_scan = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_ACTIVE)

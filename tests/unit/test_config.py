@@ -51,6 +51,7 @@ def test_shipped_config_documents_every_key():
         ("queue:\n  min_backoff: 2h\n  max_backoff: 1h\n", "m.yaml:1: queue: min_backoff must not exceed max_backoff"),
         ("advanced:\n  max_message_size: 10Q\n", "m.yaml:2: advanced.max_message_size: expected a size"),
         ("queue:\n  max_lifetime: soon\n", "m.yaml:2: queue.max_lifetime: expected a duration"),
+        ("queue:\n  wakeup_delay: 2s\n", "m.yaml:2: queue.wakeup_delay: "),
         ("outbound:\n  mynetworks: ['10.0.0.0/33']\n", "m.yaml:2: outbound.mynetworks[0]: not a network"),
         ("domains:\n  local: ['bad domain']\n", "m.yaml:2: domains.local: not a domain name"),
         ("server:\n  hostname: a\n  hostname: b\n", "m.yaml:3: server.hostname: duplicate key"),
@@ -84,7 +85,8 @@ def test_per_node_override_applies_to_this_hostname(tmp_path):
 def test_units():
     assert parse_duration("6s") == 6 and parse_duration("5m") == 300 and parse_duration("1h") == 3600
     assert parse_duration("30d") == 30 * 86400 and parse_duration("2w") == 14 * 86400 and parse_duration(7) == 7
+    assert parse_duration("20ms") == pytest.approx(0.02) and parse_duration("1.5s") == 1.5
     assert parse_size("10M") == 10 * 1024**2 and parse_size("500K") == 512000 and parse_size(10240000) == 10240000
-    for bad in ("-1s", "1y", True, ""):
+    for bad in ("-1s", "1y", "5mss", True, ""):
         with pytest.raises(ValueError):
             parse_duration(bad)

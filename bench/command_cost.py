@@ -6,7 +6,8 @@ usage: .venv/bin/python bench/command_cost.py [--rounds N] [--profile]
 Builds one SmtpSession (the embedded default config, a queue under bench/out/) on a fake
 transport that records what is written, feeds it command lines through `data_received` as the
 event loop would, and times until each reply is written: HELO alone, MAIL + HELO (HELO resets
-the transaction; RSET and NOOP would soon hit the junk-command limit), MAIL + RCPT + HELO.
+the transaction; RSET and NOOP would soon hit the junk-command limit), MAIL + RCPT + HELO,
+and a whole connection with no command but QUIT (new session, greeting, QUIT, teardown).
 What it measures is the session's own Python per command (parsing, state, reply, timers,
 the stream reader and task wake-up), the part that `bench/latency.py` cannot separate from
 the kernel's. With --profile it prints the top of a cProfile of the HELO loop.
@@ -93,6 +94,24 @@ async def measure(rounds: int, only_helo: bool) -> None:
                 await command(line)
         us = (time.perf_counter() - t0) / rounds * 1e6
         print(f"{name:20s} {us:7.1f} µs per round, {us / len(lines):6.1f} µs per command")
+    if not only_helo:
+        # A whole connection without commands: set-up, greeting, QUIT, teardown.
+        async def connection() -> None:
+            s, t = server.protocol(), FakeTransport()
+            s.connection_made(t)
+            task = s._task
+            await t.written.wait()
+            t.written.clear()
+            s.data_received(b"QUIT\r\n")
+            await t.written.wait()
+            s.connection_lost(None)
+            await task
+
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            await connection()
+        us = (time.perf_counter() - t0) / rounds * 1e6
+        print(f"{'connect + QUIT':20s} {us:7.1f} µs per connection (set-up, greeting, QUIT, teardown)")
     store.close()
     shutil.rmtree(root, ignore_errors=True)
 

@@ -83,6 +83,7 @@ R_OK = Reply(250, "2.0.0", "Ok")
 R_MAIL_OK = Reply(250, "2.1.0", "Ok")
 R_RCPT_OK = Reply(250, "2.1.5", "Ok")
 R_BYE = Reply(221, "2.0.0", "Bye")
+R_GO_AHEAD = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 R_NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
 R_NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
 R_NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
@@ -323,23 +324,32 @@ class SmtpSession(AiosmtpdSMTP):
         ip = self.peer_ip
         srv.per_ip[ip] = srv.per_ip.get(ip, 0) + 1
         try:
-            log.info("connect from %s", self._label())
             limit = self.limits.connections_per_ip
             if limit and srv.per_ip[ip] > limit:
+                log.info("connect from %s", self._label())
                 log.warning("NOQUEUE: reject: CONNECT from %s: too many connections", self._label())
                 self._goodbye(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {ip}"))
                 return
             if srv.shutting_down:
+                log.info("connect from %s", self._label())
                 self._goodbye(Reply(421, "4.3.2", f"{self.hostname} Service shutting down"))
                 return
+            screener = srv.screener
+            if screener is not None:
+                log.info("connect from %s", self._label())  # before postscreen's own lines
+                self.screen = screener.connection(self)
+                if not await self.screen.before_greeting():
+                    return
+            # The client waits for the greeting, not for our bookkeeping: it goes out first,
+            # and the log line and the mynetworks lookup happen while the client answers it
+            # (bench/RESULTS.md, step 11). Nothing is read before they are done.
+            self._reply(Reply(220, "", self.cfg.server.banner.format(hostname=self.hostname)))
+            await self._flush()
+            if screener is None:
+                log.info("connect from %s", self._label())
             self.trusted = policy.in_networks(ip, self.cfg.outbound.mynetworks)
             if self.bare_policy is BareNewline.REJECT and self.trusted and self.cfg.inbound.bare_newline_exclude_mynetworks:
                 self.bare_policy = BareNewline.NORMALIZE
-            if srv.screener is not None:
-                self.screen = srv.screener.connection(self)
-                if not await self.screen.before_greeting():
-                    return
-            self._reply(Reply(220, "", self.cfg.server.banner.format(hostname=self.hostname)))
             while not self._closing:
                 line = await self._read_command()
                 if line is None:
@@ -650,10 +660,10 @@ class SmtpSession(AiosmtpdSMTP):
         spool = store.new_spool(qid)  # in memory; a file only once it is large (then errors show at commit)
         committed = False
         try:
+            self._reply(R_GO_AHEAD)
+            await self._flush()  # the header is made while the client starts sending
             received = self._received_header(qid, tx)
             spool.write(received)
-            self._reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
-            await self._flush()
             scanner = await self._receive(spool)
             if scanner is None:  # connection lost or timed out: nothing was acknowledged
                 raise ConnectionResetError("connection lost in DATA")

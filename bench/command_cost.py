@@ -7,7 +7,10 @@ Builds one SmtpSession (the embedded default config, a queue under bench/out/) o
 transport that records what is written, feeds it command lines through `data_received` as the
 event loop would, and times until each reply is written: HELO alone, MAIL + HELO (HELO resets
 the transaction; RSET and NOOP would soon hit the junk-command limit), MAIL + RCPT + HELO,
-and a whole connection with no command but QUIT (new session, greeting, QUIT, teardown).
+a whole connection with no command but QUIT (new session, greeting, QUIT, teardown), and a
+whole one-message connection step by step (greeting, HELO, MAIL, RCPT, DATA, content and
+dot, QUIT and teardown; log lines on, written to /dev/null; the queue on /dev/shm with fsync
+off, so the commit's disk time is left out and its Python and system calls are in).
 What it measures is the session's own Python per command (parsing, state, reply, timers,
 the stream reader and task wake-up), the part that `bench/latency.py` cannot separate from
 the kernel's. With --profile it prints the top of a cProfile of the HELO loop.
@@ -20,7 +23,9 @@ import asyncio
 import cProfile
 import logging
 import pstats
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 import uvloop  # noqa: E402
 
-from mtaserver import config, smtpd  # noqa: E402
+from mtaserver import config, logutil, smtpd  # noqa: E402
 from mtaserver.queue.store import QueueStore  # noqa: E402
 
 
@@ -112,6 +117,52 @@ async def measure(rounds: int, only_helo: bool) -> None:
             await connection()
         us = (time.perf_counter() - t0) / rounds * 1e6
         print(f"{'connect + QUIT':20s} {us:7.1f} µs per connection (set-up, greeting, QUIT, teardown)")
+    store.close()
+    shutil.rmtree(root, ignore_errors=True)
+    if not only_helo:
+        await one_message(server.config.current, rounds)
+
+
+MESSAGE_STEPS = ("greeting", "HELO", "MAIL", "RCPT", "DATA", "content+dot", "QUIT+teardown")
+
+
+async def one_message(cfg: config.Config, rounds: int) -> None:
+    """A one-message connection (smtp-source -s 1 -m 1), median µs of Python per step."""
+    logging.disable(logging.NOTSET)  # a worker's four log lines, to /dev/null
+    logutil.setup("info")
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+    logging.getLogger().handlers[0].setStream(devnull)
+    root = tempfile.mkdtemp(prefix="command-cost-", dir="/dev/shm")
+    store = QueueStore(root, fsync=lambda fd: None)
+    store.open()
+    store.announce_delay = 3600.0  # one wake-up datagram, to a manager that is not there
+    server = smtpd.SmtpServer(smtpd.ConfigHolder(cfg), cfg.server.listeners[0], store)
+    body = b"Subject: command cost\r\n\r\n" + (b"X" * 70 + b"\r\n") * 14 + b".\r\n"
+    lines = (None, b"HELO client.test\r\n", b"MAIL FROM:<sender@client.test>\r\n",
+             b"RCPT TO:<rcpt@example.test>\r\n", b"DATA\r\n", body, b"QUIT\r\n")  # fmt: skip
+    times: list[list[float]] = [[] for _ in MESSAGE_STEPS]
+    clock = time.perf_counter
+    cpu0 = time.process_time()
+    for _ in range(rounds):
+        t0 = clock()
+        s, t = server.protocol(), FakeTransport()
+        s.connection_made(t)
+        task = s._task
+        for i, line in enumerate(lines):
+            if line is not None:
+                t.written.clear()
+                t0 = clock()
+                s.data_received(line)
+            await t.written.wait()
+            if i == len(lines) - 1:
+                s.connection_lost(None)
+                await task
+            times[i].append(clock() - t0)
+    cpu = (time.process_time() - cpu0) / rounds * 1e6
+    steps = ", ".join(f"{name} {statistics.median(ts) * 1e6:.1f}" for name, ts in zip(MESSAGE_STEPS, times))
+    print(f"{'one message':20s} {cpu:7.1f} µs of CPU per connection; medians, µs: {steps}")
+    for name in os.listdir(f"{root}/incoming"):
+        os.unlink(f"{root}/incoming/{name}")
     store.close()
     shutil.rmtree(root, ignore_errors=True)
 

@@ -22,8 +22,8 @@ import argparse
 import asyncio
 import cProfile
 import logging
-import pstats
 import os
+import pstats
 import shutil
 import statistics
 import sys
@@ -128,10 +128,7 @@ MESSAGE_STEPS = ("greeting", "HELO", "MAIL", "RCPT", "DATA", "content+dot", "QUI
 
 async def one_message(cfg: config.Config, rounds: int) -> None:
     """A one-message connection (smtp-source -s 1 -m 1), median µs of Python per step."""
-    logging.disable(logging.NOTSET)  # a worker's four log lines, to /dev/null
-    logutil.setup("info")
-    devnull = open(os.devnull, "w")  # noqa: SIM115
-    logging.getLogger().handlers[0].setStream(devnull)
+    logging.disable(logging.NOTSET)  # a worker's four log lines, to /dev/null (see main)
     root = tempfile.mkdtemp(prefix="command-cost-", dir="/dev/shm")
     store = QueueStore(root, fsync=lambda fd: None)
     store.open()
@@ -159,12 +156,11 @@ async def one_message(cfg: config.Config, rounds: int) -> None:
                 await task
             times[i].append(clock() - t0)
     cpu = (time.process_time() - cpu0) / rounds * 1e6
-    steps = ", ".join(f"{name} {statistics.median(ts) * 1e6:.1f}" for name, ts in zip(MESSAGE_STEPS, times))
+    steps = ", ".join(f"{name} {statistics.median(ts) * 1e6:.1f}" for name, ts in zip(MESSAGE_STEPS, times, strict=True))
     print(f"{'one message':20s} {cpu:7.1f} µs of CPU per connection; medians, µs: {steps}")
-    for name in os.listdir(f"{root}/incoming"):
-        os.unlink(f"{root}/incoming/{name}")
     store.close()
     shutil.rmtree(root, ignore_errors=True)
+    logging.disable(logging.CRITICAL)
 
 
 def main() -> int:
@@ -174,7 +170,10 @@ def main() -> int:
     a = p.parse_args()
     logging.disable(logging.CRITICAL)  # the log lines are measured elsewhere (RESULTS.md, step 5)
     if not a.profile:
-        uvloop.run(measure(a.rounds, False))
+        logutil.setup("info")
+        with open(os.devnull, "w") as devnull:
+            logging.getLogger().handlers[0].setStream(devnull)
+            uvloop.run(measure(a.rounds, False))
         return 0
     prof = cProfile.Profile()
     prof.runcall(uvloop.run, measure(a.rounds, True))

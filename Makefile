@@ -1,10 +1,11 @@
 # mtaserver: `make run` starts the MTA on conf/mtaserver.yaml; `make test` runs the whole suite.
-# The virtual environment is made from Debian's own python3 when the machine has it: Debian
-# builds it with profile-guided and link-time optimisation into one static binary, and it runs
-# mtaserver with about a fifth less CPU per message than a default source build of the same Python
-# version (such as pyenv's) that may come first on PATH (bench/RESULTS.md, step 11).
+# The virtual environment is made from Debian's own python3 when the machine has one that is
+# 3.11 or newer, else from the python3 on PATH. Debian builds it with profile-guided and
+# link-time optimisation into one static binary, and mtaserver on it uses about a fifth less
+# CPU per message than on a default source build of the same version (such as pyenv's, which
+# may come first on PATH): bench/RESULTS.md, step 11.
 # `make PYTHON=...` chooses another interpreter; an existing .venv is kept (`make clean` first).
-PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp

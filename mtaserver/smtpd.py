@@ -325,27 +325,30 @@ class SmtpSession(AiosmtpdSMTP):
         srv.per_ip[ip] = srv.per_ip.get(ip, 0) + 1
         try:
             limit = self.limits.connections_per_ip
-            if limit and srv.per_ip[ip] > limit:
+            too_many = bool(limit) and srv.per_ip[ip] > limit
+            screener = srv.screener
+            # The client waits for the greeting, not for our bookkeeping: on a plain
+            # connection the 220 goes out first, and the log line and the mynetworks lookup
+            # happen while the client answers it (bench/RESULTS.md, step 11); nothing is read
+            # before they are done. A refusal or postscreen logs the connection first, so its
+            # own lines follow it.
+            greet_first = screener is None and not too_many and not srv.shutting_down
+            if not greet_first:
                 log.info("connect from %s", self._label())
+            if too_many:
                 log.warning("NOQUEUE: reject: CONNECT from %s: too many connections", self._label())
                 self._goodbye(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {ip}"))
                 return
             if srv.shutting_down:
-                log.info("connect from %s", self._label())
                 self._goodbye(Reply(421, "4.3.2", f"{self.hostname} Service shutting down"))
                 return
-            screener = srv.screener
             if screener is not None:
-                log.info("connect from %s", self._label())  # before postscreen's own lines
                 self.screen = screener.connection(self)
                 if not await self.screen.before_greeting():
                     return
-            # The client waits for the greeting, not for our bookkeeping: it goes out first,
-            # and the log line and the mynetworks lookup happen while the client answers it
-            # (bench/RESULTS.md, step 11). Nothing is read before they are done.
             self._reply(Reply(220, "", self.cfg.server.banner.format(hostname=self.hostname)))
             await self._flush()
-            if screener is None:
+            if greet_first:
                 log.info("connect from %s", self._label())
             self.trusted = policy.in_networks(ip, self.cfg.outbound.mynetworks)
             if self.bare_policy is BareNewline.REJECT and self.trusted and self.cfg.inbound.bare_newline_exclude_mynetworks:

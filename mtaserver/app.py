@@ -36,7 +36,8 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import logutil
-from .config import Config, ConfigError, Endpoint
+from .config import Config, ConfigError
+from .values import Endpoint
 from .postscreen.screen import Screener
 from .queue.manager import QueueManager, notify
 from .queue.store import QueueStore

@@ -17,16 +17,16 @@ CONFIG
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .values import Endpoint, NetMatch, check_domain, parse_duration, parse_endpoint, parse_network, parse_size
 
 
 class ConfigError(Exception):
@@ -37,127 +37,11 @@ class ConfigError(Exception):
         self.errors = errors
 
 
-# ---------------------------------------------------------------------------------------------
-# Value types: durations, sizes, endpoints, networks.
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhdw]?)\s*$")
-_DURATION_UNIT = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(value: Any) -> float:
-    """`20ms`, `6s`, `5m`, `1h`, `30d`, `2w` or a number of seconds -> seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s, 5m, 1h, 7d")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNIT[m.group(2)]
-    raise ValueError(f"expected a duration like 30s, 5m, 1h, 7d, not {value!r}")
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
-_SIZE_UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(value: Any) -> int:
-    """`10240000`, `500K`, `10M`, `1G` -> bytes (K = 1024)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size like 10240000 or 10M")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(m.group(1)) * _SIZE_UNIT[m.group(2).lower()]
-    raise ValueError(f"expected a size like 10240000 or 10M, not {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A TCP endpoint `host:port` (`[v6]:port`), or a UNIX socket `unix:/path`."""
-
-    host: str
-    port: int
-    unix_path: str | None = None
-
-    def __str__(self) -> str:
-        if self.unix_path:
-            return f"unix:{self.unix_path}"
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_endpoint(value: Any, *, default_port: int | None = None) -> Endpoint:
-    if isinstance(value, Endpoint):
-        return value
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected host:port")
-    text = value.strip()
-    if text.startswith("unix:"):
-        return Endpoint("", 0, text[5:])
-    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", text) or re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
-    if not m:
-        raise ValueError(f"expected host:port or [ipv6]:port, not {value!r}")
-    host, port = m.group(1), m.group(2)
-    if port is None:
-        if default_port is None:
-            raise ValueError(f"{value!r} has no port")
-        port_n = default_port
-    else:
-        port_n = int(port)
-    if not 0 < port_n < 65536:
-        raise ValueError(f"port out of range in {value!r}")
-    return Endpoint(host, port_n)
-
-
-@dataclass(frozen=True, slots=True)
-class NetMatch:
-    """One `mynetworks` entry: a network, possibly negated with `!`."""
-
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    negate: bool = False
-
-    def __str__(self) -> str:
-        return ("!" if self.negate else "") + str(self.network)
-
-
-def parse_network(value: Any) -> NetMatch:
-    if isinstance(value, NetMatch):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("expected a network like 192.0.2.0/24 or [::1]/128")
-    text = value.strip()
-    negate = text.startswith("!")
-    if negate:
-        text = text[1:].strip()
-    text = re.sub(r"^\[([^\]]+)\]", r"\1", text)  # Postfix writes IPv6 as [::1]/128
-    try:
-        return NetMatch(ipaddress.ip_network(text, strict=False), negate)
-    except ValueError as exc:
-        raise ValueError(f"not a network: {value!r}") from exc
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 EndpointT = Annotated[Endpoint, BeforeValidator(parse_endpoint)]
 Network = Annotated[NetMatch, BeforeValidator(parse_network)]
 PostscreenAction = Literal["ignore", "enforce", "drop"]
-
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
-
-
-def _check_domain(value: str) -> str:
-    v = value.strip().lower().rstrip(".")
-    bare = v[1:] if v.startswith(".") else v
-    if not _HOSTNAME.match(bare):
-        raise ValueError(f"not a domain name: {value!r}")
-    return v
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -227,7 +111,7 @@ class ServerConfig(Strict):
     @field_validator("hostname")
     @classmethod
     def _hostname(cls, v: str) -> str:
-        return _check_domain(v)
+        return check_domain(v)
 
     @field_validator("workers")
     @classmethod
@@ -280,7 +164,7 @@ class DomainsConfig(Strict):
     @field_validator("local", "relay")
     @classmethod
     def _domains(cls, v: list[str]) -> list[str]:
-        return [_check_domain(d) for d in v]
+        return [check_domain(d) for d in v]
 
 
 class AuthConfig(Strict):
@@ -668,7 +552,7 @@ def load(path: str | os.PathLike[str], *, text: str | None = None) -> Config:
         except ValidationError as exc:
             errors.extend(_override_errors(exc, filename, lines, name, override))
             continue
-        if _check_domain(name) == cfg.server.hostname:
+        if check_domain(name) == cfg.server.hostname:
             effective = node_cfg
     if errors:
         raise ConfigError(errors)

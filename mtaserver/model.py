@@ -1,8 +1,14 @@
-"""Value types shared by the components: replies, envelopes, clients, queue ids.
+"""The shared vocabulary: replies, verdicts, envelopes, clients.
 
 DESCRIPTION
     Frozen, slotted dataclasses for what crosses a boundary (session -> queue -> delivery).
     Mutable state lives only in the object that owns it (the SMTP session, the queue manager).
+
+    `Reply` is every SMTP reply, ours and a peer's. `Verdict` is what every stage hook
+    (postscreen, relay control, the policy checks, AUTH, the content filters) returns:
+    a `Decision` (continue / accept / reject / tempfail / discard / hold), the reply to
+    send when the decision has one, and the reason for the log. A hook never writes to the
+    socket; the session applies the verdict.
 SECURITY
     Holds client-supplied strings (addresses, HELO names) verbatim; whoever logs them
     passes them through `mtaserver.logutil.sanitize`.
@@ -43,6 +49,50 @@ class Reply:
 
     def __str__(self) -> str:
         return self.line()
+
+
+class Decision(str, Enum):
+    """What a hook decides. CONTINUE: no objection, the next hook runs; ACCEPT: accepted now,
+    later hooks of the same stage are skipped; REJECT/TEMPFAIL: the reply is sent (5xx/4xx);
+    DISCARD: the client is told 250, the message is dropped (logged); HOLD: queued on hold."""
+
+    CONTINUE = "continue"
+    ACCEPT = "accept"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+    DISCARD = "discard"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A hook's answer. `reply` is required for REJECT and TEMPFAIL; `reason` goes to the log.
+
+    `headers` (name, value) are added to the message and `subject_tag` put in front of its
+    Subject (DATA-END hooks only)."""
+
+    decision: Decision
+    reply: Reply | None = None
+    reason: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    subject_tag: str = ""
+
+    def __post_init__(self) -> None:
+        if self.decision in (Decision.REJECT, Decision.TEMPFAIL) and self.reply is None:
+            raise ValueError(f"a {self.decision.value} verdict needs a reply")
+
+    @property
+    def final(self) -> bool:
+        """True when no later hook of the stage runs (anything but CONTINUE)."""
+        return self.decision is not Decision.CONTINUE
+
+    @classmethod
+    def reject(cls, reply: Reply, reason: str = "") -> Verdict:
+        """REJECT or TEMPFAIL, by the reply's class."""
+        return cls(Decision.TEMPFAIL if reply.code < 500 else Decision.REJECT, reply, reason)
+
+
+CONTINUE = Verdict(Decision.CONTINUE)
 
 
 class RcptState(str, Enum):

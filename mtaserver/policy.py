@@ -22,38 +22,11 @@ SECURITY
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from .address import Mailbox
-from .config import NetMatch
 from .model import Reply
-
-
-def domain_matches(domain: str, patterns: Iterable[str]) -> bool:
-    """`example.test` matches itself; `.example.test` matches its subdomains (Postfix style)."""
-    d = domain.lower().rstrip(".")
-    for p in patterns:
-        if p.startswith("."):
-            if d.endswith(p):
-                return True
-        elif d == p:
-            return True
-    return False
-
-
-def in_networks(ip: str, networks: Sequence[NetMatch]) -> bool:
-    """mynetworks lookup: first matching entry wins; `!net` excludes."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    for entry in networks:
-        if addr.version == entry.network.version and addr in entry.network:
-            return not entry.negate
-    return False
+from .values import domain_matches
 
 
 def _is_fqdn(mb: Mailbox) -> bool:

@@ -52,6 +52,7 @@ from .address import AddressError, Mailbox, needs_smtputf8, parse_path
 from .datastream import BareNewline, DataProblem, DataScanner
 from .logutil import sanitize
 from .model import ClientInfo, Envelope, Recipient, Reply
+from .values import in_networks
 from .filters.chain import Action, FilterChain, rewrite_message
 from .queue.store import QueueStore, QueueWriteError, Spool
 
@@ -350,7 +351,7 @@ class SmtpSession(AiosmtpdSMTP):
             await self._flush()
             if greet_first:
                 log.info("connect from %s", self._label())
-            self.trusted = policy.in_networks(ip, self.cfg.outbound.mynetworks)
+            self.trusted = in_networks(ip, self.cfg.outbound.mynetworks)
             if self.bare_policy is BareNewline.REJECT and self.trusted and self.cfg.inbound.bare_newline_exclude_mynetworks:
                 self.bare_policy = BareNewline.NORMALIZE
             while not self._closing:

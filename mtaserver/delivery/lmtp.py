@@ -59,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..config import Endpoint
+from ..values import Endpoint
 from ..logutil import sanitize
 from .wire import (
     MAX_LINE,

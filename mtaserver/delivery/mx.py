@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..config import parse_endpoint
+from ..values import parse_endpoint
 from ..dns import NotFound, Record, TempFail
 from .wire import Kind, Outcome
 

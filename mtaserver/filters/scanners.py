@@ -37,7 +37,7 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..config import Endpoint
+from ..values import Endpoint
 
 MAX_REPLY = 64 * 1024  # bytes of a scanner's reply we read at most
 CLAMD_CHUNK = 256 * 1024  # clamd's StreamMaxLength applies to the sum; chunks only bound each write

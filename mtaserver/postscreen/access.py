@@ -32,8 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from ..config import NetMatch
-from ..policy import in_networks
+from ..values import NetMatch
+from ..values import in_networks
 
 
 class Access(str, Enum):

@@ -1,8 +1,9 @@
 import pytest
 
 from mtaserver.address import parse_mailbox
-from mtaserver.config import parse_network
-from mtaserver.policy import check_recipient, domain_matches, in_networks
+from mtaserver.values import parse_network
+from mtaserver.policy import check_recipient
+from mtaserver.values import domain_matches, in_networks
 
 LOCAL = ["example.test"]
 RELAY = ["relay.test", ".sub.test"]

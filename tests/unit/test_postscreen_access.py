@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.config import ConfigError, load, parse_network
+from mtaserver.config import ConfigError, load
+from mtaserver.values import parse_network
 from mtaserver.postscreen.access import DUNNO, PERMIT, REJECT, parse_access_list, parse_entry
 
 MYNETWORKS = [parse_network("127.0.0.0/8"), parse_network("[::1]/128")]

@@ -93,7 +93,9 @@ class Resolver:
                 txt = d.data
                 out.append(Record("TXT", rr.ttl, txt.decode("utf-8", "replace") if isinstance(txt, bytes) else str(txt)))
             else:
-                out.append(Record(qtype, rr.ttl, str(getattr(d, "name", d)).rstrip(".")))
+                # pycares 5 names the field by type: PTR dname, CNAME cname, NS nsdname
+                target = next((getattr(d, f) for f in ("dname", "cname", "nsdname", "name") if hasattr(d, f)), d)
+                out.append(Record(qtype, rr.ttl, str(target).rstrip(".")))
         if not out:
             raise NotFound(f"{name} {qtype}: no such record", nxdomain=False)
         return out

@@ -16,13 +16,19 @@ SECURITY
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+
+_STATUS = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?= |$)")  # RFC 3463 class.subject.detail
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """An SMTP reply. The enhanced status's class digit always follows the code's (Postfix does so)."""
+    """An SMTP reply, ours or a peer's. The enhanced status's class digit always follows the
+    code's (Postfix does so). `text` holds the lines of a multi-line reply separated by "\n",
+    without their codes and enhanced status (`encode` puts both back on every line)."""
 
     code: int
     status: str  # enhanced status code "x.y.z", "" for none (greeting, EHLO)
@@ -32,12 +38,35 @@ class Reply:
         if self.status and self.status[0] != str(self.code)[0]:
             object.__setattr__(self, "status", str(self.code)[0] + self.status[1:])
 
+    @classmethod
+    def from_lines(cls, code: int, texts: Sequence[str]) -> Reply:
+        """A peer's reply from the text of its lines (codes removed; the wire syntax is
+        delivery/wire.py's business). The enhanced status is the first line's when it has one,
+        and is taken off every line that starts with it (RFC 2034: each line carries it)."""
+        m = _STATUS.match(texts[0]) if texts else None
+        if m is None:
+            return cls(code, "", "\n".join(texts))
+        token = m.group(0)
+        lines = [t[len(token) + 1 :] if t.startswith(token + " ") else "" if t == token else t for t in texts]
+        return cls(code, token, "\n".join(lines))
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The text of each line (an EHLO reply: the host name, then one extension a line)."""
+        return tuple(self.text.split("\n"))
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
     @property
     def is_error(self) -> bool:
         return self.code >= 400
 
     def line(self) -> str:
-        return f"{self.code} {self.status} {self.text}" if self.status else f"{self.code} {self.text}"
+        """The reply on one line, for logs and outcomes: code, status, the lines' text joined by spaces."""
+        text = self.text if "\n" not in self.text else " ".join(t for t in self.lines if t)
+        return f"{self.code} {self.status} {text}" if self.status else f"{self.code} {text}"
 
     def encode(self) -> bytes:
         lines = self.text.split("\n")
@@ -93,6 +122,15 @@ class Verdict:
 
 
 CONTINUE = Verdict(Decision.CONTINUE)
+
+
+class Fate(str, Enum):
+    """What a delivery attempt made of one recipient: the `status=` word of its log line.
+    DEFERRED is retried later, BOUNCED returned to the sender (a DSN, queue/dsn.py)."""
+
+    SENT = "sent"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
 
 
 class RcptState(str, Enum):

@@ -51,9 +51,9 @@ from . import policy
 from .address import AddressError, Mailbox, needs_smtputf8, parse_path
 from .datastream import BareNewline, DataProblem, DataScanner
 from .logutil import sanitize
-from .model import ClientInfo, Envelope, Recipient, Reply
+from .model import ClientInfo, Decision, Envelope, Recipient, Reply
 from .values import in_networks
-from .filters.chain import Action, FilterChain, rewrite_message
+from .filters.chain import FilterChain, rewrite_message
 from .queue.store import QueueStore, QueueWriteError, Spool
 
 if TYPE_CHECKING:
@@ -727,7 +727,7 @@ class SmtpSession(AiosmtpdSMTP):
             size=spool.size, trusted=self.trusted,
             content=lambda: store.content_chunks(spool), whole=lambda: store.content(spool),
         )  # fmt: skip
-        if verdict.action is Action.ACCEPT:
+        if verdict.decision in (Decision.CONTINUE, Decision.ACCEPT):
             if verdict.reason:
                 log.info("%s: filter: %s", qid, verdict.reason)
             if verdict.headers or verdict.subject_tag:
@@ -735,7 +735,7 @@ class SmtpSession(AiosmtpdSMTP):
             return True
         where = f"END-OF-MESSAGE from {self._label()}"
         envelope = f"from=<{sanitize(str(tx.sender))}> to=<{sanitize(str(tx.recipients[0]))}> proto={'ESMTP' if self.esmtp else 'SMTP'} helo=<{sanitize(self.helo or '')}>"
-        if verdict.action is Action.DISCARD:
+        if verdict.decision is Decision.DISCARD:
             log.info("%s: filter-discard: %s: %s; %s", qid, where, verdict.reason, envelope)
             self._reply(Reply(250, "2.0.0", f"Ok: queued as {qid}"))  # as Postfix DISCARD: the client is not told
         else:

@@ -61,17 +61,17 @@ import logging
 
 from ..values import Endpoint
 from ..logutil import sanitize
+from ..model import Fate, Reply
 from .wire import (
     MAX_LINE,
     Connection,
-    Kind,
     Lost,
     Outcome,
     ProtocolError,
-    Reply,
     command,
     data_payload,
     extensions,
+    from_reply,
     needs_utf8,
 )
 
@@ -107,10 +107,10 @@ async def deliver(
     try:
         reader, writer = await _connect(endpoint, timeout)
     except TimeoutError:
-        o = Outcome(Kind.DEFER, "4.4.1", f"connect to {remote}: timed out", remote, False)
+        o = Outcome(Fate.DEFERRED, "4.4.1", f"connect to {remote}: timed out", remote, False)
         return {r: o for r in recipients}
     except OSError as exc:
-        o = Outcome(Kind.DEFER, "4.4.1", f"connect to {remote}: {sanitize(exc.strerror or str(exc), 200)}", remote, False)
+        o = Outcome(Fate.DEFERRED, "4.4.1", f"connect to {remote}: {sanitize(exc.strerror or str(exc), 200)}", remote, False)
         return {r: o for r in recipients}
     session = Connection(reader, writer, remote, timeout)
     results: dict[str, Outcome] = {}
@@ -118,16 +118,16 @@ async def deliver(
     try:
         clean = await _transaction(session, lhlo_name, sender, recipients, body, smtputf8, eightbit, results)
     except Lost as exc:
-        o = Outcome(Kind.DEFER, "4.4.2", exc.text(remote), remote, False)
+        o = Outcome(Fate.DEFERRED, "4.4.2", exc.text(remote), remote, False)
         for r in recipients:
             results.setdefault(r, o)
     except ProtocolError as exc:
         log.warning("%s: protocol error: %s", remote, exc)
-        o = Outcome(Kind.DEFER, "4.5.0", f"protocol error from {remote}: {exc}", remote, False)
+        o = Outcome(Fate.DEFERRED, "4.5.0", f"protocol error from {remote}: {exc}", remote, False)
         for r in recipients:
             results.setdefault(r, o)
     except ValueError:  # a control character in the LHLO name: a configuration error
-        o = Outcome(Kind.DEFER, "4.3.5", "bad LHLO name (server.hostname)", remote, False)
+        o = Outcome(Fate.DEFERRED, "4.3.5", "bad LHLO name (server.hostname)", remote, False)
         results = {r: o for r in recipients}
     finally:
         if clean:
@@ -143,8 +143,8 @@ async def _transaction(
     remote = s.remote
 
     def refused(reply: Reply, what: str) -> None:
-        o = reply.outcome(remote, "0.0")
-        o = Outcome(Kind.DEFER, "4" + o.status[1:], f"{remote} refused to talk to me: {what}{o.text}", remote, False)
+        o = from_reply(reply, remote, "0.0")
+        o = Outcome(Fate.DEFERRED, "4" + o.status[1:], f"{remote} refused to talk to me: {what}{o.text}", remote, False)
         for r in recipients:
             results[r] = o
 
@@ -171,7 +171,7 @@ async def _transaction(
             envelope_or_header, rcpts = needs_utf8(sender, recipients, body)
             for r in recipients:
                 if envelope_or_header or r in rcpts:
-                    results[r] = Outcome(Kind.BOUNCE, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {remote}", remote, False)
+                    results[r] = Outcome(Fate.BOUNCED, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {remote}", remote, False)
             todo = [r for r in recipients if r not in results]
             if not todo:
                 return True
@@ -180,7 +180,7 @@ async def _transaction(
     payload = data_payload(body)
     limit = ext.get("SIZE", "")
     if limit.isdigit() and int(limit) and len(body) > int(limit):
-        o = Outcome(Kind.BOUNCE, "5.3.4", f"message size {len(body)} exceeds size limit {limit} of server {remote}", remote, False)
+        o = Outcome(Fate.BOUNCED, "5.3.4", f"message size {len(body)} exceeds size limit {limit} of server {remote}", remote, False)
         for r in todo:
             results[r] = o
         return True
@@ -191,14 +191,14 @@ async def _transaction(
         mail = command("MAIL FROM:", f"<{sender}>", params)
     except ValueError:
         for r in todo:
-            results[r] = Outcome(Kind.BOUNCE, "5.1.7", "bad sender address syntax", remote, False)
+            results[r] = Outcome(Fate.BOUNCED, "5.1.7", "bad sender address syntax", remote, False)
         return True
     rcpt_cmds = {}
     for r in todo:
         try:
             rcpt_cmds[r] = command("RCPT TO:", f"<{r}>")
         except ValueError:
-            results[r] = Outcome(Kind.BOUNCE, "5.1.3", "bad recipient address syntax", remote, False)
+            results[r] = Outcome(Fate.BOUNCED, "5.1.3", "bad recipient address syntax", remote, False)
     todo = [r for r in todo if r in rcpt_cmds]
     if not todo:
         return True
@@ -224,9 +224,9 @@ async def _transaction(
         if reply.code // 100 == 2:
             accepted.append(r)
         else:
-            results[r] = reply.outcome(remote, "1.0" if reply.code >= 500 else "0.0")
+            results[r] = from_reply(reply, remote, "1.0" if reply.code >= 500 else "0.0")
     if mail_reply.code // 100 != 2:
-        o = mail_reply.outcome(remote)
+        o = from_reply(mail_reply, remote)
         for r in todo:
             results[r] = o
         return True
@@ -237,8 +237,8 @@ async def _transaction(
     data_reply = await s.reply("after DATA")
     if data_reply.code != 354:
         if data_reply.code // 100 not in (4, 5):
-            raise ProtocolError(f"unexpected reply {data_reply.code} to DATA: {sanitize(data_reply.text, 200)}")
-        o = data_reply.outcome(remote)
+            raise ProtocolError(f"unexpected reply to DATA: {sanitize(data_reply.line(), 200)}")
+        o = from_reply(data_reply, remote)
         for r in accepted:
             results[r] = o
         return True
@@ -248,11 +248,11 @@ async def _transaction(
     for r in accepted:
         reply = await s.reply("after end of data")
         _expect(reply, "end of data")
-        results[r] = reply.outcome(remote)
+        results[r] = from_reply(reply, remote)
     return True
 
 
 def _expect(reply: Reply, after: str) -> None:
     """Only 2xx, 4xx and 5xx answer these commands (354 only DATA, handled by the caller)."""
     if reply.code // 100 not in (2, 4, 5):
-        raise ProtocolError(f"unexpected reply {reply.code} to {after}: {sanitize(reply.text, 200)}")
+        raise ProtocolError(f"unexpected reply to {after}: {sanitize(reply.line(), 200)}")

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from ..values import parse_endpoint
 from ..dns import NotFound, Record, TempFail
-from .wire import Kind, Outcome
+from ..model import Fate
+from .wire import Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +47,14 @@ def parse_nexthop(spec: str, default_port: int = 25) -> NextHop:
 
 def plan_mx(domain: str, answer: list[Record] | NotFound | TempFail, rng: random.Random | None = None) -> list[str] | Outcome:
     if isinstance(answer, TempFail):
-        return Outcome(Kind.DEFER, "4.4.3", f"Host or domain name not found. Name service error for name={domain} type=MX: {answer}", None, False)
+        return Outcome(Fate.DEFERRED, "4.4.3", f"Host or domain name not found. Name service error for name={domain} type=MX: {answer}", None, False)
     if isinstance(answer, NotFound):
         if answer.nxdomain:
-            return Outcome(Kind.BOUNCE, "5.1.2", f"Host or domain name not found. Name service error for name={domain} type=MX: Host not found", None, False)
+            return Outcome(Fate.BOUNCED, "5.1.2", f"Host or domain name not found. Name service error for name={domain} type=MX: Host not found", None, False)
         return [domain]
     mx = [r for r in answer if r.type == "MX"]
     if len(mx) == 1 and mx[0].data in (".", ""):
-        return Outcome(Kind.BOUNCE, "5.1.10", f"Domain {domain} does not accept mail (nullMX)", None, False)
+        return Outcome(Fate.BOUNCED, "5.1.10", f"Domain {domain} does not accept mail (nullMX)", None, False)
     rng = rng or random.Random()
     mx = [r for r in mx if r.data not in (".", "")]
     shuffled = sorted(mx, key=lambda r: (r.preference, rng.random()))

@@ -85,13 +85,12 @@ import ssl
 from pathlib import Path
 
 from ..logutil import sanitize
+from ..model import Fate, Reply
 from .wire import (
     Connection,
-    Kind,
     Lost,
     Outcome,
     ProtocolError,
-    Reply,
     command,
     data_payload,
     extensions,
@@ -99,7 +98,7 @@ from .wire import (
     open_tcp,
 )
 
-__all__ = ["IDLE_TIMEOUT", "Kind", "Outcome", "SmtpClient", "TlsRequired", "from_reply", "read_body"]
+__all__ = ["IDLE_TIMEOUT", "Outcome", "SmtpClient", "TlsRequired", "from_reply", "read_body"]
 
 log = logging.getLogger("smtp")
 
@@ -251,12 +250,12 @@ class SmtpClient:
         except _Stale:
             raise
         except Lost as exc:
-            o = Outcome(Kind.DEFER, "4.4.2", exc.text(remote), remote, False)
+            o = Outcome(Fate.DEFERRED, "4.4.2", exc.text(remote), remote, False)
             for r in recipients:
                 results.setdefault(r, o)
         except ProtocolError as exc:
             log.warning("%s: protocol error: %s", remote, exc)
-            o = Outcome(Kind.DEFER, "4.5.0", f"protocol error from {remote}: {exc}", remote, False)
+            o = Outcome(Fate.DEFERRED, "4.5.0", f"protocol error from {remote}: {exc}", remote, False)
             for r in recipients:
                 results.setdefault(r, o)
         finally:
@@ -274,10 +273,10 @@ class SmtpClient:
         try:
             reader, writer = await open_tcp(address, port, CONNECT_TIMEOUT)
         except TimeoutError:
-            raise _Failed(Outcome(Kind.DEFER, "4.4.1", f"connect to {label}: Connection timed out", label, False)) from None
+            raise _Failed(Outcome(Fate.DEFERRED, "4.4.1", f"connect to {label}: Connection timed out", label, False)) from None
         except OSError as exc:
             why = sanitize(exc.strerror or str(exc) or type(exc).__name__, 200)
-            raise _Failed(Outcome(Kind.DEFER, "4.4.1", f"connect to {label}: {why}", label, False)) from None
+            raise _Failed(Outcome(Fate.DEFERRED, "4.4.1", f"connect to {label}: {why}", label, False)) from None
         peer = writer.get_extra_info("peername")
         remote = f"{name}[{peer[0]}]:{peer[1]}" if peer else label
         conn = _SmtpConnection(reader, writer, remote)
@@ -291,11 +290,11 @@ class SmtpClient:
             raise
         except Lost as exc:
             await conn.close()
-            raise _Failed(Outcome(Kind.DEFER, "4.4.2", exc.text(remote), remote, False)) from None
+            raise _Failed(Outcome(Fate.DEFERRED, "4.4.2", exc.text(remote), remote, False)) from None
         except ProtocolError as exc:
             log.warning("%s: protocol error: %s", remote, exc)
             await conn.close()
-            raise _Failed(Outcome(Kind.DEFER, "4.5.0", f"protocol error from {remote}: {exc}", remote, False)) from None
+            raise _Failed(Outcome(Fate.DEFERRED, "4.5.0", f"protocol error from {remote}: {exc}", remote, False)) from None
         except BaseException:
             conn.writer.transport.abort()
             raise
@@ -305,8 +304,8 @@ class SmtpClient:
         greeting = await conn.reply("while receiving the initial server greeting")
         if greeting.code != 220:
             _expect(greeting, "the greeting")
-            o = greeting.outcome(remote, "4.0")
-            raise _Failed(Outcome(Kind.DEFER, "4" + o.status[1:], f"host {remote} refused to talk to me: {o.text}", remote))
+            o = from_reply(greeting, remote, "4.0")
+            raise _Failed(Outcome(Fate.DEFERRED, "4" + o.status[1:], f"host {remote} refused to talk to me: {o.text}", remote))
         await self._ehlo(conn)
         if self.tls != "none" and "STARTTLS" in conn.ext:
             conn.send(b"STARTTLS\r\n")
@@ -319,18 +318,18 @@ class SmtpClient:
                     await conn.start_tls(self._tls(), name, "while performing the TLS handshake")
                 except (ssl.SSLError, ValueError) as exc:
                     why = sanitize(getattr(exc, "reason", None) or str(exc) or type(exc).__name__, 200)
-                    raise _Failed(Outcome(Kind.DEFER, "4.7.5", f"Cannot start TLS with {remote}: handshake failure ({why})", remote, False), polite=False) from None
+                    raise _Failed(Outcome(Fate.DEFERRED, "4.7.5", f"Cannot start TLS with {remote}: handshake failure ({why})", remote, False), polite=False) from None
                 info = conn.tls_info
                 if info:
                     log.info("Untrusted TLS connection established to %s: %s with cipher %s", remote, *info)
                 await self._ehlo(conn)  # RFC 3207 4.2: forget what was said in plain text
             elif self.tls == "encrypt":
-                o = reply.outcome(remote)
-                raise TlsRequired(Outcome(Kind.DEFER, "4.7.4", f"TLS is required, but host {remote} refused to start TLS: {o.text}", remote, False))
+                o = from_reply(reply, remote)
+                raise TlsRequired(Outcome(Fate.DEFERRED, "4.7.4", f"TLS is required, but host {remote} refused to start TLS: {o.text}", remote, False))
             else:
-                log.info("%s: STARTTLS refused (%s), continuing in plain text", remote, sanitize(reply.text, 200))
+                log.info("%s: STARTTLS refused (%s), continuing in plain text", remote, sanitize(reply.line(), 200))
         elif self.tls == "encrypt":
-            raise TlsRequired(Outcome(Kind.DEFER, "4.7.4", f"{remote}: TLS is required, but was not offered", remote, False))
+            raise TlsRequired(Outcome(Fate.DEFERRED, "4.7.4", f"{remote}: TLS is required, but was not offered", remote, False))
         if self.username and self.password is not None:
             await self._auth(conn)
 
@@ -339,7 +338,7 @@ class SmtpClient:
         try:
             conn.send(command("EHLO ", self.helo_name))
         except ValueError:
-            raise _Failed(Outcome(Kind.DEFER, "4.3.5", "bad EHLO name (outbound.helo_name)", remote, False)) from None
+            raise _Failed(Outcome(Fate.DEFERRED, "4.3.5", "bad EHLO name (outbound.helo_name)", remote, False)) from None
         reply = await conn.reply("after EHLO")
         _expect(reply, "EHLO")
         if reply.ok:
@@ -352,8 +351,8 @@ class SmtpClient:
             if reply.ok:
                 conn.ext = {}
                 return
-        o = reply.outcome(remote)
-        raise _Failed(Outcome(Kind.DEFER, "4" + o.status[1:], f"host {remote} refused to talk to me: {o.text}", remote))
+        o = from_reply(reply, remote)
+        raise _Failed(Outcome(Fate.DEFERRED, "4" + o.status[1:], f"host {remote} refused to talk to me: {o.text}", remote))
 
     def _tls(self) -> ssl.SSLContext:
         """Encryption without authentication, Postfix's may and encrypt: MX names are not proven
@@ -387,13 +386,13 @@ class SmtpClient:
                 reply = await conn.reply("after AUTH")
         else:
             what = "offers no AUTH" if not offered else f"offers no AUTH mechanism we use (PLAIN, LOGIN): {sanitize(' '.join(sorted(offered)), 100)}"
-            raise _Failed(Outcome(Kind.DEFER, "4.7.0", f"SASL authentication to {remote} is configured, but the host {what}", remote, False))
+            raise _Failed(Outcome(Fate.DEFERRED, "4.7.0", f"SASL authentication to {remote} is configured, but the host {what}", remote, False))
         if reply.code != 235:
             if reply.code == 334:  # a challenge we did not expect: cancel (RFC 4954 4)
                 conn.send(b"*\r\n")
                 reply = await conn.reply("after AUTH")
-            o = reply.outcome(remote, "7.0")
-            raise _Failed(Outcome(Kind.DEFER, "4" + o.status[1:], f"SASL authentication failed; server {remote} said: {o.text}", remote, False))
+            o = from_reply(reply, remote, "7.0")
+            raise _Failed(Outcome(Fate.DEFERRED, "4" + o.status[1:], f"SASL authentication failed; server {remote} said: {o.text}", remote, False))
 
     # -- the transaction ------------------------------------------------------------------------
 
@@ -422,29 +421,29 @@ class SmtpClient:
             params.append("BODY=8BITMIME")
         if smtputf8:
             if "SMTPUTF8" not in ext:
-                return everyone(Outcome(Kind.BOUNCE, "5.6.7", f"{remote} does not support SMTPUTF8", remote, False))
+                return everyone(Outcome(Fate.BOUNCED, "5.6.7", f"{remote} does not support SMTPUTF8", remote, False))
             params.append("SMTPUTF8")
         limit = ext.get("SIZE", "")
         if limit.isdigit() and int(limit) and len(body) > int(limit):
-            return everyone(Outcome(Kind.BOUNCE, "5.3.4", f"message size {len(body)} exceeds size limit {limit} of server {remote}", remote, False))
+            return everyone(Outcome(Fate.BOUNCED, "5.3.4", f"message size {len(body)} exceeds size limit {limit} of server {remote}", remote, False))
         if "SIZE" in ext:
             params.append(f"SIZE={len(body)}")  # RFC 1870: without the stuffing and the final dot
 
         if not smtputf8 and not sender.isascii():
-            return everyone(Outcome(Kind.BOUNCE, "5.6.7", "non-ASCII sender address without SMTPUTF8", remote, False))
+            return everyone(Outcome(Fate.BOUNCED, "5.6.7", "non-ASCII sender address without SMTPUTF8", remote, False))
         try:
             mail = command("MAIL FROM:", f"<{sender}>", params)
         except ValueError:
-            return everyone(Outcome(Kind.BOUNCE, "5.1.7", "bad sender address syntax", remote, False))
+            return everyone(Outcome(Fate.BOUNCED, "5.1.7", "bad sender address syntax", remote, False))
         rcpts: dict[str, bytes] = {}
         for r in recipients:
             if not smtputf8 and not r.isascii():
-                results[r] = Outcome(Kind.BOUNCE, "5.6.7", "non-ASCII recipient address without SMTPUTF8", remote, False)
+                results[r] = Outcome(Fate.BOUNCED, "5.6.7", "non-ASCII recipient address without SMTPUTF8", remote, False)
                 continue
             try:
                 rcpts[r] = command("RCPT TO:", f"<{r}>")
             except ValueError:
-                results[r] = Outcome(Kind.BOUNCE, "5.1.3", "bad recipient address syntax", remote, False)
+                results[r] = Outcome(Fate.BOUNCED, "5.1.3", "bad recipient address syntax", remote, False)
         todo = list(rcpts)
         if not todo:
             return True
@@ -462,7 +461,7 @@ class SmtpClient:
         mail_reply = await self._first_reply(conn, "after MAIL FROM", reused)
         _expect(mail_reply, "MAIL FROM")
         if not mail_reply.ok:
-            o = mail_reply.outcome(remote)
+            o = from_reply(mail_reply, remote)
             for r in todo:
                 results[r] = o
         accepted = []
@@ -478,7 +477,7 @@ class SmtpClient:
             if reply.ok:
                 accepted.append(r)
             else:
-                results[r] = reply.outcome(remote, "1.0" if reply.code >= 500 else "0.0")
+                results[r] = from_reply(reply, remote, "1.0" if reply.code >= 500 else "0.0")
 
         if not pipelining:
             if not accepted:
@@ -489,9 +488,9 @@ class SmtpClient:
         if data_reply.code != 354:
             _expect(data_reply, "DATA")
             if data_reply.ok:
-                raise ProtocolError(f"unexpected reply {data_reply.code} to DATA: {sanitize(data_reply.text, 200)}")
+                raise ProtocolError(f"unexpected reply to DATA: {sanitize(data_reply.line(), 200)}")
             if accepted:
-                o = data_reply.outcome(remote)
+                o = from_reply(data_reply, remote)
                 for r in accepted:
                     results[r] = o
             # else: the DATA of a pipelined group with no valid recipient; 503/554 is expected
@@ -512,7 +511,7 @@ class SmtpClient:
             await conn.flush("while sending message content")
         reply = await conn.reply("after end of data", DATA_DONE_TIMEOUT)
         _expect(reply, "end of data")
-        o = reply.outcome(remote)
+        o = from_reply(reply, remote)
         for r in accepted:
             results[r] = o
         if reply.ok:
@@ -546,7 +545,7 @@ class SmtpClient:
 def _expect(reply: Reply, after: str) -> None:
     """Only 2xx, 4xx and 5xx answer these commands (354 and 334 only where the caller checks)."""
     if reply.code // 100 not in (2, 4, 5):
-        raise ProtocolError(f"unexpected reply {reply.code} to {after}: {sanitize(reply.text, 200)}")
+        raise ProtocolError(f"unexpected reply to {after}: {sanitize(reply.line(), 200)}")
 
 
 def read_body(path: Path) -> bytes:

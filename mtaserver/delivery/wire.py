@@ -3,12 +3,13 @@
 DESCRIPTION
     Pure functions, unit-tested without sockets:
 
-      parse_reply_line, Reply.parse   one reply line / a whole reply -> code and text
+      parse_reply_line, parse_reply   one reply line / a whole reply -> model.Reply
       extensions                      the keywords of an EHLO/LHLO reply
       command                         one command line; refuses control characters
       data_payload                    a message -> the bytes after 354 (CRLF, dot-stuffed, CRLF.CRLF)
       needs_utf8                      what of an SMTPUTF8 message cannot go without SMTPUTF8
-      from_reply, Outcome, Kind       a reply -> the per-recipient result the queue manager keeps
+      from_reply, Outcome             a reply -> the per-recipient result (a model.Fate and its
+                                      status and text) the queue manager keeps
 
     and `Connection`, the little that moves bytes: `send` queues a command (the transport
     sends while we wait for replies, so pipelined commands cannot deadlock against a server
@@ -51,9 +52,9 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from enum import Enum
 
 from ..logutil import sanitize
+from ..model import Fate, Reply
 
 MAX_LINE = 2048  # bytes per reply line, CRLF included (RFC 5321 4.5.3.1.5 says 512)
 MAX_LINES = 100  # lines per reply (an EHLO reply lists a dozen extensions)
@@ -69,37 +70,25 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # -- outcomes ---------------------------------------------------------------------------------
 
 
-class Kind(str, Enum):
-    SENT = "sent"
-    DEFER = "deferred"
-    BOUNCE = "bounced"
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    kind: Kind
+    fate: Fate
     status: str  # enhanced status code
     text: str  # the remote reply or our reason
     remote: str | None = None  # "host[ip]:port"
     smtp_reply: bool = True  # text is a remote SMTP reply (DSN Diagnostic-Code: smtp;)
 
 
-def _status_of(code: int, message: str, default_detail: str = "0.0") -> str:
-    first = message.split(" ", 1)[0]
-    parts = first.split(".")
-    if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in "245":
-        return f"{str(code)[0]}.{parts[1]}.{parts[2]}"
-    return f"{str(code)[0]}.{default_detail}"
-
-
-def from_reply(code: int, message: str, remote: str | None, default_detail: str = "0.0") -> Outcome:
+def from_reply(reply: Reply, remote: str | None, default_detail: str = "0.0") -> Outcome:
     """A reply -> sent (2xx), deferred (4xx) or bounced (5xx), with the reply's enhanced
-    status code when it has one (the class always from the reply code)."""
-    text = f"{code} {sanitize(message, 400)}"
-    status = _status_of(code, message, default_detail)
+    status code when it has one (else class.`default_detail`, the class from the reply code).
+    The text is the reply on one line (Reply.line), at most 400 characters after the code."""
+    code = reply.code
+    text = f"{code} {sanitize(reply.line()[4:], 400)}"  # the code has three digits (parse_reply_line)
+    status = reply.status or f"{str(code)[0]}.{default_detail}"
     if 200 <= code < 300:
-        return Outcome(Kind.SENT, status, text, remote)
-    return Outcome(Kind.BOUNCE if code >= 500 else Kind.DEFER, status, text, remote)
+        return Outcome(Fate.SENT, status, text, remote)
+    return Outcome(Fate.BOUNCED if code >= 500 else Fate.DEFERRED, status, text, remote)
 
 
 # -- pure protocol functions ------------------------------------------------------------------
@@ -136,41 +125,23 @@ def parse_reply_line(line: bytes, *, utf8: bool = False) -> tuple[int, bool, str
     return code, sep != b"-", text
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    code: int
-    lines: tuple[str, ...]  # the text of each line, codes removed
-
-    @property
-    def text(self) -> str:
-        """The reply as one line, for outcomes and logs (multi-line text joined by spaces)."""
-        return " ".join(t for t in self.lines if t)
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.code < 300
-
-    @classmethod
-    def parse(cls, lines: list[bytes], *, utf8: bool = False) -> Reply:
-        """A whole reply from its lines (line endings removed); every line has the same code,
-        only the last one ends the reply."""
-        if not lines:
-            raise ProtocolError("empty reply")
-        code = None
-        texts = []
-        for i, line in enumerate(lines):
-            c, last, text = parse_reply_line(line, utf8=utf8)
-            if code is not None and c != code:
-                raise ProtocolError(f"reply code changed from {code} to {c} within one reply")
-            if last != (i == len(lines) - 1):
-                raise ProtocolError("reply continues after its last line" if last else "reply ends without a last line")
-            code = c
-            texts.append(text)
-        assert code is not None
-        return cls(code, tuple(texts))
-
-    def outcome(self, remote: str | None, default_detail: str = "0.0") -> Outcome:
-        return from_reply(self.code, self.text, remote, default_detail)
+def parse_reply(lines: list[bytes], *, utf8: bool = False) -> Reply:
+    """A whole reply from its lines (line endings removed); every line has the same code,
+    only the last one ends the reply. The enhanced status is the first line's (Reply.from_lines)."""
+    if not lines:
+        raise ProtocolError("empty reply")
+    code = None
+    texts = []
+    for i, line in enumerate(lines):
+        c, last, text = parse_reply_line(line, utf8=utf8)
+        if code is not None and c != code:
+            raise ProtocolError(f"reply code changed from {code} to {c} within one reply")
+        if last != (i == len(lines) - 1):
+            raise ProtocolError("reply continues after its last line" if last else "reply ends without a last line")
+        code = c
+        texts.append(text)
+    assert code is not None
+    return Reply.from_lines(code, texts)
 
 
 def extensions(ehlo: Reply) -> dict[str, str]:
@@ -271,7 +242,7 @@ class Connection:
                 code = c
                 texts.append(text)
                 if last:
-                    return Reply(code, tuple(texts))
+                    return Reply.from_lines(code, texts)
                 if len(texts) >= MAX_LINES:
                     raise ProtocolError(f"reply longer than {MAX_LINES} lines")
         except TimeoutError:

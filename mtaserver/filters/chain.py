@@ -3,16 +3,20 @@
 DESCRIPTION
     Before the 250, in the session (before-queue, as SPEC.md 11.3 asks: a verdict is a reply
     to the client, never a bounce later). Both scanners run at the same time; `decide` turns
-    their results into one Verdict. The order of precedence:
+    their results into one model.Verdict (a DATA-END hook's answer). The order of precedence:
 
-      1. a virus                  antivirus.action: reject -> 554 5.7.0, discard -> 250, dropped
-      2. antivirus failed         antivirus.on_error: tempfail -> 451 4.7.1 | accept
-      3. spam at the kill level   antispam.blocked_spam_action: reject -> 550 5.7.1,
-                                  discard -> 250, dropped; deliver -> tagged as at 5
-      4. antispam failed          antispam.on_error: tempfail -> 451 4.7.1 | accept (untagged)
+      1. a virus                  antivirus.action: reject -> REJECT 554 5.7.0, discard -> DISCARD
+                                  (the client is told 250, the message dropped)
+      2. antivirus failed         antivirus.on_error: tempfail -> TEMPFAIL 451 4.7.1 | accept
+      3. spam at the kill level   antispam.blocked_spam_action: reject -> REJECT 550 5.7.1,
+                                  discard -> DISCARD; deliver -> tagged as at 5
+      4. antispam failed          antispam.on_error: tempfail -> TEMPFAIL 451 4.7.1 | accept (untagged)
       5. spam at the tag level    X-Spam-Flag: YES and the subject tag
-      6. otherwise                accepted; every message spamd checked gets X-Spam-Score,
+      6. otherwise                no objection; every message spamd checked gets X-Spam-Score,
                                   X-Spam-Level and X-Spam-Status (Amavis in Carbonio does so)
+
+    "accept" is Decision.CONTINUE (no objection: later DATA-END hooks still run), with the
+    headers and subject tag to add; never Decision.ACCEPT, which would skip them.
 
     Levels: antispam.{delivery,blocking}_tolerance: low | medium | high (20/33/50 % and
     66/75/90 %), a percentage of 20 points ("40%" = 8.0), or a score (6.6).
@@ -30,7 +34,6 @@ CONFIG
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 
 from ..config import AntispamConfig, AntivirusConfig, Config
 from ..logutil import sanitize
-from ..model import Reply
+from ..model import CONTINUE, Decision, Reply, Verdict
 from .scanners import AvResult, ScannerError, SpamResult, clamd_scan, spamd_check
 
 log = logging.getLogger("filter")
@@ -48,22 +51,6 @@ TOLERANCE_KILL = {"low": 66.0, "medium": 75.0, "high": 90.0}
 FULL_SCORE = 20.0  # 100 %
 
 R_TEMPFAIL = Reply(451, "4.7.1", "Try again later: content scanner unavailable")
-
-
-class Action(enum.Enum):
-    ACCEPT = "accept"
-    REJECT = "reject"
-    TEMPFAIL = "tempfail"
-    DISCARD = "discard"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    action: Action
-    reason: str = ""  # for the log; empty for a plain accept
-    reply: Reply | None = None  # for REJECT and TEMPFAIL
-    headers: tuple[tuple[str, str], ...] = ()  # to add at the top of the message
-    subject_tag: str = ""  # to put in front of the Subject
 
 
 @dataclass
@@ -101,30 +88,30 @@ def decide(scanned: Scanned, av_cfg: AntivirusConfig, spam_cfg: AntispamConfig) 
     if isinstance(av, AvResult) and av.virus is not None:
         name = sanitize(av.virus, 100)
         if av_cfg.action == "discard":
-            return Verdict(Action.DISCARD, f"virus {name}")
-        return Verdict(Action.REJECT, f"virus {name}", Reply(554, "5.7.0", f"Rejected: virus found: {name}"))
+            return Verdict(Decision.DISCARD, reason=f"virus {name}")
+        return Verdict(Decision.REJECT, Reply(554, "5.7.0", f"Rejected: virus found: {name}"), f"virus {name}")
     if isinstance(av, ScannerError):
         if av_cfg.on_error == "tempfail":
-            return Verdict(Action.TEMPFAIL, f"antivirus unavailable: {sanitize(str(av), 200)}", R_TEMPFAIL)
+            return Verdict(Decision.TEMPFAIL, R_TEMPFAIL, f"antivirus unavailable: {sanitize(str(av), 200)}")
         log.warning("antivirus unavailable, message accepted unscanned (on_error: accept): %s", sanitize(str(av), 200))
     if isinstance(spam, ScannerError):
         if spam_cfg.on_error == "tempfail":
-            return Verdict(Action.TEMPFAIL, f"antispam unavailable: {sanitize(str(spam), 200)}", R_TEMPFAIL)
+            return Verdict(Decision.TEMPFAIL, R_TEMPFAIL, f"antispam unavailable: {sanitize(str(spam), 200)}")
         log.warning("antispam unavailable, message accepted unchecked (on_error: accept): %s", sanitize(str(spam), 200))
-        return Verdict(Action.ACCEPT)
+        return CONTINUE
     if not isinstance(spam, SpamResult):
-        return Verdict(Action.ACCEPT)
+        return CONTINUE
     tag, kill = spam_levels(spam_cfg)
     score = f"spam score {spam.score:.1f}"
     if spam.score >= kill:
         if spam_cfg.blocked_spam_action == "reject":
-            return Verdict(Action.REJECT, f"{score} >= {kill:.1f}", Reply(550, "5.7.1", "Rejected: message looks like spam"))
+            return Verdict(Decision.REJECT, Reply(550, "5.7.1", "Rejected: message looks like spam"), f"{score} >= {kill:.1f}")
         if spam_cfg.blocked_spam_action == "discard":
-            return Verdict(Action.DISCARD, f"{score} >= {kill:.1f}")
+            return Verdict(Decision.DISCARD, reason=f"{score} >= {kill:.1f}")
     flagged = spam.score >= tag
     return Verdict(
-        Action.ACCEPT,
-        f"{score} >= {tag:.1f}: tagged" if flagged else "",
+        Decision.CONTINUE,
+        reason=f"{score} >= {tag:.1f}: tagged" if flagged else "",
         headers=spam_headers(spam, tag, flagged),
         subject_tag=spam_cfg.subject_tag if flagged else "",
     )

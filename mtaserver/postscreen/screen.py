@@ -84,7 +84,7 @@ from .access import Access, parse_access_list
 from .cache import NEW_CLIENT, CacheStore, RecentRecords, Stamps, allowlist_non_dnsbl, checks_due, cleanup, is_new, open_store
 from .checks import DEEP, Check, enabled_checks, pass_ttl
 from .dnsbl import DnsblResult, parse_sites, query_all
-from .verdict import Conclusion, Outcome, Screening, Step, Verdict, conclude, dnsbl_allowlisted, dnsbl_failed, on_failure
+from .verdict import Conclusion, Judgement, Outcome, Screening, Step, conclude, dnsbl_allowlisted, dnsbl_failed, on_failure
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -177,7 +177,7 @@ class Screen:
         s = self.session
         sock = s.transport.get_extra_info("sockname") if s.transport is not None else None
         log.info(logline.connect(ip, port, str(sock[0]) if sock else "?", int(sock[1]) if sock else 0))
-        denied: Verdict | None = None
+        denied: Judgement | None = None
         match sc.access.lookup(ip, s.cfg.outbound.mynetworks):
             case Access.PERMIT:
                 log.info(logline.allowlisted(ip, port))
@@ -327,7 +327,7 @@ class Screen:
         self.screening = screening
         return True
 
-    def _drop(self, verdict: Verdict) -> bool:
+    def _drop(self, verdict: Judgement) -> bool:
         assert verdict.reply is not None
         self.screening = None
         self.session._goodbye(verdict.reply)

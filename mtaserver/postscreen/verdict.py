@@ -2,7 +2,7 @@
 
 DESCRIPTION
     `decide(check, action, ...)` maps a failed check and its configured action to a
-    `Verdict` (Postfix postscreen_*_action, SPEC 2.2 and 8.6):
+    `Judgement` (Postfix postscreen_*_action, SPEC 2.2 and 8.6):
 
         drop     Step.DROP      send the 521 reply now and close
         enforce  Step.ENFORCE   let the other tests finish; then answer every RCPT with
@@ -92,12 +92,14 @@ def _dnsbl_text(client_ip: str, zone: str | None) -> str:
 
 class Step(str, Enum):
     CONTINUE = "continue"  # ignore: carry on
-    ENFORCE = "enforce"  # carry on, answer every RCPT with the verdict's reply, accept nothing
-    DROP = "drop"  # send the verdict's reply and close now
+    ENFORCE = "enforce"  # carry on, answer every RCPT with the judgement's reply, accept nothing
+    DROP = "drop"  # send the judgement's reply and close now
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Verdict:
+class Judgement:
+    """What one failed check makes the session do (not a model.Verdict: postscreen's own step)."""
+
     check: Check
     action: Action
     step: Step
@@ -110,20 +112,20 @@ class Verdict:
         return self.step is not Step.CONTINUE
 
 
-def decide(check: Check, action: Action, *, client_ip: str = "", dnsbl_zone: str | None = None, ignore_ttl: float = 0.0) -> Verdict:
-    """The verdict for `check` having failed under `action`."""
+def decide(check: Check, action: Action, *, client_ip: str = "", dnsbl_zone: str | None = None, ignore_ttl: float = 0.0) -> Judgement:
+    """The judgement of `check` having failed under `action`."""
     match action:
         case Action.DROP:
-            return Verdict(check=check, action=action, step=Step.DROP, reply=drop_reply(check, client_ip=client_ip, dnsbl_zone=dnsbl_zone))
+            return Judgement(check=check, action=action, step=Step.DROP, reply=drop_reply(check, client_ip=client_ip, dnsbl_zone=dnsbl_zone))
         case Action.ENFORCE:
-            return Verdict(check=check, action=action, step=Step.ENFORCE, reply=enforce_reply(check, client_ip=client_ip, dnsbl_zone=dnsbl_zone))
+            return Judgement(check=check, action=action, step=Step.ENFORCE, reply=enforce_reply(check, client_ip=client_ip, dnsbl_zone=dnsbl_zone))
         case Action.IGNORE:
-            return Verdict(check=check, action=action, step=Step.CONTINUE, reply=None, ignore_ttl=ignore_ttl if check in DEEP else None)
+            return Judgement(check=check, action=action, step=Step.CONTINUE, reply=None, ignore_ttl=ignore_ttl if check in DEEP else None)
         case _:
             assert_never(action)
 
 
-def on_failure(check: Check, cfg: PostscreenConfig, *, client_ip: str, dnsbl_zone: str | None = None) -> Verdict:
+def on_failure(check: Check, cfg: PostscreenConfig, *, client_ip: str, dnsbl_zone: str | None = None) -> Judgement:
     """`decide` with the action and psc_min_ttl that the configuration gives."""
     return decide(check, action_of(check, cfg), client_ip=client_ip, dnsbl_zone=dnsbl_zone, ignore_ttl=ignore_ttl(cfg))
 
@@ -157,7 +159,7 @@ class Screening:
     due: frozenset[Check]
     new: bool  # the cache record had a NEW stamp (or there was none): passing logs PASS NEW
     passes: tuple[tuple[Check, int], ...] = ()  # (check, expiry) in the order they passed
-    verdicts: tuple[Verdict, ...] = ()
+    judgements: tuple[Judgement, ...] = ()
     skipped: frozenset[Check] = frozenset()  # passed without being run (DNSWL allowlisting)
 
     def passed(self, check: Check, expiry: float) -> Screening:
@@ -167,17 +169,17 @@ class Screening:
         """Count `check` as passed without running it (psc_allowlist_non_dnsbl)."""
         return replace(self.passed(check, expiry), skipped=self.skipped | {check})
 
-    def judged(self, verdict: Verdict, now: float) -> Screening:
-        """Record a failure's verdict. An ignored deep check counts as passed until
+    def judged(self, judgement: Judgement, now: float) -> Screening:
+        """Record a failure's judgement. An ignored deep check counts as passed until
         now + psc_min_ttl (Postfix "unfail"); an ignored before-220 check is just noted."""
-        out = replace(self, verdicts=self.verdicts + (verdict,))
-        if verdict.step is Step.CONTINUE and verdict.ignore_ttl is not None:
-            out = out.passed(verdict.check, now + verdict.ignore_ttl)
+        out = replace(self, judgements=self.judgements + (judgement,))
+        if judgement.step is Step.CONTINUE and judgement.ignore_ttl is not None:
+            out = out.passed(judgement.check, now + judgement.ignore_ttl)
         return out
 
     @property
     def any_failed(self) -> bool:
-        return any(v.failed for v in self.verdicts)
+        return any(j.failed for j in self.judgements)
 
     @property
     def passed_checks(self) -> dict[Check, int]:
@@ -186,7 +188,7 @@ class Screening:
     @property
     def rcpt_reply(self) -> Reply | None:
         """The reply to every RCPT of an enforced session: the last enforce wins (Postfix)."""
-        enforced = [v.reply for v in self.verdicts if v.step is Step.ENFORCE]
+        enforced = [j.reply for j in self.judgements if j.step is Step.ENFORCE]
         return enforced[-1] if enforced else None
 
 
@@ -201,7 +203,7 @@ class Conclusion:
 def conclude(screening: Screening, *, stamps: Stamps, enabled: Iterable[Check], require_reconnect: bool) -> Conclusion:
     """The end of screening (psc_conclude). `stamps`: the record read at connect (or NEW),
     after `allowlist_non_dnsbl` when the client was DNSWL-allowlisted."""
-    dropped = next((v for v in screening.verdicts if v.step is Step.DROP), None)
+    dropped = next((j for j in screening.judgements if j.step is Step.DROP), None)
     if dropped is not None:
         return Conclusion(outcome=Outcome.DROP, reply=dropped.reply, pass_log=None, cache=None)
     if screening.any_failed:

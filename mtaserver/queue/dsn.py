@@ -1,7 +1,8 @@
 """Delivery status notifications (RFC 3464), built as bytes. Pure: inputs and `now` only.
 
 DESCRIPTION
-    `build_dsn(...)` returns the whole notification message, Postfix's structure (SPEC 9.5):
+    `build_dsn(...)` returns the whole notification message, Postfix's structure (SPEC 9.5),
+    for recipients BOUNCED (Action: failed) or still DEFERRED (Action: delayed, a warning):
     a multipart/report with a human-readable part, a message/delivery-status part (one
     block per recipient: Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code) and
     the original message (message/rfc822), or only its headers (text/rfc822-headers) when
@@ -22,15 +23,15 @@ from __future__ import annotations
 import email.utils
 import re
 from dataclasses import dataclass
-from enum import Enum
+
+from ..model import Fate
 
 MAX_ORIGINAL = 50000  # Postfix bounce_size_limit
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
-class Kind(str, Enum):
-    FAILURE = "failed"
-    DELAY = "delayed"
+# RFC 3464 2.3.3 action-value of a DSN about recipients of this fate.
+ACTION = {Fate.BOUNCED: "failed", Fate.DEFERRED: "delayed"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +84,7 @@ def split_header(message: bytes) -> bytes:
 
 def build_dsn(
     *,
-    kind: Kind,
+    kind: Fate,
     hostname: str,
     queue_id: str,
     sender: str,
@@ -95,9 +96,11 @@ def build_dsn(
     lifetime_days: float = 0,
     max_original: int = MAX_ORIGINAL,
 ) -> bytes:
+    if kind not in ACTION:
+        raise ValueError(f"no DSN for {kind.value} recipients")
     boundary = f"{queue_id}.{int(now)}/{hostname}"
     date = email.utils.formatdate(now, localtime=True)
-    subject = "Undelivered Mail Returned to Sender" if kind is Kind.FAILURE else "Delayed Mail (still being retried)"
+    subject = "Undelivered Mail Returned to Sender" if kind is Fate.BOUNCED else "Delayed Mail (still being retried)"
     orig_headers = split_header(original)
     msgid = re.search(rb"(?im)^message-id:[ \t]*(<[^>\r\n]{1,250}>)", orig_headers)
     head = [
@@ -116,7 +119,7 @@ def build_dsn(
         f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"',
         "Content-Transfer-Encoding: 8bit",
     ]
-    if kind is Kind.FAILURE:
+    if kind is Fate.BOUNCED:
         text = _FAILURE_TEXT.format(host=hostname)
     else:
         text = _DELAY_TEXT.format(host=hostname, hours=f"{delay_hours:g}", days=f"{lifetime_days:g}")
@@ -132,7 +135,7 @@ def build_dsn(
             "",
             f"Final-Recipient: rfc822; {_clean(r.address)}",
             f"Original-Recipient: rfc822; {_clean(r.address)}",
-            f"Action: {kind.value}",
+            f"Action: {ACTION[kind]}",
             f"Status: {r.status}",
         ]
         if r.remote_mta:
@@ -142,7 +145,7 @@ def build_dsn(
         attach_type, attach_desc, attach = "text/rfc822-headers", "Undelivered Message Headers", orig_headers
     else:
         attach_type, attach_desc, attach = "message/rfc822", "Undelivered Message", original
-    if kind is Kind.DELAY:
+    if kind is Fate.DEFERRED:
         attach_type, attach_desc, attach = "text/rfc822-headers", "Delayed Message Headers", orig_headers
     parts = [
         "\r\n".join(head),

@@ -49,12 +49,11 @@ from ..address import AddressError, parse_mailbox
 from ..config import Config, _resolve
 from ..delivery import lmtp, maildir
 from ..delivery.mx import NextHop, parse_nexthop, plan_mx
-from ..delivery.smtp import Kind, Outcome, SmtpClient
+from ..delivery.smtp import Outcome, SmtpClient
 from ..dns import NotFound, Resolver, TempFail
 from ..logutil import sanitize
-from ..model import ClientInfo, Envelope, RcptState
+from ..model import ClientInfo, Envelope, Fate, RcptState
 from . import backoff
-from .dsn import Kind as DsnKind
 from .dsn import RecipientStatus, build_dsn
 from .store import CorruptEnvelope, QueueStore, is_queue_id
 
@@ -274,7 +273,7 @@ class QueueManager:
         results: dict[str, Outcome] = {}
         header = body[: body.find(b"\r\n\r\n") + 2] if b"\r\n\r\n" in body else body
         if len(_RECEIVED.findall(header)) > MAX_HOPS:
-            o = Outcome(Kind.BOUNCE, "5.4.6", "mail forwarding loop: too many hops", None, False)
+            o = Outcome(Fate.BOUNCED, "5.4.6", "mail forwarding loop: too many hops", None, False)
             results = {r: o for r in pending}
         else:
             local = [r for r in pending if _is_local(r, cfg)]
@@ -301,9 +300,9 @@ class QueueManager:
         for r in rcpts:
             try:
                 await asyncio.to_thread(maildir.deliver, root, r, body)
-                out[r] = Outcome(Kind.SENT, "2.0.0", "delivered to maildir", "maildir", False)
+                out[r] = Outcome(Fate.SENT, "2.0.0", "delivered to maildir", "maildir", False)
             except OSError as exc:
-                out[r] = Outcome(Kind.DEFER, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}", "maildir", False)
+                out[r] = Outcome(Fate.DEFERRED, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}", "maildir", False)
         return out
 
     async def _deliver_remote(self, cfg: Config, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
@@ -323,7 +322,7 @@ class QueueManager:
         else:
             for part in await asyncio.gather(*(self._deliver_to(hop, group, env, body) for hop, group in groups.items())):
                 results.update(part)
-        todo = [r for r in rcpts if results[r].kind is Kind.DEFER]
+        todo = [r for r in rcpts if results[r].fate is Fate.DEFERRED]
         if todo and out.fallback_relay_host:
             first = results[todo[0]]
             log.info("%s: relay=%s, status=deferred (%s); %d recipient(s) go to the fallback relay %s",
@@ -355,10 +354,10 @@ class QueueManager:
                 async with sem:
                     part = await self.smtp.send(ip, hop.port, env.sender, rcpts, body, name=host,
                                                 smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")  # fmt: skip
-                if not all(o.kind is Kind.DEFER for o in part.values()):
+                if not all(o.fate is Fate.DEFERRED for o in part.values()):
                     return part  # this host answered for the domain: its word is final for now
                 last = part
-        return last or {r: Outcome(Kind.DEFER, "4.4.3", f"no usable address for {hop.host}", None, False) for r in rcpts}
+        return last or {r: Outcome(Fate.DEFERRED, "4.4.3", f"no usable address for {hop.host}", None, False) for r in rcpts}
 
     async def _addresses(self, host: str) -> list[str] | Outcome:
         try:
@@ -378,8 +377,8 @@ class QueueManager:
         if found:
             return found
         if temp is not None:
-            return Outcome(Kind.DEFER, "4.4.3", f"Host or domain name not found. Name service error for name={host} type=A: {temp}", None, False)
-        return Outcome(Kind.DEFER, "4.4.3", f"Host or domain name not found. Name service error for name={host} type=A: Host not found", None, False)
+            return Outcome(Fate.DEFERRED, "4.4.3", f"Host or domain name not found. Name service error for name={host} type=A: {temp}", None, False)
+        return Outcome(Fate.DEFERRED, "4.4.3", f"Host or domain name not found. Name service error for name={host} type=A: Host not found", None, False)
 
     async def _finish(self, cfg: Config, env: Envelope, results: dict[str, Outcome], body: bytes) -> None:
         now = self._clock()
@@ -397,10 +396,10 @@ class QueueManager:
                 keep.append(r)
                 continue
             relay = o.remote or "none"
-            log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", qid, sanitize(r.address), relay, delay, o.status, o.kind.value, sanitize(o.text, 300))
-            if o.kind is Kind.SENT:
+            log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", qid, sanitize(r.address), relay, delay, o.status, o.fate.value, sanitize(o.text, 300))
+            if o.fate is Fate.SENT:
                 continue
-            if o.kind is Kind.BOUNCE or is_expired:
+            if o.fate is Fate.BOUNCED or is_expired:
                 # An expired recipient is reported with its last temporary status, as Postfix does.
                 remote_mta = _remote_mta(o.remote)
                 bounced.append(RecipientStatus(address=r.address, status=o.status, diagnostic=o.text,
@@ -413,7 +412,7 @@ class QueueManager:
         if is_expired and bounced:
             log.info("%s: from=<%s>, status=expired, returned to sender", qid, sanitize(env.sender))
         if bounced and env.sender:
-            await self._notify(cfg, env, bounced, body, DsnKind.FAILURE, now)
+            await self._notify(cfg, env, bounced, body, Fate.BOUNCED, now)
         if not keep:
             # In the loop, as the moves and reads are: a hand-off to a thread cost more CPU
             # than the unlink itself (bench/RESULTS.md, step 9).
@@ -429,7 +428,7 @@ class QueueManager:
             arrival=env.arrival, now=now, delay_warning=q.delay_warning, already_warned=False
         ):
             warn = [RecipientStatus(address=r.address, status="4.0.0", diagnostic=r.last_reply or "deferred", smtp_diagnostic=False) for r in keep]
-            await self._notify(cfg, env, warn, body, DsnKind.DELAY, now)
+            await self._notify(cfg, env, warn, body, Fate.DEFERRED, now)
             env.extra["delay_warned"] = "1"
         due = backoff.next_attempt(arrival=env.arrival, now=now, min_backoff=q.min_backoff, max_backoff=q.max_backoff, jitter=random.random())
         self.store.rewrite("active", env)
@@ -438,14 +437,14 @@ class QueueManager:
         self._next_deferred_scan = min(self._next_deferred_scan, due)
         self.wake.set()  # the main loop sleeps until the next due time, which may now be earlier
 
-    async def _notify(self, cfg: Config, env: Envelope, rcpts: list[RecipientStatus], body: bytes, kind: DsnKind, now: float) -> None:
+    async def _notify(self, cfg: Config, env: Envelope, rcpts: list[RecipientStatus], body: bytes, kind: Fate, now: float) -> None:
         q = cfg.queue
         dsn = build_dsn(
             kind=kind, hostname=cfg.server.hostname, queue_id=env.queue_id, sender=env.sender, arrival=env.arrival,
             recipients=rcpts, original=body, now=now, delay_hours=q.delay_warning / 3600, lifetime_days=q.max_lifetime / 86400,
         )  # fmt: skip
         new = await self.store.inject(sender="", recipients=[env.sender], body=dsn, client=LOCAL_CLIENT)
-        what = "sender non-delivery notification" if kind is DsnKind.FAILURE else "sender delay notification"
+        what = "sender non-delivery notification" if kind is Fate.BOUNCED else "sender delay notification"
         log.info("%s: %s: %s", env.queue_id, what, new)
         log.info("%s: from=<>, size=%d, nrcpt=1 (queue active)", new, len(dsn))
 

@@ -17,7 +17,7 @@ from test_delivery import Sink, queue_empty, send, wait_for
 
 from mtaserver.config import parse_endpoint
 from mtaserver.delivery import lmtp
-from mtaserver.delivery.smtp import Kind
+from mtaserver.model import Fate
 
 from conftest import free_port
 
@@ -45,9 +45,9 @@ async def test_client_delivers_to_dovecot_and_gets_a_reply_per_recipient(dovecot
         body=body, lhlo_name="mx.example.test", timeout=10,
     )  # fmt: skip
     good, bad = out["other@example.test"], out["unknown@example.test"]
-    assert good.kind is Kind.SENT and good.status == "2.0.0", good
+    assert good.fate is Fate.SENT and good.status == "2.0.0", good
     assert good.remote == f"lmtp:{dovecot.address}" and good.text.startswith("250 2.0.0 <other@example.test>")
-    assert bad.kind is Kind.BOUNCE and bad.status == "5.1.1", bad
+    assert bad.fate is Fate.BOUNCED and bad.status == "5.1.1", bad
     assert bad.text.startswith("550 5.1.1 <unknown@example.test>")
     [msg] = mailbox_has(dovecot, "other@example.test", marker)
     # Dovecot stores maildir files with LF line endings; the dot-stuffed line lost its extra dot.
@@ -63,7 +63,7 @@ async def test_client_over_the_unix_socket_with_an_8bit_body(dovecot):
         parse_endpoint(f"unix:{dovecot.unix_path}"), sender="", recipients=["good@example.test"], body=body,
         lhlo_name="mx.example.test", eightbit=True, timeout=10,
     )  # fmt: skip
-    assert out["good@example.test"].kind is Kind.SENT, out
+    assert out["good@example.test"].fate is Fate.SENT, out
     assert out["good@example.test"].remote == f"lmtp:unix:{dovecot.unix_path}"
     [msg] = mailbox_has(dovecot, "good@example.test", marker)
     assert "caf\u00e9".encode() in msg
@@ -77,14 +77,14 @@ async def test_smtputf8_without_the_extension(dovecot):
         parse_endpoint(dovecot.address), sender="s@client.test", recipients=["other@example.test", "j\u00f6rg@example.test"],
         body=body, lhlo_name="mx.example.test", smtputf8=True, timeout=10,
     )  # fmt: skip
-    assert out["other@example.test"].kind is Kind.SENT, out
-    assert out["j\u00f6rg@example.test"].kind is Kind.BOUNCE and out["j\u00f6rg@example.test"].status == "5.6.7"
+    assert out["other@example.test"].fate is Fate.SENT, out
+    assert out["j\u00f6rg@example.test"].fate is Fate.BOUNCED and out["j\u00f6rg@example.test"].status == "5.6.7"
     assert mailbox_has(dovecot, "other@example.test", marker)
 
 
 async def test_dovecot_down_defers():
     out = await lmtp.deliver(parse_endpoint(f"127.0.0.1:{free_port()}"), sender="", recipients=["good@example.test"], body=b"x\r\n", lhlo_name="mx")
-    assert out["good@example.test"].kind is Kind.DEFER and out["good@example.test"].status == "4.4.1"
+    assert out["good@example.test"].fate is Fate.DEFERRED and out["good@example.test"].status == "4.4.1"
 
 
 def test_end_to_end_good_recipient_in_dovecot_unknown_one_bounces_to_the_remote_sender(make_mta, dovecot):

@@ -3,10 +3,10 @@ import random
 import pytest
 
 from mtaserver.delivery.mx import NextHop, parse_nexthop, plan_mx
-from mtaserver.delivery.smtp import Kind, from_reply
+from mtaserver.delivery.smtp import from_reply
 from mtaserver.dns import NotFound, Record, TempFail
 from mtaserver.queue import backoff
-from mtaserver.queue.dsn import Kind as DsnKind
+from mtaserver.model import Fate, Reply
 from mtaserver.queue.dsn import RecipientStatus, build_dsn
 
 
@@ -26,11 +26,11 @@ def test_mx_plan_orders_by_preference_and_shuffles_ties():
 def test_mx_plan_failures():
     assert plan_mx("d.test", NotFound("x", nxdomain=False)) == ["d.test"]  # implicit MX
     nx = plan_mx("d.test", NotFound("x", nxdomain=True))
-    assert (nx.kind, nx.status) == (Kind.BOUNCE, "5.1.2")
+    assert (nx.fate, nx.status) == (Fate.BOUNCED, "5.1.2")
     null = plan_mx("d.test", [mx(0, ".")])
-    assert (null.kind, null.status) == (Kind.BOUNCE, "5.1.10")
+    assert (null.fate, null.status) == (Fate.BOUNCED, "5.1.10")
     temp = plan_mx("d.test", TempFail("SERVFAIL"))
-    assert (temp.kind, temp.status) == (Kind.DEFER, "4.4.3")
+    assert (temp.fate, temp.status) == (Fate.DEFERRED, "4.4.3")
 
 
 def test_nexthop_syntax():
@@ -41,22 +41,31 @@ def test_nexthop_syntax():
 
 
 @pytest.mark.parametrize(
-    "code, text, kind, status",
+    "code, text, fate, status",
     [
-        (250, "2.0.0 Ok", Kind.SENT, "2.0.0"),
-        (451, "4.7.1 greylisted", Kind.DEFER, "4.7.1"),
-        (550, "5.1.1 unknown", Kind.BOUNCE, "5.1.1"),
-        (550, "no enhanced code", Kind.BOUNCE, "5.0.0"),
-        (450, "5.1.1 class mismatch", Kind.DEFER, "4.1.1"),
+        (250, "2.0.0 Ok", Fate.SENT, "2.0.0"),
+        (451, "4.7.1 greylisted", Fate.DEFERRED, "4.7.1"),
+        (550, "5.1.1 unknown", Fate.BOUNCED, "5.1.1"),
+        (550, "no enhanced code", Fate.BOUNCED, "5.0.0"),
+        (450, "5.1.1 class mismatch", Fate.DEFERRED, "4.1.1"),
     ],
 )
-def test_reply_classification(code, text, kind, status):
-    o = from_reply(code, text, "r")
-    assert (o.kind, o.status) == (kind, status)
+def test_reply_classification(code, text, fate, status):
+    o = from_reply(Reply.from_lines(code, [text]), "r")
+    assert (o.fate, o.status) == (fate, status)
 
 
 def test_from_reply_strips_control_characters():
-    assert "\r" not in from_reply(550, "5.0.0 a\r\nInjected: yes", "r").text
+    assert "\r" not in from_reply(Reply.from_lines(550, ["5.0.0 a\r\nInjected: yes"]), "r").text
+
+
+def test_a_multi_line_reply_is_one_line_with_one_status():
+    r = Reply.from_lines(550, ["5.1.1 The account does not exist.", "5.1.1 Please check it.", "see the help page"])
+    assert (r.status, r.lines) == ("5.1.1", ("The account does not exist.", "Please check it.", "see the help page"))
+    o = from_reply(r, "r")
+    assert (o.fate, o.status) == (Fate.BOUNCED, "5.1.1")
+    assert o.text == "550 5.1.1 The account does not exist. Please check it. see the help page"
+    assert from_reply(Reply.from_lines(421, ["mx.test closing"]), "r", "4.0").status == "4.4.0"  # the default detail
 
 
 def test_backoff_doubles_with_age_within_bounds():
@@ -77,7 +86,7 @@ def test_expiry_and_bounce_lifetime():
     assert not backoff.delay_warning_due(arrival=0, now=14400, delay_warning=0, already_warned=False)
 
 
-def _dsn(original: bytes, kind=DsnKind.FAILURE, **kw) -> bytes:
+def _dsn(original: bytes, kind=Fate.BOUNCED, **kw) -> bytes:
     return build_dsn(
         kind=kind, hostname="mx.example.test", queue_id="Q1", sender="s@example.test", arrival=0.0, now=100.0,
         recipients=[RecipientStatus(address="r@x.test", status="5.1.1", diagnostic="550 5.1.1 no\r\nX-Evil: 1", remote_mta="mx.x.test")],
@@ -102,6 +111,11 @@ def test_dsn_attaches_only_headers_of_a_big_message():
 
 
 def test_delay_warning_text():
-    d = _dsn(b"Subject: s\r\n\r\nb\r\n", kind=DsnKind.DELAY, delay_hours=4, lifetime_days=5).decode()
+    d = _dsn(b"Subject: s\r\n\r\nb\r\n", kind=Fate.DEFERRED, delay_hours=4, lifetime_days=5).decode()
     assert "Subject: Delayed Mail (still being retried)" in d and "Action: delayed" in d
     assert "for more than 4 hour(s)" in d and "until it is 5 day(s) old" in d
+
+
+def test_no_dsn_for_sent_recipients():
+    with pytest.raises(ValueError):
+        _dsn(b"Subject: s\r\n\r\nb\r\n", kind=Fate.SENT)

@@ -1,8 +1,9 @@
 import pytest
 
 from mtaserver.config import AntispamConfig, AntivirusConfig
-from mtaserver.filters.chain import Action, Scanned, decide, rewrite_message, spam_levels
+from mtaserver.filters.chain import Scanned, decide, rewrite_message, spam_levels
 from mtaserver.filters.scanners import AvResult, ScannerError, SpamResult, parse_clamd_reply, parse_spamd_reply, spamd_request
+from mtaserver.model import Decision, Verdict
 
 
 def test_clamd_replies():
@@ -48,25 +49,25 @@ def spam(score: float) -> SpamResult:
 
 
 @pytest.mark.parametrize(
-    "scanned, av, sa, action, reply",
+    "scanned, av, sa, decision, reply",
     [
-        (Scanned(CLEAN, spam(1.0)), AV, SA, Action.ACCEPT, None),
-        (Scanned(VIRUS, spam(1.0)), AV, SA, Action.REJECT, "554 5.7.0 Rejected: virus found: Bad.Thing"),
-        (Scanned(VIRUS, spam(1.0)), AntivirusConfig(action="discard"), SA, Action.DISCARD, None),
-        (Scanned(VIRUS, DOWN), AV, SA, Action.REJECT, "554 5.7.0 Rejected: virus found: Bad.Thing"),  # a virus first
-        (Scanned(DOWN, spam(1.0)), AV, SA, Action.TEMPFAIL, "451 4.7.1 Try again later: content scanner unavailable"),
-        (Scanned(DOWN, spam(1.0)), AntivirusConfig(on_error="accept"), SA, Action.ACCEPT, None),
-        (Scanned(CLEAN, DOWN), AV, SA, Action.TEMPFAIL, "451 4.7.1 Try again later: content scanner unavailable"),
-        (Scanned(CLEAN, DOWN), AV, AntispamConfig(on_error="accept"), Action.ACCEPT, None),
-        (Scanned(CLEAN, spam(1000.0)), AV, SA, Action.DISCARD, None),
-        (Scanned(CLEAN, spam(15.0)), AV, AntispamConfig(blocked_spam_action="reject"), Action.REJECT, "550 5.7.1 Rejected: message looks like spam"),
-        (Scanned(CLEAN, spam(1000.0)), AV, AntispamConfig(blocked_spam_action="deliver"), Action.ACCEPT, None),
-        (Scanned(None, None), AV, SA, Action.ACCEPT, None),  # nothing asked (both off)
+        (Scanned(CLEAN, spam(1.0)), AV, SA, Decision.CONTINUE, None),
+        (Scanned(VIRUS, spam(1.0)), AV, SA, Decision.REJECT, "554 5.7.0 Rejected: virus found: Bad.Thing"),
+        (Scanned(VIRUS, spam(1.0)), AntivirusConfig(action="discard"), SA, Decision.DISCARD, None),
+        (Scanned(VIRUS, DOWN), AV, SA, Decision.REJECT, "554 5.7.0 Rejected: virus found: Bad.Thing"),  # a virus first
+        (Scanned(DOWN, spam(1.0)), AV, SA, Decision.TEMPFAIL, "451 4.7.1 Try again later: content scanner unavailable"),
+        (Scanned(DOWN, spam(1.0)), AntivirusConfig(on_error="accept"), SA, Decision.CONTINUE, None),
+        (Scanned(CLEAN, DOWN), AV, SA, Decision.TEMPFAIL, "451 4.7.1 Try again later: content scanner unavailable"),
+        (Scanned(CLEAN, DOWN), AV, AntispamConfig(on_error="accept"), Decision.CONTINUE, None),
+        (Scanned(CLEAN, spam(1000.0)), AV, SA, Decision.DISCARD, None),
+        (Scanned(CLEAN, spam(15.0)), AV, AntispamConfig(blocked_spam_action="reject"), Decision.REJECT, "550 5.7.1 Rejected: message looks like spam"),
+        (Scanned(CLEAN, spam(1000.0)), AV, AntispamConfig(blocked_spam_action="deliver"), Decision.CONTINUE, None),
+        (Scanned(None, None), AV, SA, Decision.CONTINUE, None),  # nothing asked (both off)
     ],
 )  # fmt: skip
-def test_decide(scanned, av, sa, action, reply):
+def test_decide(scanned, av, sa, decision, reply):
     v = decide(scanned, av, sa)
-    assert v.action is action
+    assert isinstance(v, Verdict) and v.decision is decision
     assert (v.reply.line() if v.reply else None) == reply
 
 

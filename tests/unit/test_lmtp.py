@@ -16,8 +16,8 @@ from conftest import free_port
 
 from mtaserver.config import Endpoint
 from mtaserver.delivery import lmtp
-from mtaserver.delivery.wire import ProtocolError, Reply, data_payload, extensions, needs_utf8, parse_reply_line
-from mtaserver.delivery.smtp import Kind
+from mtaserver.delivery.wire import ProtocolError, data_payload, extensions, from_reply, needs_utf8, parse_reply, parse_reply_line
+from mtaserver.model import Fate
 
 # -- replies ---------------------------------------------------------------------------------
 
@@ -65,17 +65,28 @@ def test_utf8_text_only_after_smtputf8_and_never_controls():
 
 
 def test_multi_line_reply():
-    r = Reply.parse([b"250-mx.example.test", b"250-8BITMIME", b"250-SIZE 1000", b"250 PIPELINING"])
+    r = parse_reply([b"250-mx.example.test", b"250-8BITMIME", b"250-SIZE 1000", b"250 PIPELINING"])
     assert r.code == 250
-    assert r.lines == ("mx.example.test", "8BITMIME", "SIZE 1000", "PIPELINING")
-    assert r.text == "mx.example.test 8BITMIME SIZE 1000 PIPELINING"
+    assert r.lines == ("mx.example.test", "8BITMIME", "SIZE 1000", "PIPELINING") and r.status == ""
+    assert r.line() == "250 mx.example.test 8BITMIME SIZE 1000 PIPELINING"
+    assert r.encode() == b"250-mx.example.test\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250 PIPELINING\r\n"
     assert extensions(r) == {"8BITMIME": "", "SIZE": "1000", "PIPELINING": ""}
 
 
+def test_enhanced_status_is_the_first_lines_and_comes_off_every_line():
+    lines = [b"452-4.2.2 <a@example.test> Mailbox is full", b"452-4.2.2 ", b"452 4.2.2 try later"]
+    r = parse_reply(lines)
+    assert (r.code, r.status, r.lines) == (452, "4.2.2", ("<a@example.test> Mailbox is full", "", "try later"))
+    assert r.encode() == b"".join(line + b"\r\n" for line in lines)  # what came is what we would send
+    assert r.line() == "452 4.2.2 <a@example.test> Mailbox is full try later"
+    assert parse_reply([b"550 4.1.1 wrong class"]).status == "5.1.1"  # the class digit follows the code
+    assert parse_reply([b"250 2.0.0x not a status"]).status == ""
+
+
 def test_multi_line_reply_becomes_one_outcome_with_its_status():
-    r = Reply.parse([b"452-4.2.2 <a@example.test> Mailbox is full", b"452 try later"])
-    o = r.outcome("lmtp:127.0.0.1:24")
-    assert o.kind is Kind.DEFER and o.status == "4.2.2"
+    r = parse_reply([b"452-4.2.2 <a@example.test> Mailbox is full", b"452 try later"])
+    o = from_reply(r, "lmtp:127.0.0.1:24")
+    assert o.fate is Fate.DEFERRED and o.status == "4.2.2"
     assert o.text == "452 4.2.2 <a@example.test> Mailbox is full try later"
 
 
@@ -90,11 +101,11 @@ def test_multi_line_reply_becomes_one_outcome_with_its_status():
 )
 def test_bad_multi_line_replies(lines):
     with pytest.raises(ProtocolError):
-        Reply.parse(lines)
+        parse_reply(lines)
 
 
 def test_extension_keywords_are_case_insensitive():
-    r = Reply.parse([b"250-host", b"250-pipelining", b"250 smtputf8"])
+    r = parse_reply([b"250-host", b"250-pipelining", b"250 smtputf8"])
     assert set(extensions(r)) == {"PIPELINING", "SMTPUTF8"}
 
 
@@ -233,9 +244,9 @@ async def test_one_reply_per_accepted_recipient_after_data():
         after_data={"full@example.test": b"452 4.2.2 <full@example.test> Quota exceeded\r\n"},
     )
     out = await run_session(s, ["good@example.test", "nobody@example.test", "full@example.test"])
-    assert out["good@example.test"].kind is Kind.SENT and out["good@example.test"].status == "2.0.0"
-    assert out["nobody@example.test"].kind is Kind.BOUNCE and out["nobody@example.test"].status == "5.1.1"
-    assert out["full@example.test"].kind is Kind.DEFER and out["full@example.test"].status == "4.2.2"
+    assert out["good@example.test"].fate is Fate.SENT and out["good@example.test"].status == "2.0.0"
+    assert out["nobody@example.test"].fate is Fate.BOUNCED and out["nobody@example.test"].status == "5.1.1"
+    assert out["full@example.test"].fate is Fate.DEFERRED and out["full@example.test"].status == "4.2.2"
     assert out["good@example.test"].remote.startswith("lmtp:127.0.0.1:")
     assert s.content == b"Subject: t\r\n\r\n..hi\r\n"
     assert s.lines[0] == b"LHLO mx.test\r\n" and s.lines[-1] == b"QUIT\r\n"
@@ -253,15 +264,15 @@ async def test_8bitmime_only_when_asked_for_and_offered():
 async def test_smtputf8_not_offered():
     s = Script()
     out = await run_session(s, ["\u00fc@example.test", "a@example.test"], smtputf8=True)
-    assert out["\u00fc@example.test"].kind is Kind.BOUNCE and out["\u00fc@example.test"].status == "5.6.7"
-    assert out["a@example.test"].kind is Kind.SENT  # an ASCII recipient of an ASCII-header message still goes
+    assert out["\u00fc@example.test"].fate is Fate.BOUNCED and out["\u00fc@example.test"].status == "5.6.7"
+    assert out["a@example.test"].fate is Fate.SENT  # an ASCII recipient of an ASCII-header message still goes
     assert b"SMTPUTF8" not in s.lines[1]
 
 
 async def test_smtputf8_offered():
     s = Script(lhlo=b"250-lmtp.test\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n")
     out = await run_session(s, ["\u00fc@example.test"], smtputf8=True)
-    assert out["\u00fc@example.test"].kind is Kind.SENT
+    assert out["\u00fc@example.test"].fate is Fate.SENT
     assert s.lines[1] == b"MAIL FROM:<s@client.test> SMTPUTF8\r\n"
     assert s.lines[2] == "RCPT TO:<\u00fc@example.test>\r\n".encode()
 
@@ -271,44 +282,44 @@ async def test_refused_mail_from_refuses_every_recipient(pipelining):
     lhlo = b"250-lmtp.test\r\n250 PIPELINING\r\n" if pipelining else b"250 lmtp.test\r\n"
     s = Script(lhlo=lhlo, mail=b"550 5.7.1 sender refused\r\n", rcpt={"a@example.test": b"503 5.5.1 MAIL first\r\n", "b@example.test": b"503 5.5.1 MAIL first\r\n"})
     out = await run_session(s, ["a@example.test", "b@example.test"])
-    assert {o.status for o in out.values()} == {"5.7.1"} and {o.kind for o in out.values()} == {Kind.BOUNCE}
+    assert {o.status for o in out.values()} == {"5.7.1"} and {o.fate for o in out.values()} == {Fate.BOUNCED}
     assert not any(line.startswith(b"DATA") for line in s.lines)
 
 
 async def test_no_data_when_no_recipient_was_accepted():
     s = Script(rcpt={"a@example.test": b"550 5.1.1 unknown\r\n"})
     out = await run_session(s, ["a@example.test"])
-    assert out["a@example.test"].kind is Kind.BOUNCE
+    assert out["a@example.test"].fate is Fate.BOUNCED
     assert not any(line.startswith(b"DATA") for line in s.lines)
 
 
 async def test_data_refused():
     s = Script(data=b"451 4.3.0 try later\r\n")
     out = await run_session(s, ["a@example.test", "b@example.test"])
-    assert {(o.kind, o.status) for o in out.values()} == {(Kind.DEFER, "4.3.0")}
+    assert {(o.fate, o.status) for o in out.values()} == {(Fate.DEFERRED, "4.3.0")}
 
 
 async def test_refused_greeting_defers():
     s = Script(greeting=b"554 5.3.2 go away\r\n")
     out = await run_session(s, ["a@example.test"])
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.3.2" and "refused to talk to me: 554 5.3.2 go away" in o.text
+    assert o.fate is Fate.DEFERRED and o.status == "4.3.2" and "refused to talk to me: 554 5.3.2 go away" in o.text
 
 
 async def test_garbage_reply_defers_as_protocol_error():
     s = Script(lhlo=b"250-lmtp.test\r\n250 PIPE\x1bLINING\r\n")
     out = await run_session(s, ["a@example.test"])
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.5.0" and "protocol error" in o.text and "\x1b" not in o.text
+    assert o.fate is Fate.DEFERRED and o.status == "4.5.0" and "protocol error" in o.text and "\x1b" not in o.text
 
 
 async def test_lost_after_data_keeps_the_replies_that_arrived():
     s = Script(after_data={"b@example.test": b""})  # a's reply, then the server closes
     out = await run_session(s, ["a@example.test", "b@example.test", "c@example.test"])
-    assert out["a@example.test"].kind is Kind.SENT
+    assert out["a@example.test"].fate is Fate.SENT
     for r in ("b@example.test", "c@example.test"):
         o = out[r]
-        assert o.kind is Kind.DEFER and o.status == "4.4.2" and o.text.startswith("lost connection with lmtp:127.0.0.1:")
+        assert o.fate is Fate.DEFERRED and o.status == "4.4.2" and o.text.startswith("lost connection with lmtp:127.0.0.1:")
         assert o.text.endswith("after end of data")
 
 
@@ -316,13 +327,13 @@ async def test_connection_refused_defers_4_4_1():
     port = free_port()
     out = await lmtp.deliver(Endpoint("127.0.0.1", port), sender="", recipients=["a@example.test"], body=b"x\r\n", lhlo_name="mx.test")
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.4.1" and f"connect to lmtp:127.0.0.1:{port}" in o.text
+    assert o.fate is Fate.DEFERRED and o.status == "4.4.1" and f"connect to lmtp:127.0.0.1:{port}" in o.text
 
 
 async def test_missing_unix_socket_defers_4_4_1(tmp_path):
     out = await lmtp.deliver(Endpoint("", 0, str(tmp_path / "nope")), sender="", recipients=["a@example.test"], body=b"x\r\n", lhlo_name="mx.test")
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.4.1" and o.remote == f"lmtp:unix:{tmp_path / 'nope'}"
+    assert o.fate is Fate.DEFERRED and o.status == "4.4.1" and o.remote == f"lmtp:unix:{tmp_path / 'nope'}"
 
 
 async def test_unix_socket(tmp_path):
@@ -333,7 +344,7 @@ async def test_unix_socket(tmp_path):
         out = await lmtp.deliver(Endpoint("", 0, path), sender="", recipients=["a@example.test"], body=b"x\r\n", lhlo_name="mx.test")
     finally:
         server.close()
-    assert out["a@example.test"].kind is Kind.SENT and s.lines[1] == b"MAIL FROM:<>\r\n"
+    assert out["a@example.test"].fate is Fate.SENT and s.lines[1] == b"MAIL FROM:<>\r\n"
 
 
 async def test_every_phase_is_under_the_timeout():
@@ -342,7 +353,7 @@ async def test_every_phase_is_under_the_timeout():
     out = await run_session(s, ["a@example.test"], timeout=0.3)
     assert asyncio.get_running_loop().time() - t0 < 2
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.4.2" and o.text.endswith("timed out after DATA")
+    assert o.fate is Fate.DEFERRED and o.status == "4.4.2" and o.text.endswith("timed out after DATA")
 
 
 async def test_silent_server_times_out_in_the_greeting():

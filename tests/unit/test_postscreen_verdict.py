@@ -1,4 +1,4 @@
-"""Verdicts for every check under every action, the reply catalogue, conclusions, log lines."""
+"""Judgements for every check under every action, the reply catalogue, conclusions, log lines."""
 
 import pytest
 

@@ -21,7 +21,8 @@ import pytest
 from conftest import free_port, require_tool
 
 from mtaserver.delivery import smtp
-from mtaserver.delivery.smtp import Kind, SmtpClient
+from mtaserver.delivery.smtp import SmtpClient
+from mtaserver.model import Fate
 
 OK_DONE = b"250 2.0.0 Ok: queued as 1234\r\n"
 TEST_TIMEOUT = 5.0
@@ -273,8 +274,8 @@ async def deliver(server: Server, rcpts, body: bytes = b"Subject: t\r\n\r\n.hi\r
 async def test_pipelined_group_is_sent_in_one_go_and_delivered():
     s = Server()
     out = await deliver(s, ["a@example.test", "b@example.test"])
-    assert {r: (o.kind, o.status, o.text) for r, o in out.items()} == {
-        r: (Kind.SENT, "2.0.0", "250 2.0.0 Ok: queued as 1234") for r in ("a@example.test", "b@example.test")
+    assert {r: (o.fate, o.status, o.text) for r, o in out.items()} == {
+        r: (Fate.SENT, "2.0.0", "250 2.0.0 Ok: queued as 1234") for r in ("a@example.test", "b@example.test")
     }
     assert out["a@example.test"].remote.startswith("mx.test[127.0.0.1]:")
     body_size = len(b"Subject: t\r\n\r\n.hi\r\nbye\r\n")
@@ -299,7 +300,7 @@ async def test_many_recipients_in_one_group():
     s = Server()
     rcpts = [f"user{i}@example.test" for i in range(1000)]
     out = await deliver(s, rcpts)
-    assert all(o.kind is Kind.SENT for o in out.values()) and len(out) == 1000
+    assert all(o.fate is Fate.SENT for o in out.values()) and len(out) == 1000
     assert len(s.groups[0]) == 1002 and len(s.messages[0][1]) == 1000
 
 
@@ -307,9 +308,9 @@ async def test_recipient_refused_in_a_pipelined_group():
     s = Server(rcpt={"nobody@example.test": b"550 5.1.1 <nobody@example.test>: Recipient address rejected\r\n",
                      "later@example.test": b"450 4.2.0 <later@example.test>: greylisted\r\n"})  # fmt: skip
     out = await deliver(s, ["a@example.test", "nobody@example.test", "later@example.test"])
-    assert out["a@example.test"].kind is Kind.SENT
-    assert (out["nobody@example.test"].kind, out["nobody@example.test"].status) == (Kind.BOUNCE, "5.1.1")
-    assert (out["later@example.test"].kind, out["later@example.test"].status) == (Kind.DEFER, "4.2.0")
+    assert out["a@example.test"].fate is Fate.SENT
+    assert (out["nobody@example.test"].fate, out["nobody@example.test"].status) == (Fate.BOUNCED, "5.1.1")
+    assert (out["later@example.test"].fate, out["later@example.test"].status) == (Fate.DEFERRED, "4.2.0")
     assert "Recipient address rejected" in out["nobody@example.test"].text
     assert s.messages[0][1] == [b"RCPT TO:<a@example.test>\r\n"]
 
@@ -317,7 +318,7 @@ async def test_recipient_refused_in_a_pipelined_group():
 async def test_data_refused_after_no_valid_recipient_then_rset():
     s = Server(rcpt={"x@example.test": b"550 5.1.1 unknown\r\n", "y@example.test": b"550 5.1.1 unknown\r\n"})
     out = await deliver(s, ["x@example.test", "y@example.test"])
-    assert {(o.kind, o.status) for o in out.values()} == {(Kind.BOUNCE, "5.1.1")}
+    assert {(o.fate, o.status) for o in out.values()} == {(Fate.BOUNCED, "5.1.1")}
     assert s.groups[0][-1] == b"DATA\r\n"  # DATA was in the group
     assert b"RSET\r\n" in s.lines and s.messages == []
 
@@ -325,7 +326,7 @@ async def test_data_refused_after_no_valid_recipient_then_rset():
 async def test_data_354_without_a_valid_recipient_sends_an_empty_message():
     s = Server(rcpt={"x@example.test": b"550 5.1.1 unknown\r\n"}, data_no_rcpt=b"354 go ahead anyway\r\n")
     out = await deliver(s, ["x@example.test"])
-    assert out["x@example.test"].kind is Kind.BOUNCE and out["x@example.test"].status == "5.1.1"
+    assert out["x@example.test"].fate is Fate.BOUNCED and out["x@example.test"].status == "5.1.1"
     i = s.lines.index(b"DATA\r\n")
     assert s.lines[i + 1 : i + 3] == [b".\r\n", b"RSET\r\n"]  # an empty message, then RSET
 
@@ -335,7 +336,7 @@ async def test_refused_mail_refuses_every_recipient(pipelining):
     ext = ("PIPELINING", "8BITMIME") if pipelining else ("8BITMIME",)
     s = Server(ext=ext, mail=b"553 5.7.1 <s@client.test>: Sender address rejected\r\n")
     out = await deliver(s, ["a@example.test", "b@example.test"])
-    assert {(o.kind, o.status) for o in out.values()} == {(Kind.BOUNCE, "5.7.1")}
+    assert {(o.fate, o.status) for o in out.values()} == {(Fate.BOUNCED, "5.7.1")}
     assert b"RSET\r\n" in s.lines
     if not pipelining:
         assert not any(line.startswith((b"RCPT", b"DATA")) for line in s.lines)
@@ -344,14 +345,14 @@ async def test_refused_mail_refuses_every_recipient(pipelining):
 async def test_data_refused_applies_to_the_accepted_recipients():
     s = Server(rcpt={"bad@example.test": b"550 5.1.1 unknown\r\n"}, data=b"451 4.3.0 try again\r\n")
     out = await deliver(s, ["a@example.test", "bad@example.test"])
-    assert (out["a@example.test"].kind, out["a@example.test"].status) == (Kind.DEFER, "4.3.0")
+    assert (out["a@example.test"].fate, out["a@example.test"].status) == (Fate.DEFERRED, "4.3.0")
     assert out["bad@example.test"].status == "5.1.1"
 
 
 async def test_end_of_data_refused():
     s = Server(done=b"554 5.7.1 spam\r\n")
     out = await deliver(s, ["a@example.test"])
-    assert (out["a@example.test"].kind, out["a@example.test"].status, out["a@example.test"].text) == (Kind.BOUNCE, "5.7.1", "554 5.7.1 spam")
+    assert (out["a@example.test"].fate, out["a@example.test"].status, out["a@example.test"].text) == (Fate.BOUNCED, "5.7.1", "554 5.7.1 spam")
 
 
 # -- without PIPELINING ----------------------------------------------------------------------
@@ -360,7 +361,7 @@ async def test_end_of_data_refused():
 async def test_without_pipelining_one_command_at_a_time():
     s = Server(ext=("SIZE 1000000", "8BITMIME"), rcpt={"bad@example.test": b"550 5.1.1 unknown\r\n"})
     out = await deliver(s, ["a@example.test", "bad@example.test", "b@example.test"], eightbit=True)
-    assert out["a@example.test"].kind is Kind.SENT and out["bad@example.test"].kind is Kind.BOUNCE
+    assert out["a@example.test"].fate is Fate.SENT and out["bad@example.test"].fate is Fate.BOUNCED
     assert s.lockstep_violations == 0
     assert s.messages[0][0].startswith(b"MAIL FROM:<s@client.test> BODY=8BITMIME SIZE=")
     assert s.messages[0][2] == b"Subject: t\r\n\r\n..hi\r\nbye\r\n"
@@ -369,7 +370,7 @@ async def test_without_pipelining_one_command_at_a_time():
 async def test_without_pipelining_no_data_when_no_recipient_was_accepted():
     s = Server(ext=(), rcpt={"x@example.test": b"550 5.1.1 unknown\r\n"})
     out = await deliver(s, ["x@example.test"])
-    assert out["x@example.test"].kind is Kind.BOUNCE
+    assert out["x@example.test"].fate is Fate.BOUNCED
     assert b"DATA\r\n" not in s.lines and b"RSET\r\n" in s.lines
 
 
@@ -377,7 +378,7 @@ async def test_helo_when_ehlo_is_refused():
     s = Server(ext=())
     s.ehlo_reply = lambda secure: b"502 5.5.2 Error: command not recognized\r\n"
     out = await deliver(s, ["a@example.test"])
-    assert out["a@example.test"].kind is Kind.SENT
+    assert out["a@example.test"].fate is Fate.SENT
     assert s.lines[:2] == [b"EHLO client.test\r\n", b"HELO client.test\r\n"]
     assert s.messages[0][0] == b"MAIL FROM:<s@client.test>\r\n"  # no extensions after HELO
 
@@ -389,7 +390,7 @@ async def test_greeting_554_defers_as_refused_to_talk():
     s = Server(greeting=b"554 5.7.1 mx.test go away\r\n")
     out = await deliver(s, ["a@example.test"])
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.7.1"
+    assert o.fate is Fate.DEFERRED and o.status == "4.7.1"
     assert o.text.startswith("host mx.test[127.0.0.1]:") and "refused to talk to me: 554 5.7.1 mx.test go away" in o.text
     assert s.lines == [b"QUIT\r\n"]
 
@@ -397,14 +398,14 @@ async def test_greeting_554_defers_as_refused_to_talk():
 async def test_greeting_without_enhanced_code():
     s = Server(greeting=b"421 busy\r\n")
     o = (await deliver(s, ["a@example.test"]))["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.4.0"
+    assert o.fate is Fate.DEFERRED and o.status == "4.4.0"
 
 
 async def test_server_closes_after_mail_defers_4_4_2():
     s = Server(close_after=b"MAIL")
     out = await deliver(s, ["a@example.test", "b@example.test"])
     for o in out.values():
-        assert o.kind is Kind.DEFER and o.status == "4.4.2"
+        assert o.fate is Fate.DEFERRED and o.status == "4.4.2"
         assert o.text.startswith("lost connection with mx.test[127.0.0.1]:") and "after MAIL FROM" in o.text
 
 
@@ -423,8 +424,8 @@ async def test_multi_line_replies():
         done=b"250-2.0.0 queued\r\n250 2.0.0 as ABC\r\n",
     )  # fmt: skip
     out = await deliver(s, ["a@example.test", "b@example.test"])
-    assert (out["a@example.test"].kind, out["a@example.test"].text) == (Kind.SENT, "250 2.0.0 queued 2.0.0 as ABC")
-    assert (out["b@example.test"].kind, out["b@example.test"].text) == (Kind.BOUNCE, "550 5.1.1 no such 5.1.1 user here")
+    assert (out["a@example.test"].fate, out["a@example.test"].text) == (Fate.SENT, "250 2.0.0 queued as ABC")
+    assert (out["b@example.test"].fate, out["b@example.test"].text) == (Fate.BOUNCED, "550 5.1.1 no such user here")  # one status
 
 
 @pytest.mark.parametrize(
@@ -445,7 +446,7 @@ async def test_garbage_is_a_protocol_error_and_defers(where, reply):
     s = Server(**kw)
     out = await deliver(s, ["a@example.test"])
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.5.0" and o.text.startswith("protocol error from mx.test[127.0.0.1]:")
+    assert o.fate is Fate.DEFERRED and o.status == "4.5.0" and o.text.startswith("protocol error from mx.test[127.0.0.1]:")
     assert "\x1b" not in o.text and "\r" not in o.text
 
 
@@ -454,7 +455,7 @@ async def test_connection_refused_defers_4_4_1():
     client = SmtpClient(helo_name="client.test")
     out = await client.send("127.0.0.1", port, "s@client.test", ["a@example.test"], b"x\r\n", name="mx.test")
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.4.1" and o.text.startswith(f"connect to mx.test[127.0.0.1]:{port}: ")
+    assert o.fate is Fate.DEFERRED and o.status == "4.4.1" and o.text.startswith(f"connect to mx.test[127.0.0.1]:{port}: ")
 
 
 async def test_end_of_data_timeout(monkeypatch):
@@ -462,7 +463,7 @@ async def test_end_of_data_timeout(monkeypatch):
     s = Server(done=None)
     out = await deliver(s, ["a@example.test"])
     o = out["a@example.test"]
-    assert o.kind is Kind.DEFER and o.status == "4.4.2" and o.text.endswith("timed out after end of data")
+    assert o.fate is Fate.DEFERRED and o.status == "4.4.2" and o.text.endswith("timed out after end of data")
 
 
 async def test_command_timeout(monkeypatch):
@@ -485,21 +486,21 @@ async def test_size_limit_bounces_before_sending():
     s = Server(ext=("PIPELINING", "SIZE 100"))
     out = await deliver(s, ["a@example.test"], b"x" * 101)
     o = out["a@example.test"]
-    assert (o.kind, o.status) == (Kind.BOUNCE, "5.3.4") and "exceeds size limit 100" in o.text
+    assert (o.fate, o.status) == (Fate.BOUNCED, "5.3.4") and "exceeds size limit 100" in o.text
     assert not any(line.startswith(b"MAIL") for line in s.lines)
 
 
 async def test_smtputf8_not_offered_bounces_5_6_7():
     s = Server()
     out = await deliver(s, ["\u00fc@example.test"], smtputf8=True)
-    assert (out["\u00fc@example.test"].kind, out["\u00fc@example.test"].status) == (Kind.BOUNCE, "5.6.7")
+    assert (out["\u00fc@example.test"].fate, out["\u00fc@example.test"].status) == (Fate.BOUNCED, "5.6.7")
     assert not any(line.startswith(b"MAIL") for line in s.lines)
 
 
 async def test_smtputf8_offered():
     s = Server(ext=("PIPELINING", "SMTPUTF8", "8BITMIME"))
     out = await deliver(s, ["\u00fc@example.test"], "Subject: caf\u00e9\r\n\r\nx\r\n".encode(), smtputf8=True, eightbit=True)
-    assert out["\u00fc@example.test"].kind is Kind.SENT
+    assert out["\u00fc@example.test"].fate is Fate.SENT
     assert s.groups[0][0] == b"MAIL FROM:<s@client.test> BODY=8BITMIME SMTPUTF8\r\n"
     assert s.groups[0][1] == "RCPT TO:<\u00fc@example.test>\r\n".encode()
 
@@ -507,8 +508,8 @@ async def test_smtputf8_offered():
 async def test_addresses_with_control_characters_are_never_sent():
     s = Server()
     out = await deliver(s, ["a@example.test", "b@example.test>\r\nRCPT TO:<c@example.test"])
-    assert out["a@example.test"].kind is Kind.SENT
-    assert (out["b@example.test>\r\nRCPT TO:<c@example.test"].kind, out["b@example.test>\r\nRCPT TO:<c@example.test"].status) == (Kind.BOUNCE, "5.1.3")
+    assert out["a@example.test"].fate is Fate.SENT
+    assert (out["b@example.test>\r\nRCPT TO:<c@example.test"].fate, out["b@example.test>\r\nRCPT TO:<c@example.test"].status) == (Fate.BOUNCED, "5.1.3")
     assert not any(b"c@example.test" in line for line in s.lines)
 
 
@@ -533,7 +534,7 @@ async def test_starttls_required_but_missing_defers_4_7_4():
     s = Server()
     out = await deliver(s, ["a@example.test"], client=SmtpClient(helo_name="client.test", tls="encrypt"))
     o = out["a@example.test"]
-    assert (o.kind, o.status) == (Kind.DEFER, "4.7.4") and o.text.endswith("TLS is required, but was not offered")
+    assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.4") and o.text.endswith("TLS is required, but was not offered")
     assert s.lines == [b"EHLO client.test\r\n", b"QUIT\r\n"]
 
 
@@ -542,7 +543,7 @@ async def test_starttls_then_ehlo_again(server_tls, level):
     s = Server(tls=server_tls)
     client = SmtpClient(helo_name="client.test", tls=level)
     out = await deliver(s, ["a@example.test"], client=client)
-    assert out["a@example.test"].kind is Kind.SENT
+    assert out["a@example.test"].fate is Fate.SENT
     assert s.tls_sessions == 1
     assert s.lines[:3] == [b"EHLO client.test\r\n", b"STARTTLS\r\n", b"EHLO client.test\r\n"]
     assert s.messages[0][2] == b"Subject: t\r\n\r\n..hi\r\nbye\r\n"
@@ -551,17 +552,17 @@ async def test_starttls_then_ehlo_again(server_tls, level):
 async def test_tls_none_does_not_starttls(server_tls):
     s = Server(tls=server_tls)
     out = await deliver(s, ["a@example.test"], client=SmtpClient(helo_name="client.test", tls="none"))
-    assert out["a@example.test"].kind is Kind.SENT and s.tls_sessions == 0
+    assert out["a@example.test"].fate is Fate.SENT and s.tls_sessions == 0
 
 
 async def test_starttls_refused(server_tls):
     s = Server(tls=server_tls, starttls_reply=b"454 4.7.0 TLS not available due to local problem\r\n")
     out = await deliver(s, ["a@example.test"], client=SmtpClient(helo_name="client.test", tls="may"))
-    assert out["a@example.test"].kind is Kind.SENT and s.tls_sessions == 0  # may: plain text
+    assert out["a@example.test"].fate is Fate.SENT and s.tls_sessions == 0  # may: plain text
     s = Server(tls=server_tls, starttls_reply=b"454 4.7.0 TLS not available due to local problem\r\n")
     out = await deliver(s, ["a@example.test"], client=SmtpClient(helo_name="client.test", tls="encrypt"))
     o = out["a@example.test"]
-    assert (o.kind, o.status) == (Kind.DEFER, "4.7.4") and "refused to start TLS: 454 4.7.0" in o.text
+    assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.4") and "refused to start TLS: 454 4.7.0" in o.text
     assert s.messages == []
 
 
@@ -569,7 +570,7 @@ async def test_plaintext_injected_after_starttls_reply_is_a_protocol_error(serve
     s = Server(tls=server_tls, starttls_reply=b"220 2.0.0 Ready\r\n250-injected\r\n250 PIPELINING\r\n")
     out = await deliver(s, ["a@example.test"])
     o = out["a@example.test"]
-    assert (o.kind, o.status) == (Kind.DEFER, "4.5.0") and "after the reply to STARTTLS" in o.text
+    assert (o.fate, o.status) == (Fate.DEFERRED, "4.5.0") and "after the reply to STARTTLS" in o.text
 
 
 async def test_tls_handshake_failure_defers_4_7_5():
@@ -590,7 +591,7 @@ async def test_tls_handshake_failure_defers_4_7_5():
 
     s.handle = not_tls
     o = (await deliver(s, ["a@example.test"]))["a@example.test"]
-    assert (o.kind, o.status) == (Kind.DEFER, "4.7.5") and "Cannot start TLS" in o.text
+    assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.5") and "Cannot start TLS" in o.text
 
 
 @pytest.mark.parametrize("offered, used", [(b"LOGIN PLAIN", b"PLAIN"), (b"LOGIN", b"LOGIN")])
@@ -598,7 +599,7 @@ async def test_auth(offered, used):
     s = Server(auth=offered, auth_ok=(b"relayuser", b"s3cret"))
     client = SmtpClient(helo_name="client.test", username="relayuser", password="s3cret")
     out = await deliver(s, ["a@example.test"], client=client)
-    assert out["a@example.test"].kind is Kind.SENT
+    assert out["a@example.test"].fate is Fate.SENT
     assert s.auth_lines[0].split()[1] == used
     assert s.lines.index(s.auth_lines[0]) < s.lines.index(s.groups[0][0])
 
@@ -607,7 +608,7 @@ async def test_auth_refused_defers():
     s = Server(auth=b"PLAIN", auth_ok=(b"relayuser", b"right"))
     client = SmtpClient(helo_name="client.test", username="relayuser", password="wrong")
     o = (await deliver(s, ["a@example.test"], client=client))["a@example.test"]
-    assert (o.kind, o.status) == (Kind.DEFER, "4.7.8") and "SASL authentication failed" in o.text and "wrong" not in o.text
+    assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.8") and "SASL authentication failed" in o.text and "wrong" not in o.text
     assert s.messages == []
 
 
@@ -615,7 +616,7 @@ async def test_auth_not_offered_defers():
     s = Server()
     client = SmtpClient(helo_name="client.test", username="relayuser", password="x")
     o = (await deliver(s, ["a@example.test"], client=client))["a@example.test"]
-    assert (o.kind, o.status) == (Kind.DEFER, "4.7.0") and s.messages == []
+    assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.0") and s.messages == []
 
 
 # -- the connection cache ---------------------------------------------------------------------
@@ -627,7 +628,7 @@ async def test_cache_reuses_one_connection_for_two_messages():
     async with running(s, client) as port:
         for i in range(2):
             out = await asyncio.wait_for(client.send("127.0.0.1", port, "s@client.test", [f"r{i}@example.test"], b"m%d\r\n" % i), TEST_TIMEOUT)
-            assert out[f"r{i}@example.test"].kind is Kind.SENT
+            assert out[f"r{i}@example.test"].fate is Fate.SENT
     assert s.connections == 1 and len(s.messages) == 2
     assert [line for line in s.lines if line.startswith(b"EHLO")] == [b"EHLO client.test\r\n"]
     assert [m[2] for m in s.messages] == [b"m0\r\n", b"m1\r\n"]
@@ -639,7 +640,7 @@ async def test_a_refused_transaction_is_reset_and_the_connection_reused():
     async with running(s, client) as port:
         a = await client.send("127.0.0.1", port, "s@client.test", ["bad@example.test"], b"x\r\n")
         b = await client.send("127.0.0.1", port, "s@client.test", ["good@example.test"], b"y\r\n")
-    assert a["bad@example.test"].kind is Kind.BOUNCE and b["good@example.test"].kind is Kind.SENT
+    assert a["bad@example.test"].fate is Fate.BOUNCED and b["good@example.test"].fate is Fate.SENT
     assert s.connections == 1 and b"RSET\r\n" in s.lines
 
 
@@ -651,7 +652,7 @@ async def test_stale_cached_connection_gets_one_fresh_retry(idle_reply):
         await client.send("127.0.0.1", port, "s@client.test", ["a@example.test"], b"x\r\n")
         await asyncio.sleep(0.1)  # the server hangs up the idle connection
         out = await asyncio.wait_for(client.send("127.0.0.1", port, "s@client.test", ["b@example.test"], b"y\r\n"), TEST_TIMEOUT)
-    assert out["b@example.test"].kind is Kind.SENT
+    assert out["b@example.test"].fate is Fate.SENT
     assert s.connections == 2 and len(s.messages) == 2
 
 
@@ -663,13 +664,13 @@ async def test_stale_detected_at_first_use_gets_one_fresh_retry(second_mail):
     async with running(s, client) as port:
         await client.send("127.0.0.1", port, "s@client.test", ["a@example.test"], b"x\r\n")
         out = await asyncio.wait_for(client.send("127.0.0.1", port, "s@client.test", ["b@example.test"], b"y\r\n"), TEST_TIMEOUT)
-    assert out["b@example.test"].kind is Kind.SENT and s.connections == 2 and len(s.messages) == 2
+    assert out["b@example.test"].fate is Fate.SENT and s.connections == 2 and len(s.messages) == 2
 
 
 async def test_no_retry_on_a_fresh_connection():
     s = Server(on_mail=lambda conn, n: b"421 4.3.2 shutting down\r\n")
     out = await deliver(s, ["a@example.test"])
-    assert (out["a@example.test"].kind, out["a@example.test"].status) == (Kind.DEFER, "4.3.2") and s.connections == 1
+    assert (out["a@example.test"].fate, out["a@example.test"].status) == (Fate.DEFERRED, "4.3.2") and s.connections == 1
 
 
 async def test_idle_connections_are_closed_with_quit_after_the_idle_timeout(monkeypatch):
@@ -697,5 +698,5 @@ async def test_max_idle_per_host():
     client = SmtpClient(helo_name="client.test", max_idle_per_host=2)
     async with running(s, client) as port:
         outs = await asyncio.gather(*(client.send("127.0.0.1", port, "s@client.test", [f"r{i}@example.test"], b"x\r\n") for i in range(4)))
-        assert all(o.kind is Kind.SENT for out in outs for o in out.values())
+        assert all(o.fate is Fate.SENT for out in outs for o in out.values())
         assert s.connections == 4 and len(client._idle[("127.0.0.1", port)]) == 2

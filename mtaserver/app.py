@@ -158,7 +158,8 @@ class Worker:
         for srv in self.servers:
             srv.tls_context = tls if srv.listener.tls == "starttls" else None
             srv.screener = self.screener if srv.listener.postscreen else None
-        log.info("reload: configuration applied from %s", self.path)
+        changed = config_mod.diff(old, new)
+        log.info("reload: applied from %s: %s", self.path, f"changed {', '.join(changed)}" if changed else "no change")
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()

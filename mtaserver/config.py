@@ -571,3 +571,40 @@ def _override_errors(exc: ValidationError, filename: str, lines: dict, name: str
         loc = ("servers", name) + parts if in_override else parts
         out.append(f"{filename}:{_line_of(lines, loc)}: {_dotted(loc)}: {msg}")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What a reload changes.
+
+
+def diff(old: Config, new: Config) -> list[str]:
+    """The key paths whose values differ between two configs, in the order of the model:
+    ["outbound.helo_name", "server.listeners[0].tls"]. Pure.
+
+    Sections and list items that are sections are compared key by key; a list that grew or
+    shrank names each item added or removed ("server.listeners[2]"); any other value (a scalar,
+    a list of scalars such as domains.local) is one key. `source`, the file's own path, is no key.
+    """
+    out: list[str] = []
+    _diff(old, new, (), out)
+    return out
+
+
+def _diff(old: Any, new: Any, path: tuple[Any, ...], out: list[str]) -> None:
+    if old == new:
+        return
+    if isinstance(old, BaseModel) and type(old) is type(new):
+        for name in type(old).model_fields:
+            if path or name != "source":
+                _diff(getattr(old, name), getattr(new, name), path + (name,), out)
+    elif isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            _diff(old.get(key, _MISSING), new.get(key, _MISSING), path + (key,), out)
+    elif isinstance(old, list) and isinstance(new, list) and any(isinstance(x, (BaseModel, dict)) for x in old + new):
+        for i in range(max(len(old), len(new))):
+            _diff(old[i] if i < len(old) else _MISSING, new[i] if i < len(new) else _MISSING, path + (i,), out)
+    else:
+        out.append(_dotted(path))
+
+
+_MISSING = object()  # a key or list item on one side only

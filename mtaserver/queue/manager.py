@@ -23,12 +23,19 @@ DESCRIPTION
     Local domains go to maildirs, or over LMTP (delivery/lmtp.py) to a mailbox server such
     as Dovecot, at most `advanced.threads.lmtp` sessions at a time.
 
+    Reload: the config is read again at every attempt (routes, relay hosts, queue times). The
+    resolver and the SMTP client (its HELO name, TLS level, relay login and connection cache)
+    are built from their config slices, and built again only when a reload changed the slice
+    (`_refresh`); an attempt takes the current ones at its start and finishes on them, and a
+    replaced one is closed once its last attempt is done (`_Shared`).
+
 SECURITY
     Does not talk to clients. Reads only queue files it validates (store.load).
 
 CONFIG
     queue.* (queue.wakeup_delay: the workers' side), domains.local, domains.local_delivery, outbound.relay_host,
-    outbound.fallback_relay_host, outbound.helo_name, outbound.tls, server.hostname
+    outbound.fallback_relay_host, outbound.helo_name, outbound.tls, outbound.relay_auth.*, outbound.smtp_port,
+    server.hostname, server.dns.*, advanced.threads.lmtp
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, NamedTuple, TypeVar
 
 from .. import policy
 from ..address import AddressError, parse_mailbox
@@ -66,6 +74,55 @@ RESCAN = "*"  # a wake-up that asks for a full listing (the sender lost some of 
 MAX_HOPS = 50  # Received: headers; more is a mail loop (Postfix hopcount_limit)
 _RECEIVED = re.compile(rb"(?im)^received:")
 LOCAL_CLIENT = ClientInfo(ip="127.0.0.1", port=0, name="localhost", helo="localhost", protocol="local", trusted=True)
+
+
+T = TypeVar("T")
+
+
+class _Shared(Generic[T]):
+    """An object the attempts share (the resolver, the SMTP client) and the config slice it was
+    built from. When a reload replaces it, it is `retire`d: attempts that took it finish on it,
+    and it is closed when the last one `release`s it."""
+
+    def __init__(self, obj: T, key: object, close: Callable[[T], None]) -> None:
+        self.obj = obj
+        self.key = key
+        self.users = 0
+        self.retired = False
+        self._close = close
+
+    def take(self) -> T:
+        self.users += 1
+        return self.obj
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.retired and self.users == 0:
+            self._close(self.obj)
+
+    def retire(self) -> None:
+        self.retired = True
+        if self.users == 0:
+            self._close(self.obj)
+
+
+class _Tools(NamedTuple):
+    """What one attempt's remote deliveries use, from the config current at its start."""
+
+    resolver: Resolver
+    smtp: SmtpClient
+
+
+def _dns_slice(cfg: Config) -> object:
+    return (tuple(str(ep) for ep in cfg.server.dns.nameservers), cfg.server.dns.timeout)
+
+
+def _client_slice(cfg: Config) -> object:
+    """Everything SmtpClient is built from but its cache size. The password file is read here:
+    a changed password with an unchanged path is a change too (the value is never logged)."""
+    out = cfg.outbound
+    password = _read_secret(cfg, out.relay_auth.password_file)
+    return (out.helo_name or cfg.server.hostname, out.tls, out.relay_auth.username, password)
 
 
 def wakeup_path(queue_root: Path) -> Path:
@@ -123,15 +180,50 @@ class QueueManager:
         self._next_deferred_scan = 0.0
         self._flush = False
         self._stopped_short = False  # the last feed left work for when a slot frees up
-        cfg0 = cfg()
-        self.resolver = Resolver([str(ep) for ep in cfg0.server.dns.nameservers], cfg0.server.dns.timeout)
-        self.smtp = SmtpClient(
-            helo_name=cfg0.outbound.helo_name or cfg0.server.hostname,
-            tls=cfg0.outbound.tls,
-            username=cfg0.outbound.relay_auth.username,
-            password=_read_secret(cfg0, cfg0.outbound.relay_auth.password_file),
-            max_idle_per_host=cfg0.queue.destination_concurrency,
-        )
+        self._seen: Config | None = None  # the config the shared objects were last checked against
+        self._resolver: _Shared[Resolver] | None = None
+        self._client: _Shared[SmtpClient] | None = None
+        self._refresh(cfg())
+
+    @property
+    def resolver(self) -> Resolver:
+        assert self._resolver is not None
+        return self._resolver.obj
+
+    @property
+    def smtp(self) -> SmtpClient:
+        assert self._client is not None
+        return self._client.obj
+
+    def _refresh(self, cfg: Config) -> None:
+        """Build the resolver and the SMTP client again if their config slice changed since the
+        config last seen; keep them (and the client's connection cache) otherwise."""
+        if cfg is self._seen:
+            return
+        first = self._seen is None
+        self._seen = cfg
+        key = _dns_slice(cfg)
+        if self._resolver is None or self._resolver.key != key:
+            dns = cfg.server.dns
+            new_resolver = _Shared(Resolver([str(ep) for ep in dns.nameservers], dns.timeout), key, Resolver.close)
+            if self._resolver is not None:
+                self._resolver.retire()
+            self._resolver = new_resolver
+            if not first:
+                log.info("reload: server.dns changed: new resolver for the next attempts")
+        key = _client_slice(cfg)
+        if self._client is None or self._client.key != key:
+            helo, tls, username, password = key  # type: ignore[misc]
+            client = SmtpClient(helo_name=helo, tls=tls, username=username, password=password,
+                                max_idle_per_host=cfg.queue.destination_concurrency)  # fmt: skip
+            if self._client is not None:
+                self._client.retire()
+            self._client = _Shared(client, key, SmtpClient.close_idle)
+            if not first:
+                log.info("reload: outbound SMTP settings changed: new SMTP client (EHLO %s, tls %s) for the next attempts",
+                         sanitize(helo), tls)  # fmt: skip
+        else:
+            self._client.obj.max_idle = cfg.queue.destination_concurrency  # only caps the idle cache
 
     def announce(self, queue_ids: list[str]) -> None:
         """Workers committed these to incoming/ (the store's on_commit, or a datagram)."""
@@ -188,6 +280,7 @@ class QueueManager:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.smtp.close_idle()
+            self.resolver.close()
             log.info("queue manager stopped")
 
     def _sleep_time(self) -> float:
@@ -196,6 +289,7 @@ class QueueManager:
 
     async def _feed(self) -> None:
         """Schedule what is ready: incoming/ and due deferred/, alternating."""
+        self._refresh(self._cfg())  # a reload is applied within INCOMING_SCAN, mail or not
         now = self._clock()
         self._stopped_short = False
         if now >= self._next_incoming_scan:
@@ -269,6 +363,7 @@ class QueueManager:
 
     async def _attempt(self, env: Envelope, body: bytes) -> None:
         cfg = self._cfg()
+        self._refresh(cfg)
         pending = [r.address for r in env.recipients]
         results: dict[str, Outcome] = {}
         header = body[: body.find(b"\r\n\r\n") + 2] if b"\r\n\r\n" in body else body
@@ -278,20 +373,31 @@ class QueueManager:
         else:
             local = [r for r in pending if _is_local(r, cfg)]
             remote = [r for r in pending if r not in set(local)]
-            if local and remote:
-                for part in await asyncio.gather(self._deliver_local(cfg, env, local, body), self._deliver_remote(cfg, env, remote, body)):
-                    results.update(part)
-            elif local:  # one kind only (the usual case): no task of its own
-                results = await self._deliver_local(cfg, env, local, body)
-            else:
-                results = await self._deliver_remote(cfg, env, remote, body)
+            if remote:
+                assert self._resolver is not None and self._client is not None
+                shared = (self._resolver, self._client)
+                tools = _Tools(self._resolver.take(), self._client.take())
+            try:
+                if local and remote:
+                    for part in await asyncio.gather(self._deliver_local(cfg, env, local, body),
+                                                     self._deliver_remote(cfg, tools, env, remote, body)):  # fmt: skip
+                        results.update(part)
+                elif local:  # one kind only (the usual case): no task of its own
+                    results = await self._deliver_local(cfg, env, local, body)
+                else:
+                    results = await self._deliver_remote(cfg, tools, env, remote, body)
+            finally:
+                if remote:
+                    for s in shared:
+                        s.release()
         await self._finish(cfg, env, results, body)
 
     async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
         ld = cfg.domains.local_delivery
         if ld.type == "lmtp":
             assert ld.address is not None  # config validation guarantees it
-            sem = self._dest.setdefault("lmtp", asyncio.Semaphore(cfg.advanced.threads.lmtp))
+            n = cfg.advanced.threads.lmtp
+            sem = self._dest.get(f"lmtp/{n}") or self._dest.setdefault(f"lmtp/{n}", asyncio.Semaphore(n))
             async with sem:
                 return await lmtp.deliver(ld.address, sender=env.sender, recipients=rcpts, body=body, lhlo_name=cfg.server.hostname,
                                           smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")  # fmt: skip
@@ -305,7 +411,7 @@ class QueueManager:
                 out[r] = Outcome(Fate.DEFERRED, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}", "maildir", False)
         return out
 
-    async def _deliver_remote(self, cfg: Config, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
+    async def _deliver_remote(self, cfg: Config, tools: _Tools, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
         """relay_host (or each recipient domain's MX), then the fallback relay for what was deferred."""
         out = cfg.outbound
         port = out.smtp_port
@@ -318,9 +424,9 @@ class QueueManager:
         results: dict[str, Outcome] = {}
         if len(groups) == 1:  # a relay host, or one domain: no task of its own
             [(hop, group)] = groups.items()
-            results.update(await self._deliver_to(hop, group, env, body))
+            results.update(await self._deliver_to(cfg, tools, hop, group, env, body))
         else:
-            for part in await asyncio.gather(*(self._deliver_to(hop, group, env, body) for hop, group in groups.items())):
+            for part in await asyncio.gather(*(self._deliver_to(cfg, tools, hop, group, env, body) for hop, group in groups.items())):
                 results.update(part)
         todo = [r for r in rcpts if results[r].fate is Fate.DEFERRED]
         if todo and out.fallback_relay_host:
@@ -328,14 +434,14 @@ class QueueManager:
             log.info("%s: relay=%s, status=deferred (%s); %d recipient(s) go to the fallback relay %s",
                      env.queue_id, first.remote or "none", sanitize(first.text, 300), len(todo), out.fallback_relay_host)  # fmt: skip
             # The fallback gets what was deferred, never what was refused (5xx).
-            results.update(await self._deliver_to(parse_nexthop(out.fallback_relay_host, port), todo, env, body))
+            results.update(await self._deliver_to(cfg, tools, parse_nexthop(out.fallback_relay_host, port), todo, env, body))
         return results
 
-    async def _deliver_to(self, hop: NextHop, rcpts: list[str], env: Envelope, body: bytes) -> dict[str, Outcome]:
+    async def _deliver_to(self, cfg: Config, tools: _Tools, hop: NextHop, rcpts: list[str], env: Envelope, body: bytes) -> dict[str, Outcome]:
         """Try the hop's hosts (MX order) and each host's addresses until one takes the mail."""
         if hop.mx:
             try:
-                answer: list | NotFound | TempFail = await self.resolver.query(hop.host, "MX")
+                answer: list | NotFound | TempFail = await tools.resolver.query(hop.host, "MX")
             except (NotFound, TempFail) as exc:
                 answer = exc
             hosts = plan_mx(hop.host, answer)
@@ -345,21 +451,23 @@ class QueueManager:
             hosts = [hop.host]
         last: dict[str, Outcome] | None = None
         for host in hosts:
-            addrs = await self._addresses(host)
+            addrs = await self._addresses(tools.resolver, host)
             if isinstance(addrs, Outcome):
                 last = last or {r: addrs for r in rcpts}
                 continue
             for ip in addrs:
-                sem = self._dest.setdefault(host.lower(), asyncio.Semaphore(self._cfg().queue.destination_concurrency))
+                n = cfg.queue.destination_concurrency
+                dest = f"{host.lower()}/{n}"  # a reload that changes n starts new semaphores
+                sem = self._dest.get(dest) or self._dest.setdefault(dest, asyncio.Semaphore(n))
                 async with sem:
-                    part = await self.smtp.send(ip, hop.port, env.sender, rcpts, body, name=host,
+                    part = await tools.smtp.send(ip, hop.port, env.sender, rcpts, body, name=host,
                                                 smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")  # fmt: skip
                 if not all(o.fate is Fate.DEFERRED for o in part.values()):
                     return part  # this host answered for the domain: its word is final for now
                 last = part
         return last or {r: Outcome(Fate.DEFERRED, "4.4.3", f"no usable address for {hop.host}", None, False) for r in rcpts}
 
-    async def _addresses(self, host: str) -> list[str] | Outcome:
+    async def _addresses(self, resolver: Resolver, host: str) -> list[str] | Outcome:
         try:
             ipaddress.ip_address(host)
             return [host]
@@ -369,7 +477,7 @@ class QueueManager:
         temp: TempFail | None = None
         for qtype in ("A", "AAAA"):
             try:
-                found += [r.data for r in await self.resolver.query(host, qtype)]
+                found += [r.data for r in await resolver.query(host, qtype)]
             except TempFail as exc:
                 temp = exc
             except NotFound:

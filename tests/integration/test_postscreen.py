@@ -345,7 +345,7 @@ def test_sighup_rebuilds_the_screener(make_mta, nsd):
     m.config["postscreen"]["dnsbl"]["action"] = "drop"
     m.write_config()
     m.signal(signal.SIGHUP)
-    wait_for_log(m, "reload: configuration applied")
+    wait_for_log(m, "reload: applied from")
     c, g, _ = connect(m, "127.0.0.2")
     assert g.code == 521
     c.close()

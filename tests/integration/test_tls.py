@@ -216,7 +216,7 @@ def test_sighup_adds_a_certificate(make_mta, cert):
     cfg["server"] = {**cfg["server"], "tls": {"cert": str(crt), "key": str(key)}}
     mta.write_config(cfg)
     mta.signal(signal.SIGHUP)
-    wait_for_log(mta, "reload: configuration applied")
+    wait_for_log(mta, "reload: applied from")
     with SmtpClient(mta.port, UNTRUSTED) as c:
         c.greeting()
         assert "STARTTLS" in c.ehlo().lines
@@ -240,7 +240,7 @@ def test_sighup_with_an_unloadable_certificate_is_refused(make_mta, cert, tmp_pa
         mta.signal(signal.SIGHUP)
         wait_for(lambda before=before: mta.log().count("reload refused:") > before, 5, "the refusal")
         assert f"reload refused: {mta.config_path}: server.tls: cannot load the certificate and key: " in mta.log()
-        assert "reload: configuration applied" not in mta.log()
+        assert "reload: applied from" not in mta.log()
         with SmtpClient(mta.port, UNTRUSTED) as c:
             assert c.reply().line == "220 mx.example.test ESMTP mtaserver"
             c.ehlo()

@@ -37,11 +37,11 @@ from pathlib import Path
 from . import config as config_mod
 from . import logutil
 from .config import Config, ConfigError
-from .values import Endpoint
-from .postscreen.screen import Screener
 from .queue.manager import QueueManager, notify
 from .queue.store import QueueStore
-from .smtpd import ConfigHolder, SmtpServer, make_tls_context
+from .runtime import Runtime, make_tls_context
+from .smtp.protocol import SmtpServer
+from .values import Endpoint
 
 log = logging.getLogger("master")
 
@@ -65,13 +65,14 @@ def bind(ep: Endpoint, *, reuse_port: bool) -> socket.socket:
 
 
 def steering_wanted(cfg: Config) -> bool:
-    """Only a per-IP connection limit needs one client's connections in one worker.
+    """Only a per-IP limit (connections or rate) needs one client's connections in one worker.
 
     Steering by IP puts all of one address's sessions on one core, which is what a limit per
     IP needs and what a busy single client (a relay, a load test) does not: with no limit the
     kernel spreads connections over the workers by the whole 4-tuple.
     """
-    return cfg.server.limits.connections_per_ip > 0
+    lim = cfg.server.limits
+    return lim.connections_per_ip > 0 or lim.connection_rate_per_ip > 0
 
 
 def set_steering(groups: list[list[socket.socket]], workers: int, wanted: bool) -> None:
@@ -113,7 +114,8 @@ class Worker:
 
     def __init__(self, cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool) -> None:
         self.with_manager = manager
-        self.holder = ConfigHolder(cfg)
+        self.config = cfg  # what the queue manager reads; swapped with the runtime on reload
+        self.runtime: Runtime | None = None  # built after fork, in serve(): it owns loop-bound objects
         self.path = path
         self.sockets = sockets
         self.index = index
@@ -123,17 +125,11 @@ class Worker:
         )
         self.store.announce_delay = cfg.queue.wakeup_delay
         self.servers: list[SmtpServer] = []
-        self.screener: Screener | None = None  # postscreen, when a listener has postscreen: true
         self._stop = asyncio.Event()
 
-    def _make_screener(self, cfg: Config) -> Screener | None:
-        """One per worker, after fork (its cache store and resolver belong to this process)."""
-        if not any(lst.postscreen for lst in cfg.server.listeners):
-            return None
-        screener = Screener(cfg)
-        if self.index == 0:  # one process is enough for the periodic cache cleanup
-            screener.start_cleanup()
-        return screener
+    def _build(self, cfg: Config, previous: Runtime | None) -> Runtime:
+        # One worker is enough for the periodic postscreen cache cleanup.
+        return Runtime.build(cfg, previous, screener_cleanup=self.index == 0)
 
     def reload(self) -> None:
         try:
@@ -142,24 +138,30 @@ class Worker:
             for line in exc.errors:
                 log.error("reload refused: %s", line)
             return
-        try:
-            tls = make_tls_context(new)  # before anything is applied: all or nothing
-        except OSError as exc:
-            log.error("reload refused: %s: server.tls: cannot load the certificate and key: %s", self.path, exc)
-            return
-        old = self.holder.current
-        if [(x.name, str(x.address)) for x in new.server.listeners] != [(x.name, str(x.address)) for x in old.server.listeners]:
-            log.warning("reload: listener changes need a restart; other settings applied")
-        self.holder.current = new
+        old_cfg = self.config
+        old_rt = self.runtime
+        rt = None
+        if self.sockets:
+            try:  # before anything is applied: all or nothing
+                rt = self._build(new, old_rt)
+            except (OSError, ValueError) as exc:
+                log.error("reload refused: %s: %s", self.path, str(exc).replace("\n", "; "))
+                return
+        if [(x.name, str(x.address)) for x in new.server.listeners] != [(x.name, str(x.address)) for x in old_cfg.server.listeners]:
+            log.warning("reload: adding, removing or moving a listener needs a restart; other settings applied")
+        self.config = new
         self.store.announce_delay = new.queue.wakeup_delay
-        old_screener, self.screener = self.screener, self._make_screener(new) if self.sockets else None
-        if old_screener is not None:  # sessions that took it keep it; closed once they are done
-            asyncio.get_running_loop().create_task(old_screener.close(delay=SHUTDOWN_GRACE))
-        for srv in self.servers:
-            srv.tls_context = tls if srv.listener.tls == "starttls" else None
-            srv.screener = self.screener if srv.listener.postscreen else None
-        changed = config_mod.diff(old, new)
-        log.info("reload: applied from %s: %s", self.path, f"changed {', '.join(changed)}" if changed else "no change")
+        if rt is not None:
+            self.runtime = rt
+            by_name = {x.name: x for x in new.server.listeners}
+            for srv in self.servers:
+                srv.runtime = rt  # new sessions take it; running ones finish on the old one
+                srv.listener = by_name.get(srv.listener.name, srv.listener)
+            if old_rt is not None:
+                asyncio.get_running_loop().create_task(old_rt.retire(rt, delay=SHUTDOWN_GRACE))
+        changed = config_mod.diff(old_cfg, new)
+        rebuilt = f" (rebuilt: {', '.join(rt.changes)})" if rt is not None and rt.changes else ""
+        log.info("reload: applied from %s: %s%s", self.path, f"changed {', '.join(changed)}" if changed else "no change", rebuilt)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -170,25 +172,24 @@ class Worker:
         # it meanwhile is pending and is handled here, by the handlers just installed.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         self.store.open()
-        cfg = self.holder.current
+        cfg = self.config
         manager_task = None
         if self.with_manager and cfg.queue.manager:
-            manager = QueueManager(lambda: self.holder.current, self.store)
+            manager = QueueManager(lambda: self.config, self.store)
             self.store.on_commit = manager.announce
             self.store.inline_commit = False  # the deliveries share this loop: never block it
             manager_task = loop.create_task(manager.run(self._stop))
             manager_task.add_done_callback(_log_crash)
         elif not self.with_manager:
             self.store.on_commit = notify(self.store.root)
-        tls = make_tls_context(cfg)
-        self.screener = self._make_screener(cfg) if self.sockets else None
         listening = []
-        for listener, sock in zip(cfg.server.listeners, self.sockets):
-            srv = SmtpServer(self.holder, listener, self.store, tls, self.screener)
-            self.servers.append(srv)
-            implicit = tls if listener.tls == "implicit" else None  # port 465 style: TLS from the first byte
-            listening.append(await loop.create_server(srv.protocol, sock=sock, ssl=implicit))
         if self.sockets:
+            self.runtime = rt = self._build(cfg, None)
+            for listener, sock in zip(cfg.server.listeners, self.sockets):
+                srv = SmtpServer(rt, listener, self.store)
+                self.servers.append(srv)
+                implicit = rt.tls_context if listener.tls == "implicit" else None  # port 465 style: TLS from the first byte
+                listening.append(await loop.create_server(srv.protocol, sock=sock, ssl=implicit))
             log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
         else:
             log.info("queue manager process ready")
@@ -208,8 +209,8 @@ class Worker:
         await asyncio.sleep(0)
         if manager_task is not None:
             await manager_task
-        if self.screener is not None:
-            await self.screener.close()
+        if self.runtime is not None:
+            await self.runtime.close()
         self.store.flush_announcements()
         self.store.close()
 

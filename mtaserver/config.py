@@ -96,6 +96,7 @@ class SmtpLimits(Strict):
     hard_error_limit: int = Field(20, ge=1)  # -> 421 4.7.0 Error: too many errors, and close
     error_sleep: Duration = 1.0
     connections_per_ip: int = Field(50, ge=0)  # 0 = unlimited -> 421 4.7.0 Error: too many connections
+    connection_rate_per_ip: int = Field(0, ge=0)  # new connections per minute; 0 = unlimited -> the same 421
 
 
 class ServerConfig(Strict):
@@ -107,6 +108,7 @@ class ServerConfig(Strict):
     tls: TlsConfig = TlsConfig()
     dns: DnsConfig = DnsConfig()
     limits: SmtpLimits = SmtpLimits()
+    peername_lookup: bool = True  # Postfix smtpd_peername_lookup: the client's name from DNS (PTR + forward)
 
     @field_validator("hostname")
     @classmethod
@@ -168,8 +170,19 @@ class DomainsConfig(Strict):
 
 
 class AuthConfig(Strict):
+    backend: Literal["file", "dovecot"] = "file"
     users_file: str | None = None
+    dovecot_socket: str = "/run/dovecot/auth-client"  # "unix:/path", "/path" or "host:port"
     mechanisms: list[Literal["PLAIN", "LOGIN"]] = ["PLAIN", "LOGIN"]
+    max_failures: int = Field(5, ge=0)  # per client IP within failure_window -> 421 4.7.0; 0 = no limit
+    failure_window: Duration = 600.0
+    timeout: Duration = 10.0  # one answer from the password backend (dovecot) -> 454 4.7.0
+
+    @field_validator("dovecot_socket")
+    @classmethod
+    def _dovecot_socket(cls, v: str) -> str:
+        parse_endpoint(f"unix:{v}" if v.startswith("/") else v)  # ValueError names the problem
+        return v
 
 
 class ProtocolChecks(Strict):
@@ -432,14 +445,15 @@ class Config(Strict):
 
     @property
     def data_path(self) -> Path:
-        return _resolve(self.source, self.server.data_dir)
+        return resolve_path(self.source, self.server.data_dir)
 
     @property
     def queue_path(self) -> Path:
         return self.data_path / "queue"
 
 
-def _resolve(source: str, path: str) -> Path:
+def resolve_path(source: str, path: str) -> Path:
+    """`path` from the config file, relative to the file's directory unless absolute."""
     p = Path(path)
     if p.is_absolute():
         return p

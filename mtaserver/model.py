@@ -177,3 +177,45 @@ class Envelope:
     ret: str | None = None
     envid: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reply catalogue of the SMTP server: one place for every fixed text it sends (Postfix's
+# wording where Postfix has one). Replies that quote an argument are made where they happen.
+
+OK = Reply(250, "2.0.0", "Ok")
+MAIL_OK = Reply(250, "2.1.0", "Ok")
+RCPT_OK = Reply(250, "2.1.5", "Ok")
+BYE = Reply(221, "2.0.0", "Bye")
+GO_AHEAD = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+READY_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+NEED_HELO = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
+UNKNOWN = Reply(502, "5.5.2", "Error: command not recognized")
+NOT_IMPL = Reply(502, "5.5.1", "Error: command not implemented")
+TOO_LONG = Reply(500, "5.5.2", "Error: command line too long")
+BAD_SYNTAX = Reply(500, "5.5.2", "Error: bad syntax")
+TOO_MANY_RCPT = Reply(452, "4.5.3", "Error: too many recipients")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Error: too many errors")  # sent with the server's name in front
+SIZE_FIXED = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage")
+UNAUTH_PIPE = Reply(503, "5.5.0", "<DATA>: Data command rejected: Improper use of SMTP command pipelining")
+TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
+UTF8_UNDECLARED = Reply(553, "5.6.7", "Must declare SMTPUTF8 to send unicode address")
+VRFY = Reply(502, "5.5.1", "VRFY command is disabled")
+GOAWAY = Reply(221, "2.7.0", "Error: I can break rules, too. Goodbye.")
+STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_OFF = Reply(503, "5.5.1", "Error: authentication not enabled")
+AUTH_NEED_EHLO = Reply(503, "5.5.1", "Error: send EHLO first")
+AUTH_ALREADY = Reply(503, "5.5.1", "Error: already authenticated")
+AUTH_IN_TX = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+AUTH_ENCRYPTION = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
+AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
+AUTH_TOO_MANY = Reply(421, "4.7.0", "Error: too many failed authentications")
+TEMPFAIL_INTERNAL = Reply(451, "4.3.0", "Error: internal error")

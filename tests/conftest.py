@@ -72,7 +72,11 @@ class Mta:
                 "workers": 1,
                 "listeners": [{"name": "smtp", "address": f"127.0.0.1:{self.port}"}],
                 "limits": {"error_sleep": 0},
+                # No DNS here: the client name lookup and the DNS checks are turned on by the
+                # tests that run a DNS server (tests/integration/dnsserver.py).
+                "peername_lookup": False,
             },
+            "inbound": {"protocol_checks": {"reject_unknown_sender_domain": False}},
             "domains": {"local": ["example.test"], "relay": ["relay.test"]},
             # 127.0.0.1 is trusted (may relay); other 127.0.0.x addresses play outsiders.
             "outbound": {"mynetworks": ["127.0.0.1/32"]},

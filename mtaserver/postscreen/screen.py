@@ -7,8 +7,11 @@ DESCRIPTION
     `counters` ("<check>.<outcome>" -> count) for the metrics endpoint, and runs the cache
     cleanup in the worker that is told to.
 
-    For each connection of a `postscreen: true` listener the session asks
-    `Screener.connection(session)` for a `Screen` and calls it at these points:
+    `PostscreenHook` (at the end) is the stage hook the pipeline runs on `postscreen: true`
+    listeners: at CONNECT it makes the connection's `Screen` (kept in the hook context's
+    `state`) and runs before_greeting; at RCPT, `rcpt`; the deep tests are fed by the
+    session's `Observe` events (runtime.py). A Screen reaches the connection only through
+    pipeline.Connection (teaser, peek, wait_input, close, watch). The call points:
 
       before_greeting()  (before the final "220 " line; False: the session is over)
           access list: permit -> ALLOWLISTED, nothing else; reject -> DENYLISTED and
@@ -22,12 +25,10 @@ DESCRIPTION
 
           Pregreet bytes (the client talked before the 220): they are logged (PREGREET,
           first 100 bytes escaped) and judged per greet.action. With drop the connection
-          is closed. With enforce or ignore they are PUT BACK in front of the session's
-          read buffer, exactly as Postfix's postscreen, which only peeks at them
-          (recv MSG_PEEK), leaves them for smtpd after the hand-off: the session then
-          answers them as the commands they are, after the "220 " line. Nothing the
-          client sent is silently lost. The first read is bounded (PREGREET_READ bytes);
-          later bytes stay in the transport / StreamReader buffer, bounded as always.
+          is closed. With enforce or ignore they stay unread in the session's input,
+          exactly as Postfix's postscreen, which only peeks at them (recv MSG_PEEK), leaves
+          them for smtpd after the hand-off: the session then answers them as the commands
+          they are, after the "220 " line. Nothing the client sent is silently lost.
 
       deep tests, only those enabled and due, until the first RCPT:
           bare_newline(line)   a command line ending in LF without CR
@@ -78,7 +79,8 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..dns import Resolver
-from ..model import Reply
+from ..model import CONTINUE, Decision, Reply, Verdict
+from ..pipeline import Connection, Context, Hook, Stage
 from . import logline
 from .access import Access, parse_access_list
 from .cache import NEW_CLIENT, CacheStore, RecentRecords, Stamps, allowlist_non_dnsbl, checks_due, cleanup, is_new, open_store
@@ -88,7 +90,6 @@ from .verdict import Conclusion, Judgement, Outcome, Screening, Step, conclude, 
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..smtpd import SmtpSession
 
 log = logging.getLogger("postscreen")
 
@@ -112,8 +113,8 @@ class Screener:
         self.stress = False
         self._cleanup_task: asyncio.Task[None] | None = None
 
-    def connection(self, session: SmtpSession) -> Screen:
-        return Screen(self, session)
+    def connection(self, conn: Connection, ip: str, port: int) -> Screen:
+        return Screen(self, conn, ip, port)
 
     def greet_wait(self, connections: int) -> float:
         """The greet wait now: shorter in stress mode, when this worker is busy (Postfix)."""
@@ -157,12 +158,14 @@ class Screener:
 class Screen:
     """The screening of one connection (see the module docstring for the call points)."""
 
-    def __init__(self, screener: Screener, session: SmtpSession) -> None:
+    def __init__(self, screener: Screener, conn: Connection, ip: str, port: int) -> None:
         self.sc = screener
         self.ps = screener.ps
-        self.session = session
-        self.ip = session.peer_ip
-        self.port = session.peer_port
+        self.conn = conn
+        self.ip = ip
+        self.port = port
+        self.finished = False  # nothing more to watch: the session runs as if unscreened
+        self.last_command: str | None = None
         self.screening: Screening | None = None
         self.stamps: Stamps = NEW_CLIENT
         self.deep: set[Check] = set()  # deep tests still watched in this session
@@ -174,11 +177,10 @@ class Screen:
     async def before_greeting(self) -> bool:
         """Run the before-220 tests. False: the session is over (dropped or hung up)."""
         sc, ps, ip, port = self.sc, self.ps, self.ip, self.port
-        s = self.session
-        sock = s.transport.get_extra_info("sockname") if s.transport is not None else None
-        log.info(logline.connect(ip, port, str(sock[0]) if sock else "?", int(sock[1]) if sock else 0))
+        sock = self.conn.sockname
+        log.info(logline.connect(ip, port, sock[0], sock[1]))
         denied: Judgement | None = None
-        match sc.access.lookup(ip, s.cfg.outbound.mynetworks):
+        match sc.access.lookup(ip, sc.cfg.outbound.mynetworks):
             case Access.PERMIT:
                 log.info(logline.allowlisted(ip, port))
                 sc.count("access", "permit")
@@ -218,6 +220,7 @@ class Screen:
                 return False
         self.deep = set(self.screening.due & DEEP) - set(self.screening.skipped)
         self.hide_pipelining = Check.PIPELINING in self.deep
+        self.conn.watch(bool(self.deep), self.hide_pipelining)
         if not self.deep:
             await self._conclude()
             if self.conclusion is not None and self.conclusion.outcome is Outcome.SERVE:
@@ -226,19 +229,18 @@ class Screen:
 
     async def _early(self, due: frozenset[Check]) -> bool:
         sc, ps, ip, port = self.sc, self.ps, self.ip, self.port
-        s = self.session
+        conn = self.conn
         loop = asyncio.get_running_loop()
         start = loop.time()
-        wait = sc.greet_wait(len(s.server.sessions))
+        wait = sc.greet_wait(conn.sessions)
         deadline = start + wait
         pregreet_due = Check.PREGREET in due
         if pregreet_due:
-            s._writer.write(f"220-{ps.greet.banner.format(hostname=s.hostname)}\r\n".encode("utf-8", "replace"))
+            conn.teaser(f"220-{ps.greet.banner.format(hostname=conn.hostname)}")
         dns_task: asyncio.Task[DnsblResult] | None = None
         if Check.DNSBL in due:
             dns_task = loop.create_task(query_all(sc.resolver, ip, sc.sites, min(ps.dnsbl.timeout, wait)))
-        read_task: asyncio.Task[bytes] | None = loop.create_task(s._reader.read(PREGREET_READ))
-        pregreet_data = b""
+        read_task: asyncio.Task[bool] | None = loop.create_task(conn.wait_input())
         pregreet_failed = False
         result: DnsblResult | None = None
         allowlisted = False
@@ -251,7 +253,7 @@ class Screen:
                 done, _ = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 if read_task is not None and read_task in done:
                     try:
-                        data = read_task.result()
+                        data = conn.peek(PREGREET_READ) if read_task.result() else b""
                     except (ConnectionError, OSError):
                         data = b""
                     read_task = None
@@ -260,7 +262,6 @@ class Screen:
                         sc.count("hangup", "before_greeting")
                         self.screening = None
                         return False
-                    pregreet_data = data
                     pregreet_failed = True
                     log.info(logline.pregreet(data, loop.time() - start, ip, port))
                     verdict = on_failure(Check.PREGREET, ps, client_ip=ip)
@@ -293,12 +294,7 @@ class Screen:
                     await read_task
                 except (asyncio.CancelledError, ConnectionError, OSError):
                     pass
-                else:
-                    # raced: the read completed while being cancelled
-                    if read_task.result():
-                        pregreet_data = read_task.result() if not pregreet_data else pregreet_data + read_task.result()
-            if pregreet_data:
-                s._unread(pregreet_data)  # Postfix peeks: the bytes stay for the SMTP session
+            # Postfix peeks: whatever the client sent stays unread for the SMTP session.
         assert self.screening is not None
         now = time.time()
         screening = self.screening
@@ -330,13 +326,14 @@ class Screen:
     def _drop(self, verdict: Judgement) -> bool:
         assert verdict.reply is not None
         self.screening = None
-        self.session._goodbye(verdict.reply)
+        self.conn.close(verdict.reply)
         log.info(logline.disconnect(self.ip, self.port))
         return False
 
     def _finish_now(self) -> None:
         """Nothing more to watch: the session runs as if unscreened."""
-        self.session.screen = None
+        self.finished = True
+        self.conn.watch(False, False)
 
     # -- deep tests -----------------------------------------------------------------------
 
@@ -351,7 +348,7 @@ class Screen:
             if check is Check.NON_SMTP:
                 return False  # the caller keeps smtpd's own answer (221 2.7.0) and closes
             self._drop(verdict)
-            self.session.screen = None
+            self.finished = True
             return False
         return True
 
@@ -367,25 +364,21 @@ class Screen:
         False: the test is due and its action is enforce or ignore: answer 502 and go on."""
         if Check.NON_SMTP not in self.deep:
             return True
-        log.info(logline.non_smtp_command(self.ip, self.port, self.session.last_command, line))
+        log.info(logline.non_smtp_command(self.ip, self.port, "CONNECT" if self.last_command is None else self.last_command, line))
         return not self._violation(Check.NON_SMTP)
 
-    def after_read(self, line: bytes) -> bool:
-        """A complete command was read: input already pending is pipelining (never offered
-        while this test runs). False: the session was dropped."""
-        if Check.PIPELINING not in self.deep:
+    def after_read(self, line: bytes, pending: bytes) -> bool:
+        """A complete command was read with `pending` input after it: pipelining (never
+        offered while this test runs). False: the session was dropped."""
+        if Check.PIPELINING not in self.deep or not pending:
             return True
-        s = self.session
-        if not s._pending_input():
-            return True
-        pending = bytes(s._reader._buffer[:100])  # type: ignore[attr-defined]
         verb = line.split(b" ", 1)[0].decode("ascii", "replace").upper()
         log.info(logline.pipelining(self.ip, self.port, verb, pending))
         return self._violation(Check.PIPELINING)
 
     # -- RCPT and the conclusion ----------------------------------------------------------
 
-    async def rcpt(self, sender: str, recipient: str) -> Reply | None:
+    async def rcpt(self, sender: str, recipient: str, *, esmtp: bool, helo: str) -> Reply | None:
         """At every RCPT: None to go on with the normal handling, or the reply to send."""
         if self.conclusion is None:
             assert self.screening is not None
@@ -404,10 +397,9 @@ class Screen:
             self._finish_now()
             return None
         assert c.reply is not None
-        s = self.session
         log.info(logline.noqueue_rcpt(
             self.ip, self.port, c.reply, sender=sender, recipient=recipient,
-            proto="ESMTP" if s.esmtp else "SMTP", helo=s.helo or "",
+            proto="ESMTP" if esmtp else "SMTP", helo=helo,
         ))  # fmt: skip
         return c.reply
 
@@ -437,3 +429,52 @@ class Screen:
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("postscreen: cache update failed", exc_info=task.exception())
+
+
+class PostscreenHook(Hook):
+    """postscreen as a stage hook: CONNECT (before the greeting) and RCPT (the conclusion)."""
+
+    name = "postscreen"
+    stages = frozenset({Stage.CONNECT, Stage.RCPT})
+    timeout = None  # bounded by greet.wait and dnsbl.timeout itself
+
+    def __init__(self, screener: Screener) -> None:
+        self.screener = screener
+
+    async def run(self, stage: Stage, ctx: Context) -> Verdict:
+        if stage is Stage.CONNECT:
+            screen = self.screener.connection(ctx.conn, ctx.session.ip, ctx.session.port)
+            ctx.state[self.name] = screen
+            if not await screen.before_greeting():
+                return _CLOSED  # dropped (the screen sent its reply) or the client hung up
+            return CONTINUE
+        screen = ctx.state.get(self.name)
+        if screen is None or screen.finished or ctx.tx is None or ctx.rcpt is None:
+            return CONTINUE
+        s = ctx.session
+        reply = await screen.rcpt(str(ctx.tx.sender), str(ctx.rcpt), esmtp=s.esmtp, helo=s.helo or "")
+        return CONTINUE if reply is None else Verdict.reject(reply, "postscreen")
+
+    def observe(self, ctx: Context, kind: str, line: bytes, pending: bytes, last_command: str) -> bool:
+        """A deep-test observation from the session: True to go on with the line."""
+        screen: Screen | None = ctx.state.get(self.name)
+        if screen is None or screen.finished:
+            return kind != "non_smtp"
+        screen.last_command = last_command
+        if kind == "bare_newline":
+            return screen.bare_newline(line)
+        if kind == "non_smtp":
+            return not screen.non_smtp(line)
+        return screen.after_read(line, pending)
+
+    def end(self, ctx: Context) -> None:
+        screen: Screen | None = ctx.state.get(self.name)
+        if screen is not None:
+            screen.end()
+
+    async def close(self) -> None:
+        await self.screener.close(delay=30.0)
+
+
+_CLOSED = Verdict(Decision.DISCARD, reason="postscreen")  # at CONNECT: the session ends without a reply of its own
+

@@ -54,7 +54,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from .. import policy
 from ..address import AddressError, parse_mailbox
-from ..config import Config, _resolve
+from ..config import Config, resolve_path
 from ..delivery import lmtp, maildir
 from ..delivery.mx import NextHop, parse_nexthop, plan_mx
 from ..delivery.smtp import Outcome, SmtpClient
@@ -580,7 +580,7 @@ def _read_secret(cfg: Config, path: str | None) -> str | None:
     if not path:
         return None
     try:
-        return _resolve(cfg.source, path).read_text().strip()
+        return resolve_path(cfg.source, path).read_text().strip()
     except OSError as exc:
         log.error("cannot read outbound.relay_auth.password_file: %s", exc)
         return None

@@ -361,6 +361,32 @@ class Spool:
         self._chunks = [content]
         self.size = len(content)
 
+    def edit_file_head(self, edit: Callable[[bytes], bytes], limit: int) -> None:
+        """For QueueStore.edit_head, in a worker thread: a spilled spool gets a new head."""
+        assert self._file is not None
+        if self.error is not None:
+            return
+        tmp = self.path + ".edit"
+        try:
+            self._file.flush()
+            with open(self.path, "rb") as src:
+                window = src.read(limit + 4)
+                end = head_end(window, limit)
+                head = edit(window[:end])
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "wb", buffering=65536) as dst:
+                    dst.write(head)
+                    dst.write(window[end:])
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+            os.rename(tmp, self.path)
+            self._file.close()
+            self._file = open(self.path, "ab", buffering=65536)  # noqa: SIM115 (closed at commit or close)
+            self.size += len(head) - end
+        except OSError as exc:
+            self.error = exc
+            _unlink(tmp)
+
     def _write_out(self, trailer: bytes, fsync: Callable[[int], None], publish: Callable[[], None]) -> None:
         """Commit steps 1-3: the file is complete, `publish` has renamed it, and it is durable."""
         if self._file is None:
@@ -378,6 +404,18 @@ class Spool:
             publish()
             fsync(f.fileno())
             f.close()
+
+
+def head_end(data: bytes, limit: int) -> int:
+    """Where the header section of `data` ends (after the CRLF of its last line), looked for in
+    the first `limit` bytes; without an empty line there, at the last line end before it."""
+    i = data.find(b"\r\n\r\n", 0, limit + 4)
+    if i >= 0:
+        return i + 2
+    if len(data) <= limit:
+        return len(data)
+    j = data.rfind(b"\r\n", 0, limit)
+    return j + 2 if j >= 0 else 0
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:
@@ -486,8 +524,20 @@ class QueueStore:
             f.close()
 
     async def content(self, spool: Spool) -> bytes:
-        """The whole content in one piece (for a scanner that wants it so, or to rewrite it)."""
+        """The whole content in one piece (for a scanner that wants it so)."""
         return b"".join([c async for c in self.content_chunks(spool)])
+
+    async def edit_head(self, spool: Spool, edit: Callable[[bytes], bytes], limit: int) -> None:
+        """Replace the start of the content, up to the end of the header section (at most
+        `limit` bytes), by `edit(head)`. The body is not read into memory: a spilled spool is
+        copied, 1 MB at a time, into a new tmp file that takes the old one's place."""
+        if not spool.on_disk:
+            data = b"".join(spool._chunks)
+            end = head_end(data, limit)
+            spool.replace(edit(data[:end]) + data[end:])
+            return
+        assert self._pool is not None
+        await asyncio.get_running_loop().run_in_executor(self._pool, spool.edit_file_head, edit, limit)
 
     def _commit_job(self, spool: Spool, trailer: bytes) -> None:
         """The whole commit, in one worker thread (see DESCRIPTION)."""

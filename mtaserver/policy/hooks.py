@@ -1,0 +1,171 @@
+"""The inbound policy as stage hooks: the client name lookup and the RCPT restrictions.
+
+DESCRIPTION
+    `build(cfg, resolver, previous)` makes the `Policy` of one runtime: the mailboxes table
+    (domains.mailboxes, read again at every build, so SIGHUP reloads it), the sender-owner
+    table for the login mismatch check, and the hooks.
+
+    The client's name (Postfix smtpd_peername_lookup): `session_started` starts the reverse
+    lookup and its forward confirmation (lookups.client_name) right after the greeting is
+    sent, so it never delays the 220. When it completes, the session's name becomes the
+    verified name, or "unknown": every later log line (`name[ip]`) and the Received: header
+    carry it. The RCPT hook waits for it only when a check needs it, and never longer than
+    the DNS timeout; DNS trouble gives "unknown", never a stall.
+
+    `RcptHook`, at RCPT: the facts of the request (restrictions.RcptFacts), the DNS facts the
+    decision needs (restrictions.needed; HELO and sender-domain answers are kept for the
+    session, so a message to 50 recipients asks once), then restrictions.decide. A refusal
+    is logged as Postfix does: "NOQUEUE: reject: RCPT from name[ip]: <reply>; from=<s>
+    to=<r> proto=ESMTP helo=<h>".
+
+    Owners of sender addresses (reject_sender_login_mismatch): with auth.backend file, the
+    users file's `addresses`; with dovecot (which has no such table), a login owns the
+    address equal to it, and every address of a local domain that the mailboxes table
+    lists (or every local address, with no table) is owned by its own login. So an outsider
+    cannot use one of our addresses without logging in, as with the file backend.
+
+SECURITY
+    This is what keeps the server from being an open relay (restrictions.py decides).
+
+CONFIG
+    inbound.*, domains.{local,relay,mailboxes}, outbound.mynetworks, server.peername_lookup,
+    server.dns.timeout, auth.backend
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from ..config import Config, Listener, resolve_path
+from ..dns import Resolver
+from ..logutil import sanitize
+from ..model import CONTINUE, Verdict
+from ..pipeline import Context, Hook, Stage
+from ..values import domain_matches
+from . import lookups
+from .mailboxes import Mailboxes, load_mailboxes
+from .restrictions import ClientName, Need, Owners, RcptFacts, decide, needed
+
+if TYPE_CHECKING:
+    from ..smtp.protocol import Session
+
+log = logging.getLogger("smtpd")
+
+NAME_TASK = "client-name"
+
+
+class Policy:
+    def __init__(self, cfg: Config, resolver: Resolver, mailboxes: Mailboxes | None, owners: Owners | None) -> None:
+        self.cfg = cfg
+        self.resolver = resolver
+        self.mailboxes = mailboxes
+        self.owners = owners
+        self.timeout = cfg.server.dns.timeout
+        self.rcpt_hook = RcptHook(self)
+
+    def hooks(self, listener: Listener) -> list[Hook]:
+        return [self.rcpt_hook]
+
+    def session_started(self, session: Session) -> None:
+        if not self.cfg.server.peername_lookup or session.ctx is None:
+            return
+        task = asyncio.get_running_loop().create_task(lookups.client_name(self.resolver, session.peer_ip, timeout=self.timeout))
+        session.ctx.state[NAME_TASK] = task
+
+        def done(t: asyncio.Task[ClientName]) -> None:
+            if not t.cancelled() and t.exception() is None:
+                session.client_name = t.result().name
+            elif not t.cancelled():
+                log.warning("client name lookup failed for [%s]: %s", session.peer_ip, t.exception())
+
+        task.add_done_callback(done)
+
+
+async def client_name(policy: Policy, ctx: Context) -> ClientName | None:
+    """The lookup started at connect, waited for within the DNS timeout."""
+    task: asyncio.Task[ClientName] | None = ctx.state.get(NAME_TASK)
+    if task is None:
+        return await lookups.client_name(policy.resolver, ctx.session.ip, timeout=policy.timeout)
+    if not task.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(task), policy.timeout)
+        except TimeoutError:
+            return None
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
+class RcptHook(Hook):
+    name = "policy"
+    stages = frozenset({Stage.RCPT})
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    async def run(self, stage: Stage, ctx: Context) -> Verdict:
+        p = self.policy
+        cfg = p.cfg
+        s = ctx.session
+        assert ctx.tx is not None and ctx.rcpt is not None
+        cache: dict[str, Any] = ctx.state.setdefault(self.name, {})
+        task = ctx.state.get(NAME_TASK)
+        facts = RcptFacts(
+            client_ip=s.ip, helo=s.helo, sender=ctx.tx.sender, recipient=ctx.rcpt, login=s.login,
+            mynetworks=s.mynetworks, local_domains=cfg.domains.local, relay_domains=cfg.domains.relay,
+            mailboxes=p.mailboxes, owners=p.owners,
+            client_name=task.result() if task is not None and task.done() and not task.cancelled() and task.exception() is None else None,
+            helo_host=cache.get(f"helo {s.helo}"), sender_domain=cache.get(f"domain {ctx.tx.sender.domain_key}"),
+        )  # fmt: skip
+        needs = needed(facts, cfg.inbound)
+        if needs:
+            if Need.CLIENT_NAME in needs:
+                from dataclasses import replace
+
+                facts = replace(facts, client_name=await client_name(p, ctx))
+                needs = needs - {Need.CLIENT_NAME}
+            if needs:
+                facts = await lookups.resolve(p.resolver, facts, needs, timeout=p.timeout)
+            if facts.helo_host is not None:
+                cache[f"helo {s.helo}"] = facts.helo_host
+            if facts.sender_domain is not None:
+                cache[f"domain {ctx.tx.sender.domain_key}"] = facts.sender_domain
+        verdict = decide(facts, cfg.inbound)
+        if verdict.reply is not None and verdict.reply.is_error:
+            log.info(
+                "NOQUEUE: reject: RCPT from %s: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
+                s.label, verdict.reply.line(), sanitize(str(ctx.tx.sender)), sanitize(str(ctx.rcpt)), s.proto, sanitize(s.helo or ""),
+            )  # fmt: skip
+        return verdict if verdict.final else CONTINUE
+
+
+def build(cfg: Config, resolver: Resolver, authenticator: Any) -> Policy:
+    """The policy of a new runtime. ValueError/OSError: the mailboxes file cannot be used."""
+    mailboxes = None
+    if cfg.domains.mailboxes:
+        mailboxes = load_mailboxes(resolve_path(cfg.source, cfg.domains.mailboxes))
+    owners: Owners | None = None
+    users = getattr(authenticator, "users", None)
+    if users is not None:
+        owners = users.owners
+    elif authenticator is not None:
+        owners = dovecot_owners(cfg, mailboxes)
+    return Policy(cfg, resolver, mailboxes, owners)
+
+
+def dovecot_owners(cfg: Config, mailboxes: Mailboxes | None) -> Owners:
+    """Without a users file: a login owns the address equal to it (see the module docstring)."""
+    local = cfg.domains.local
+
+    def owners(address: str) -> Collection[str]:
+        _, _, domain = address.rpartition("@")
+        if not domain_matches(domain, local):
+            return frozenset()
+        if mailboxes is not None and not mailboxes.exists(address):
+            return frozenset()
+        return frozenset({address.lower()})
+
+    return owners

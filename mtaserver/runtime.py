@@ -1,0 +1,289 @@
+"""What one worker's SMTP sessions share, built from the config; rebuilt on every reload.
+
+DESCRIPTION
+    `Runtime.build(cfg, previous)` turns a validated Config into what the sessions use: the
+    TLS context, the DNS resolver, the authenticator and the AUTH failure counts, the
+    connection-rate counts, the engine settings and the pipeline of stage hooks of each
+    listener. A reload builds a new Runtime from the new config and swaps it in; sessions
+    keep the one they started with. Every part whose config slice did not change is taken
+    over from the previous Runtime, so caches and counters survive (the postscreen cache
+    and its resolver, AUTH failure counts, connection rates, the content filters' scanner
+    slots). `changes` says, for the reload log, what was rebuilt.
+
+    The hooks of a listener, in stage order:
+
+        CONNECT   connection rate (server.limits.connection_rate_per_ip), postscreen
+        RCPT      postscreen's conclusion, then relay control and the inbound policy
+        DATA_END  the content filters (antivirus, antispam), the originating headers
+                  (X-Originating-IP, X-Authenticated-User)
+
+SECURITY
+    The users file and TLS key are read here, at build time; a file that cannot be read
+    fails the build, so a reload that cannot read it changes nothing.
+
+CONFIG
+    server.tls, server.dns, server.limits, server.listeners, auth.*, postscreen.*,
+    outbound.{mynetworks,add_client_ip_header,add_username_header}, antivirus.*, antispam.*
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .auth.failures import AuthFailures
+from .config import Config, Listener, resolve_path
+from .datastream import BareNewline
+from .dns import Resolver
+from .filters.chain import FilterChain
+from .model import CONTINUE, Decision, Reply, Verdict
+from .pipeline import Context, Hook, Pipeline, Stage
+from .smtp import engine as E
+from .smtp.anvil import RateCounter
+
+if TYPE_CHECKING:
+    from .auth.backend import Authenticator
+    from .postscreen.screen import Screener
+    from .smtp.protocol import Session
+
+log = logging.getLogger("master")
+
+
+def make_tls_context(cfg: Config) -> ssl.SSLContext | None:
+    tls = cfg.server.tls
+    if not tls.cert or not tls.key:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = {
+        "TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+        "TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+    }[tls.min_version]  # fmt: skip
+    ctx.load_cert_chain(resolve_path(cfg.source, tls.cert), resolve_path(cfg.source, tls.key))
+    return ctx
+
+
+# -- hooks built here ---------------------------------------------------------------------------
+
+
+class ConnectionRateHook(Hook):
+    """Postfix anvil's smtpd_client_connection_rate_limit: new connections per minute per IP."""
+
+    name = "connection-rate"
+    stages = frozenset({Stage.CONNECT})
+
+    def __init__(self, limit: int, counter: RateCounter) -> None:
+        self.limit = limit
+        self.counter = counter
+
+    def run(self, stage: Stage, ctx: Context) -> Verdict:
+        s = ctx.session
+        if s.mynetworks:
+            return CONTINUE
+        import time
+
+        rate = self.counter.hit(s.ip, time.monotonic())
+        if rate <= self.limit:
+            return CONTINUE
+        log.warning("NOQUEUE: reject: CONNECT from %s: too many connections (%d in 60s)", s.label, rate)
+        return Verdict.reject(Reply(421, "4.7.0", f"{ctx.conn.hostname} Error: too many connections from {s.ip}"), "connection rate")
+
+
+class ContentFilterHook(Hook):
+    """The content filters of filters/chain.py (antivirus, antispam) at the end of DATA."""
+
+    name = "content-filter"
+    stages = frozenset({Stage.DATA_END})
+
+    def __init__(self, chain: FilterChain) -> None:
+        self.chain = chain
+
+    async def run(self, stage: Stage, ctx: Context) -> Verdict:
+        m = ctx.message
+        return await self.chain.run(size=m.size, trusted=ctx.session.trusted, content=m.chunks, whole=m.whole)
+
+
+class OriginatingHeadersHook(Hook):
+    """X-Originating-IP and X-Authenticated-User on mail from mynetworks or authenticated clients."""
+
+    name = "originating-headers"
+    stages = frozenset({Stage.DATA_END})
+
+    def __init__(self, client_ip: bool, username: bool) -> None:
+        self.client_ip = client_ip
+        self.username = username
+
+    def run(self, stage: Stage, ctx: Context) -> Verdict:
+        s = ctx.session
+        if not s.trusted:
+            return CONTINUE
+        headers = []
+        if self.client_ip:
+            headers.append(("X-Originating-IP", f"[{s.ip}]"))
+        if self.username and s.login:
+            headers.append(("X-Authenticated-User", s.login))
+        return Verdict(Decision.CONTINUE, headers=tuple(headers)) if headers else CONTINUE
+
+
+# -- the runtime --------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    config: Config
+    tls_context: ssl.SSLContext | None
+    resolver: Resolver
+    screener: Screener | None
+    authenticator: Authenticator | None
+    auth_failures: AuthFailures
+    rates: RateCounter
+    filters: FilterChain
+    policy: Any
+    pipelines: dict[str, Pipeline]
+    settings: dict[str, E.Settings]
+    changes: list[str]
+
+    @classmethod
+    def build(cls, cfg: Config, previous: Runtime | None = None, *, screener_cleanup: bool = False) -> Runtime:
+        """Build from `cfg`, reusing what `previous` built from an unchanged slice. Raises
+        OSError/ValueError (a file that cannot be read) before anything is swapped."""
+        old = previous.config if previous is not None else None
+        changes: list[str] = []
+
+        def same(*path: str) -> bool:
+            if old is None:
+                return False
+            a: Any = old
+            b: Any = cfg
+            for p in path:
+                a, b = getattr(a, p), getattr(b, p)
+            return a == b
+
+        try:
+            tls = make_tls_context(cfg)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"server.tls: cannot load the certificate and key: {exc}") from None
+        if previous is not None and same("server", "dns"):
+            resolver = previous.resolver
+        else:
+            resolver = Resolver([str(ep) for ep in cfg.server.dns.nameservers], cfg.server.dns.timeout)
+            if previous is not None:
+                changes.append("resolver")
+        authenticator = _build_authenticator(cfg, previous, changes)
+        failures = previous.auth_failures if previous is not None else None
+        if failures is None or (failures.max_failures, failures.window) != (cfg.auth.max_failures, cfg.auth.failure_window):
+            failures = AuthFailures(cfg.auth.max_failures, cfg.auth.failure_window)  # new limits: counted afresh
+        rates = previous.rates if previous is not None else RateCounter(60.0)
+        filters = FilterChain(lambda: cfg)
+        screener = None
+        if any(lst.postscreen for lst in cfg.server.listeners):
+            if previous is not None and previous.screener is not None and same("postscreen") and same("server", "dns") and same("server", "data_dir") and same("outbound", "mynetworks"):
+                screener = previous.screener
+            else:
+                from .postscreen.screen import Screener
+
+                screener = Screener(cfg)
+                if screener_cleanup:
+                    screener.start_cleanup()
+                if previous is not None:
+                    changes.append("postscreen")
+        from .policy import hooks as policy_hooks
+
+        try:
+            policy = policy_hooks.build(cfg, resolver, authenticator)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"domains.mailboxes: {exc}") from None
+        pipelines: dict[str, Pipeline] = {}
+        settings: dict[str, E.Settings] = {}
+        for lst in cfg.server.listeners:
+            pipelines[lst.name] = Pipeline(_hooks(cfg, lst, screener, rates, filters, policy))
+            settings[lst.name] = _engine_settings(cfg, lst, tls, authenticator)
+        return cls(cfg, tls, resolver, screener, authenticator, failures, rates, filters, policy, pipelines, settings, changes)
+
+    def engine_settings(self, listener: Listener) -> E.Settings:
+        return self.settings[listener.name]
+
+    def session_started(self, session: Session) -> None:
+        """After the greeting: start what runs beside the session (the client name lookup)."""
+        if self.policy is not None:
+            self.policy.session_started(session)
+
+    def observe(self, session: Session, ev: E.Observe) -> bool:
+        """postscreen's deep tests see the session's Observe events. True: go on."""
+        hook = session.pipeline.get("postscreen")
+        if hook is None or session.ctx is None:
+            return ev.kind != "non_smtp"
+        return hook.observe(session.ctx, ev.kind, ev.line, ev.pending, session.engine.last_command)  # type: ignore[attr-defined]
+
+    async def retire(self, replaced_by: Runtime, delay: float) -> None:
+        """This runtime was replaced: close what the new one did not take over."""
+        if self.screener is not None and self.screener is not replaced_by.screener:
+            await self.screener.close(delay=delay)
+        if self.resolver is not replaced_by.resolver:
+            self.resolver.close()
+
+    async def close(self) -> None:
+        if self.screener is not None:
+            await self.screener.close()
+        self.resolver.close()
+
+
+def _build_authenticator(cfg: Config, previous: Runtime | None, changes: list[str]) -> Authenticator | None:
+    """The users file is read again at every build (SIGHUP reloads it); dovecot's client is
+    kept while its settings stay."""
+    if not any(lst.auth != "none" for lst in cfg.server.listeners):
+        return None
+    from .auth import backend
+
+    if (
+        previous is not None and previous.authenticator is not None and cfg.auth.backend == "dovecot"
+        and previous.config.auth == cfg.auth
+    ):  # fmt: skip
+        return previous.authenticator
+    auth, why = backend.build(cfg.auth, cfg.source)
+    if auth is None:
+        log.info("AUTH not offered: %s", why)
+    elif previous is not None:
+        changes.append("authenticator")
+    return auth
+
+
+def _engine_settings(cfg: Config, lst: Listener, tls: ssl.SSLContext | None, auth: Authenticator | None) -> E.Settings:
+    lim = cfg.server.limits
+    mechanisms = tuple(m.upper() for m in cfg.auth.mechanisms) if auth is not None and lst.auth != "none" else ()
+    return E.Settings(
+        hostname=cfg.server.hostname,
+        command_line=lim.command_line,
+        recipients=lim.recipients,
+        soft_error_limit=lim.soft_error_limit,
+        hard_error_limit=lim.hard_error_limit,
+        error_sleep=lim.error_sleep,
+        max_message_size=cfg.advanced.max_message_size,
+        text_line=lim.text_line,
+        header_size=lim.header_size,
+        bare_newline=BareNewline(cfg.inbound.bare_newline),
+        starttls=tls is not None and lst.tls == "starttls",
+        implicit_tls=lst.tls == "implicit",
+        require_tls=lst.auth == "require" and lst.tls == "starttls" and tls is not None,
+        auth=lst.auth,
+        auth_mechanisms=mechanisms,
+        postmaster_domain=(cfg.domains.local or [cfg.server.hostname])[0],
+    )
+
+
+def _hooks(cfg: Config, lst: Listener, screener: Screener | None, rates: RateCounter, filters: FilterChain, policy: Any) -> Sequence[Hook]:
+    hooks: list[Hook] = []
+    if cfg.server.limits.connection_rate_per_ip:
+        hooks.append(ConnectionRateHook(cfg.server.limits.connection_rate_per_ip, rates))
+    if lst.postscreen and screener is not None:
+        from .postscreen.screen import PostscreenHook
+
+        hooks.append(PostscreenHook(screener))
+    hooks.extend(policy.hooks(lst))
+    if FilterChain.wanted(cfg):
+        hooks.append(ContentFilterHook(filters))
+    if cfg.outbound.add_client_ip_header or cfg.outbound.add_username_header:
+        hooks.append(OriginatingHeadersHook(cfg.outbound.add_client_ip_header, cfg.outbound.add_username_header))
+    return hooks

@@ -1,0 +1,798 @@
+"""The SMTP server engine, sans-IO: bytes and `now` in, events and replies out.
+
+DESCRIPTION
+    `Engine` is the whole command side of one SMTP server session as a state machine. It
+    owns no socket, no timer and no task; `smtp/protocol.py` (the asyncio shell) feeds it
+    what the client sent and acts on what it returns:
+
+        engine.feed(data)             bytes as they arrive (bounded: see `input_full`)
+        ev = engine.next_event(now)   the next thing to do, or None (need more input)
+        engine.take_output()          the reply bytes to write (batched while pipelined
+                                      commands are pending, RFC 2920)
+
+    Commands whose syntax and state the engine settles by itself are answered here and
+    never surface: a bad argument, a command out of sequence, an over-long line, NOOP,
+    RSET, VRFY, unknown verbs. Commands that need the outside world surface as events, and
+    the engine waits (next_event returns None) until the shell resolves them:
+
+        Helo         -> resolve(verdict)          the HELO/EHLO stage hooks
+        Mail         -> resolve(verdict)          space check + MAIL hooks
+        Rcpt         -> resolve(verdict)          RCPT hooks (postscreen, relay, policy)
+        Data         -> data_started() or resolve(verdict)   DATA is then streamed by the
+                        shell through a `DataScanner` (settings in `data_scanner()`) and
+                        ended with `data_done(reply)`
+        StartTls     -> tls_started() / the connection ends
+        AuthLogin    -> auth_done(login or None, reply)      credentials to check
+        Quit, Close  the session ends (Close: after a reply that ends it, e.g. 421)
+        Pause        the error budget asks for a pause before the next reply
+
+    The engine also reports what postscreen's deep tests watch: a bare-newline command line,
+    a non-SMTP verb, input pending after a command (pipelining) through `Observe` events;
+    the shell answers with `observed(go_on)`.
+
+WHY OUR OWN ENGINE
+    aiosmtpd's session was measured first (shared/BENCH-NOTES.md, bench/RESULTS.md steps
+    1-3): one await per DATA line (about 90% of the 100 KB profile), per-connection handler
+    introspection with inspect.getmembers (0.6-0.8 ms a connection), no enhanced status codes
+    on every reply, no Postfix texts, no PIPELINING batching. bench/command_cost.py measured
+    this engine's own Python per command at 30-46 us (HELO 30, MAIL 40, RCPT 46) and a
+    whole one-message connection at about 92 us of Python besides the kernel; aiosmtpd's
+    `__init__` alone costs 600-800 us. The engine is also what makes the session testable
+    without sockets: tests/unit/test_smtp_engine.py feeds every command split at every byte.
+
+SECURITY
+    Parses untrusted bytes. Every buffer is bounded: the command line (server.limits.
+    command_line; AUTH responses 12,288 bytes), the input held (`INPUT_LIMIT`), recipients,
+    errors (soft/hard limits), junk commands. Client text leaves here only inside replies
+    that quote it sanitized, or through `sanitize` in the shell's logs.
+
+STANDARDS
+    RFC 5321 (SMTP), RFC 1869/1870 (EHLO, SIZE), RFC 2920 (PIPELINING), RFC 3207 (STARTTLS),
+    RFC 4954 (AUTH), RFC 2034/3463 (enhanced status codes), RFC 6152 (8BITMIME),
+    RFC 6531 (SMTPUTF8).
+
+CONFIG
+    server.hostname, server.limits.*, server.listeners[].{tls,auth}, auth.mechanisms,
+    inbound.bare_newline, advanced.max_message_size
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..address import AddressError, Mailbox, needs_smtputf8, parse_path
+from ..auth import sasl
+from ..datastream import BareNewline, DataProblem, DataScanner
+from ..logutil import sanitize
+from ..model import Decision, Reply, Verdict
+from .. import model as R
+
+FORBIDDEN_COMMANDS = frozenset({"CONNECT", "GET", "POST", "PUT", "HEAD", "USER", "PASS"})  # Postfix smtpd_forbidden_commands
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
+JUNK_LIMIT = 100  # Postfix smtpd_junk_command_limit
+INPUT_LIMIT = 1 << 16  # bytes held unread; past it the shell stops reading until commands are consumed
+BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})  # allowed before STARTTLS when TLS is required
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the engine needs of the config, taken once per connection."""
+
+    hostname: str
+    command_line: int = 512
+    recipients: int = 1000
+    soft_error_limit: int = 10
+    hard_error_limit: int = 20
+    error_sleep: float = 1.0
+    max_message_size: int = 10240000
+    text_line: int = 2048
+    header_size: int = 102400
+    bare_newline: BareNewline = BareNewline.REJECT
+    starttls: bool = False  # a TLS context exists for STARTTLS on this listener
+    implicit_tls: bool = False  # the connection is TLS from its first byte
+    require_tls: bool = False  # nothing but EHLO HELO STARTTLS NOOP RSET QUIT before STARTTLS
+    auth: str = "none"  # none | offer | require (the listener's auth)
+    auth_mechanisms: tuple[str, ...] = ()  # empty: no users source, AUTH not offered
+    postmaster_domain: str = ""  # for <postmaster> without a domain
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Helo:
+    name: str
+    esmtp: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    sender: Mailbox
+    params: dict[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Rcpt:
+    recipient: Mailbox
+    params: dict[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuthLogin:
+    mechanism: str
+    login: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The engine ended the session; its last reply is in the output. Logged as
+    "<what> from <client>[: <detail>]"."""
+
+    what: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """For postscreen's deep tests. `kind`: bare_newline | non_smtp | pipelining."""
+
+    kind: str
+    line: bytes
+    pending: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Something the shell logs as "<what> from <client>[: <detail>]"; text already sanitized."""
+
+    what: str
+    detail: str = ""
+    warning: bool = False
+
+
+Event = Helo | Mail | Rcpt | Data | StartTls | AuthLogin | Quit | Close | Pause | Observe | Log
+
+
+@dataclass(slots=True)
+class Transaction:
+    sender: Mailbox
+    params: dict[str, str | None]
+    recipients: list[Mailbox] = field(default_factory=list)
+
+
+class Engine:
+    """One SMTP server session's protocol state. See the module docstring."""
+
+    def __init__(self, settings: Settings, *, trusted_bare_newline: bool = False) -> None:
+        self.s = settings
+        self._in = bytearray()
+        self._out: list[bytes] = []
+        self._skipping = False  # discarding the rest of an over-long line
+        self._pending: Event | None = None  # waiting for resolve()/data_started()/...
+        self._queue: deque[Event] = deque()  # events to hand out before more input is read
+        self._observing: Observe | None = None
+        self._line: bytes | None = None  # the command line being handled (after Observe)
+        self._sasl: sasl.Exchange | None = None
+        self._closed = False
+        self.tls = settings.implicit_tls
+        self.helo: str | None = None
+        self.esmtp = False
+        self.login: str | None = None
+        self.tx: Transaction | None = None
+        self.errors = 0
+        self.junk = 0
+        self.last_command = "CONNECT"
+        self.counts: dict[str, list[int]] = {}
+        self.hide_pipelining = False  # postscreen's pipelining test runs: PIPELINING not offered
+        self.watch = False  # postscreen deep tests watch: report Observe events
+        self.bare_newline = settings.bare_newline
+        if trusted_bare_newline and self.bare_newline is BareNewline.REJECT:
+            self.bare_newline = BareNewline.NORMALIZE
+        self._failed = False
+        self._too_many = Reply(421, "4.7.0", f"{settings.hostname} {R.TOO_MANY_ERRORS.text}")
+
+    # -- input and output ----------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self._in += data
+
+    @property
+    def input_full(self) -> bool:
+        return len(self._in) >= INPUT_LIMIT
+
+    @property
+    def pending_input(self) -> int:
+        return len(self._in)
+
+    def has_pending_line(self) -> bool:
+        return b"\n" in self._in
+
+    def peek(self, n: int) -> bytes:
+        return bytes(self._in[:n])
+
+    def take_input(self) -> bytes:
+        """Everything unread (DATA streaming starts from here)."""
+        data = bytes(self._in)
+        self._in.clear()
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Bytes read past the end of DATA: pipelined commands."""
+        if data:
+            self._in[:0] = data
+
+    def discard_input(self) -> int:
+        n = len(self._in)
+        self._in.clear()
+        return n
+
+    def reply(self, reply: Reply) -> None:
+        if reply.is_error:
+            self.errors += 1
+            self._failed = True
+        self._out.append(reply.encode())
+
+    def take_output(self) -> bytes:
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    @property
+    def output_pending(self) -> int:
+        return len(self._out)
+
+    def greeting(self, banner: str) -> None:
+        self._out.append(Reply(220, "", banner).encode())
+
+    # -- the command loop ----------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when the engine needs input or a resolution first."""
+        while True:
+            if self._queue:
+                return self._queue.popleft()
+            if self._closed or self._pending is not None or self._observing is not None:
+                return None
+            if self._line is not None:
+                line, self._line = self._line, None
+                self._command(line)
+                continue
+            raw = self._take_line()
+            if raw is None:
+                return None
+            self._accept_line(raw)
+
+    def _emit(self, ev: Event) -> None:
+        self._queue.append(ev)
+
+    def _wait(self, ev: Event) -> None:
+        """Hand out `ev` and read nothing more until the shell resolves it."""
+        self._pending = ev
+        self._queue.append(ev)
+
+    def _take_line(self) -> bytes | None:
+        buf = self._in
+        # AUTH lines (the command with its initial response, and the exchange) may be longer.
+        long_ok = self._sasl is not None or buf[:5].upper() == b"AUTH "
+        limit = sasl.AUTH_LINE_MAX if long_ok else self.s.command_line
+        while True:
+            i = buf.find(b"\n")
+            if self._skipping:
+                if i < 0:
+                    buf.clear()
+                    return None
+                del buf[: i + 1]
+                self._skipping = False
+                self._too_long()
+                continue
+            if i < 0:
+                if len(buf) > limit:
+                    self._skipping = True
+                    buf.clear()
+                return None
+            line = bytes(buf[: i + 1])
+            del buf[: i + 1]
+            if len(line) > limit:
+                self._too_long()
+                continue
+            return line
+
+    def _too_long(self) -> None:
+        if self._sasl is not None:
+            self._sasl = None
+            self._count("AUTH", False)
+            self.reply(R.AUTH_LINE_TOO_LONG)
+        else:
+            self.reply(R.TOO_LONG)
+        self._after_error()
+
+    def _accept_line(self, line: bytes) -> None:
+        """A complete line: line-ending policy, then the command (or the AUTH response)."""
+        if line.endswith(b"\r\n") and line.count(b"\r") == 1:
+            body = line[:-2]
+        elif self.watch and not line.endswith(b"\r\n"):
+            self._observe(Observe("bare_newline", line), line)
+            return
+        else:
+            self._bare(line)
+            return
+        if self._sasl is not None:
+            self._auth_response(body)
+        elif self.watch and self._in:
+            self._observe(Observe("pipelining", body, bytes(self._in[:100])), body)
+        else:
+            self._command(body)
+
+    def _observe(self, obs: Observe, line: bytes) -> None:
+        self._observing = obs
+        self._line = line
+        self._emit(obs)
+
+    def _bare(self, line: bytes) -> None:
+        """A line with a bare <LF> or <CR>: the inbound.bare_newline policy."""
+        if self.bare_newline is BareNewline.REJECT:
+            which = "<LF>" if not line.endswith(b"\r\n") or b"\n" in line[:-2] else "<CR>"
+            self.reply(Reply(550, "5.5.2", f"Error: bare {which} received"))
+            self._close_after(f"bare {which[1:-1]} received after {self.last_command}")
+            return
+        body = line.replace(b"\r", b"").rstrip(b"\n")
+        if self.bare_newline is BareNewline.NOTE:
+            self._emit(Log(f"bare newline in command after {self.last_command}"))
+        if self._sasl is not None:
+            self._auth_response(body)
+        else:
+            self._line = body
+
+    def observed(self, go_on: bool) -> None:
+        """The shell's answer to an Observe event. go_on False: postscreen ended the session
+        (it sent its own reply), or, for a non-SMTP verb, smtpd's own answer applies."""
+        obs, self._observing = self._observing, None
+        line, self._line = self._line, None
+        assert obs is not None and line is not None
+        if obs.kind == "non_smtp":
+            if go_on:  # postscreen enforce/ignore: 502, go on
+                self.last_command = "UNKNOWN"
+                self._count("unknown", False)
+                self.reply(R.UNKNOWN)
+                self._after_error()
+            else:
+                self.reply(R.GOAWAY)
+                self._close_after("non-SMTP command", sanitize(line, 100))
+            return
+        if not go_on:
+            self._closed = True
+            self._in.clear()
+            return
+        if obs.kind == "bare_newline":
+            self._bare(line)
+        else:
+            self._command(line)
+
+    def _close(self, reply: Reply, why: str) -> None:
+        self.reply(reply)
+        self._close_after(why)
+
+    def _close_after(self, what: str, detail: str = "") -> None:
+        self._closed = True
+        self._in.clear()
+        self._emit(Close(what, detail))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _after_error(self) -> None:
+        """Error budget: past the soft limit slow down, at the hard limit say goodbye."""
+        if self.errors >= self.s.hard_error_limit:
+            self._close(self._too_many, f"too many errors after {self.last_command}")
+        elif self.errors > self.s.soft_error_limit and self.s.error_sleep:
+            self._emit(Pause(self.s.error_sleep))
+
+    def _command(self, line: bytes) -> None:
+        if not line:
+            self.reply(R.BAD_SYNTAX)
+            self._after_error()
+            return
+        verb_b, _, arg_b = line.partition(b" ")
+        verb = verb_b.decode("ascii", "replace").upper()
+        arg = arg_b.decode("utf-8", "surrogateescape").strip(" ") or None
+        handler = _COMMANDS.get(verb)
+        if handler is None:
+            if verb in FORBIDDEN_COMMANDS or verb.endswith(":") or not verb[:1].isalpha():
+                if self.watch:
+                    self._observe(Observe("non_smtp", line), line)
+                    return
+                self.reply(R.GOAWAY)
+                self._close_after("non-SMTP command", sanitize(line, 100))
+                return
+            self.last_command = "UNKNOWN"
+            self._count("unknown", False)
+            self.reply(R.UNKNOWN)
+            self._after_error()
+            return
+        self.last_command = verb
+        if verb in JUNK_COMMANDS:
+            self.junk += 1
+            if self.junk > JUNK_LIMIT:
+                self._close(self._too_many, f"too many junk commands after {verb}")
+                return
+        if self.s.require_tls and not self.tls and verb not in BEFORE_TLS:
+            self._count(verb, False)
+            self.reply(R.STARTTLS_FIRST)
+            self._after_error()
+            return
+        self._failed = False
+        ev = handler(self, arg)
+        if ev is not None:
+            self._wait(ev)  # counted when resolved
+            return
+        if self._sasl is not None or self._closed:
+            return  # an AUTH exchange goes on; QUIT counted itself
+        self._count(verb, not self._failed)
+        if self._failed:
+            self._after_error()
+
+    def _count(self, verb: str, ok: bool) -> None:
+        c = self.counts.setdefault(verb, [0, 0])
+        c[1] += 1
+        if ok:
+            c[0] += 1
+
+    def count_lost(self) -> None:
+        """The connection was lost inside the pending command (Postfix: data=0/1)."""
+        if self._pending is not None:
+            self._count(self.last_command, False)
+            self._pending = None
+
+    def stats(self) -> str:
+        """Postfix's disconnect statistics: " ehlo=1 mail=1 rcpt=0/1 ... commands=3/4"."""
+        parts, ok_all, n_all = [], 0, 0
+        for verb, (ok, n) in self.counts.items():
+            parts.append(f" {verb.lower()}={ok}" if ok == n else f" {verb.lower()}={ok}/{n}")
+            ok_all, n_all = ok_all + ok, n_all + n
+        parts.append(f" commands={ok_all}" if ok_all == n_all else f" commands={ok_all}/{n_all}")
+        return "".join(parts)
+
+    # -- resolutions ---------------------------------------------------------------------------
+
+    def resolve(self, verdict: Verdict) -> None:
+        """The hooks' verdict on the pending Helo/Mail/Rcpt/Data event (CONTINUE, ACCEPT or
+        HOLD: the command succeeds; otherwise its reply is sent)."""
+        ev, self._pending = self._pending, None
+        ok = verdict.decision in (Decision.CONTINUE, Decision.ACCEPT, Decision.HOLD)
+        if not ok:
+            assert verdict.reply is not None
+            self._failed = False
+            self.reply(verdict.reply)
+        elif isinstance(ev, Helo):
+            self._helo_ok(ev)
+        elif isinstance(ev, Mail):
+            self.tx = Transaction(ev.sender, ev.params)
+            self.reply(R.MAIL_OK)
+        elif isinstance(ev, Rcpt):
+            assert self.tx is not None
+            self.tx.recipients.append(ev.recipient)
+            self.reply(R.RCPT_OK)
+        self._count(self.last_command, ok)
+        if not ok:
+            self._after_error()
+
+    def data_started(self) -> None:
+        """DATA accepted: the 354 goes out; the shell streams the content."""
+        self._pending = None
+        self.reply(R.GO_AHEAD)
+
+    def data_scanner(self) -> DataScanner:
+        return DataScanner(
+            bare_newline=self.bare_newline, max_line=self.s.text_line,
+            max_size=self.s.max_message_size, max_header=self.s.header_size,
+        )  # fmt: skip
+
+    def data_done(self, reply: Reply, *, close: bool = False) -> None:
+        """The end of DATA: the commit's 250, a filter's verdict or a content problem."""
+        ok = not reply.is_error
+        self._count("DATA", ok)
+        self.tx = None
+        self.reply(reply)
+        if ok:
+            self.errors = 0
+            self.junk = 0  # Postfix: "The junk command count is reset after mail is delivered."
+        elif close:
+            self._close_after("DATA refused")
+        else:
+            self._after_error()
+
+    def data_lost(self) -> None:
+        self._count("DATA", False)
+        self.tx = None
+
+    def tls_started(self) -> None:
+        """RFC 3207 4.2: forget everything learned before TLS."""
+        self._pending = None
+        self._count("STARTTLS", True)
+        self.tls = True
+        self.helo, self.esmtp, self.tx, self.login = None, False, None, None
+
+    def auth_done(self, login: str | None, reply: Reply, *, close: bool = False) -> None:
+        """The credentials were checked: `login` on success, with the reply to send."""
+        self._pending = None
+        self._sasl = None
+        self._count("AUTH", login is not None)
+        self._failed = False
+        if login is not None:
+            self.login = login
+        self.reply(reply)
+        if close:
+            self._close_after("authentication refused")
+        elif login is None:
+            self._after_error()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _cmd_helo(self, arg: str | None) -> Event | None:
+        return self._greet(arg, esmtp=False)
+
+    def _cmd_ehlo(self, arg: str | None) -> Event | None:
+        return self._greet(arg, esmtp=True)
+
+    def _greet(self, arg: str | None, *, esmtp: bool) -> Event | None:
+        if not arg:
+            self.reply(Reply(501, "5.5.4", f"Syntax: {'EHLO' if esmtp else 'HELO'} hostname"))
+            return None
+        return Helo(arg, esmtp)
+
+    def _helo_ok(self, ev: Helo) -> None:
+        self.helo = ev.name
+        self.esmtp = ev.esmtp
+        self.tx = None
+        if not ev.esmtp:
+            self.reply(Reply(250, "", self.s.hostname))
+            return
+        size = self.s.max_message_size
+        lines = [self.s.hostname]
+        if not self.hide_pipelining:
+            lines.append("PIPELINING")
+        lines.append(f"SIZE {size}" if size else "SIZE")
+        if self.s.starttls and not self.tls:
+            lines.append("STARTTLS")
+        mechs = self.auth_offered()
+        if mechs and self.login is None:
+            lines.append("AUTH " + " ".join(mechs))
+        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
+        self.reply(Reply(250, "", "\n".join(lines)))
+
+    def auth_offered(self) -> tuple[str, ...]:
+        """Mechanisms offered now: only under TLS (STARTTLS done or implicit)."""
+        if self.s.auth == "none" or not self.tls:
+            return ()
+        return self.s.auth_mechanisms
+
+    def _cmd_mail(self, arg: str | None) -> Event | None:
+        if self.helo is None:
+            self.reply(R.NEED_HELO)
+            return None
+        if self.tx is not None:
+            self.reply(R.NESTED_MAIL)
+            return None
+        if self.s.auth == "require" and self.login is None:
+            self.reply(R.AUTH_REQUIRED)
+            return None
+        try:
+            sender, params = parse_path(arg, "FROM", utf8_allowed=True)
+        except AddressError:
+            if arg is None or not arg[:5].upper() == "FROM:":
+                self.reply(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+            else:
+                self.reply(Reply(501, "5.1.7", "Bad sender address syntax"))
+            return None
+        reply = self._check_mail_params(params)
+        if reply is None and needs_smtputf8(sender) and "SMTPUTF8" not in params:
+            reply = R.UTF8_UNDECLARED
+        if reply is not None:
+            self.reply(reply)
+            self._emit(Log("NOQUEUE: reject: MAIL", f"{reply.line()}; from=<{sanitize(str(sender))}> proto={self.proto} helo=<{sanitize(self.helo or '')}>"))
+            return None
+        return Mail(sender, params)
+
+    @property
+    def proto(self) -> str:
+        return "ESMTP" if self.esmtp else "SMTP"
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> Reply | None:
+        if params and not self.esmtp:
+            return Reply(555, "5.5.4", "Unsupported option: " + sanitize(next(iter(params)), 40))
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    return Reply(501, "5.5.4", "Bad message size syntax")
+                limit = self.s.max_message_size
+                if limit and int(value) > limit:
+                    return R.SIZE_FIXED
+            elif key == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return Reply(501, "5.5.4", "Bad BODY keyword: " + sanitize(value or "", 40))
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return Reply(501, "5.5.4", "Bad SMTPUTF8 syntax")
+            elif key == "AUTH":
+                pass  # RFC 4954 5: the AUTH= of a relaying client we do not trust is ignored
+            else:
+                return Reply(555, "5.5.4", "Unsupported option: " + sanitize(key, 40))
+        return None
+
+    def _cmd_rcpt(self, arg: str | None) -> Event | None:
+        tx = self.tx
+        if tx is None:
+            self.reply(R.NEED_MAIL)
+            return None
+        try:
+            rcpt, params = parse_path(arg, "TO", utf8_allowed=True)
+            if rcpt.is_null:
+                raise AddressError("null recipient")
+        except AddressError:
+            if arg is None or not arg[:3].upper() == "TO:":
+                self.reply(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
+            else:
+                self.reply(Reply(501, "5.1.3", "Bad recipient address syntax"))
+            return None
+        if params:
+            self.reply(Reply(555, "5.5.4", "Unsupported option: " + sanitize(next(iter(params)), 40)))
+            return None
+        if needs_smtputf8(rcpt) and "SMTPUTF8" not in tx.params:
+            self.reply(R.UTF8_UNDECLARED)
+            return None
+        if not rcpt.domain and rcpt.local.lower() == "postmaster":
+            # RFC 5321 4.5.1: <postmaster> without a domain must be accepted.
+            rcpt = Mailbox(rcpt.local, self.s.postmaster_domain or self.s.hostname)
+        if len(tx.recipients) >= self.s.recipients:
+            self.reply(R.TOO_MANY_RCPT)
+            return None
+        return Rcpt(rcpt, params)
+
+    def _cmd_data(self, arg: str | None) -> Event | None:
+        tx = self.tx
+        if tx is None:
+            self.reply(R.NEED_MAIL)
+            return None
+        if not tx.recipients:
+            self.reply(R.NEED_RCPT)
+            return None
+        if arg:
+            self.reply(Reply(501, "5.5.4", "Syntax: DATA"))
+            return None
+        if self._in:
+            # RFC 2920 3.1: DATA ends a pipelined group; content before 354 is a protocol
+            # violation (Postfix reject_unauth_pipelining), and the classic smuggling vector.
+            self.reply(R.UNAUTH_PIPE)
+            self._emit(Log("improper command pipelining after DATA", warning=True))
+            return None
+        return Data()
+
+    def _cmd_rset(self, arg: str | None) -> Event | None:
+        self.tx = None
+        self.reply(R.OK)
+        return None
+
+    def _cmd_noop(self, arg: str | None) -> Event | None:
+        self.reply(R.OK)
+        return None
+
+    def _cmd_quit(self, arg: str | None) -> Event | None:
+        self._count("QUIT", True)
+        self.reply(R.BYE)
+        self._closed = True
+        self._emit(Quit())
+        return None
+
+    def _cmd_vrfy(self, arg: str | None) -> Event | None:
+        self.reply(R.VRFY)
+        return None
+
+    def _cmd_starttls(self, arg: str | None) -> Event | None:
+        if self.tls:
+            self.reply(R.TLS_ACTIVE)
+            return None
+        if not self.s.starttls:
+            self.reply(R.NOT_IMPL)
+            return None
+        if arg:
+            self.reply(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+            return None
+        self.reply(R.READY_TLS)
+        return StartTls()
+
+    def _cmd_auth(self, arg: str | None) -> Event | None:
+        if self.s.auth == "none" or not self.s.auth_mechanisms:
+            self.reply(R.AUTH_OFF)
+            return None
+        if self.helo is None or not self.esmtp:
+            self.reply(R.AUTH_NEED_EHLO)
+            return None
+        if self.login is not None:
+            self.reply(R.AUTH_ALREADY)
+            return None
+        if self.tx is not None:
+            self.reply(R.AUTH_IN_TX)
+            return None
+        if not self.auth_offered():
+            self.reply(R.AUTH_ENCRYPTION)
+            return None
+        if not arg:
+            self.reply(Reply(501, "5.5.4", "Syntax: AUTH mechanism"))
+            return None
+        mech, _, initial = arg.partition(" ")
+        exchange, step = sasl.start(mech, initial.strip() or None, self.auth_offered())
+        return self._sasl_step(exchange, step)
+
+    def _auth_response(self, line: bytes) -> None:
+        """A line of the AUTH exchange (not a command)."""
+        assert self._sasl is not None
+        ev = self._sasl_step(self._sasl, self._sasl.respond(line))
+        if ev is not None:
+            self._wait(ev)
+        elif self._sasl is None:  # failed: counted here, the command already was not
+            self._count("AUTH", False)
+            self._after_error()
+
+    def _sasl_step(self, exchange: sasl.Exchange, step: sasl.Step) -> Event | None:
+        if isinstance(step, sasl.Challenge):
+            self._sasl = exchange
+            self._out.append(f"334 {step.text}\r\n".encode("ascii"))
+            return None
+        self._sasl = None
+        if isinstance(step, sasl.Failed):
+            self.reply(step.reply)
+            return None
+        assert exchange.mechanism is not None
+        return AuthLogin(exchange.mechanism.value, step.login, step.password)
+
+
+_COMMANDS = {
+    "HELO": Engine._cmd_helo,
+    "EHLO": Engine._cmd_ehlo,
+    "MAIL": Engine._cmd_mail,
+    "RCPT": Engine._cmd_rcpt,
+    "DATA": Engine._cmd_data,
+    "RSET": Engine._cmd_rset,
+    "NOOP": Engine._cmd_noop,
+    "QUIT": Engine._cmd_quit,
+    "VRFY": Engine._cmd_vrfy,
+    "AUTH": Engine._cmd_auth,
+    "STARTTLS": Engine._cmd_starttls,
+}
+
+
+def mechanisms(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n.upper() for n in names)
+
+
+DATA_REPLIES = {
+    DataProblem.BARE_LF: Reply(550, "5.5.2", "Error: bare <LF> received"),
+    DataProblem.BARE_CR: Reply(550, "5.5.2", "Error: bare <CR> received"),
+    DataProblem.LINE_TOO_LONG: Reply(500, "5.5.2", "Error: message line too long"),
+    DataProblem.TOO_BIG: Reply(552, "5.3.4", "Error: message file too big"),
+    DataProblem.HEADER_TOO_BIG: Reply(552, "5.3.4", "Error: message header too big"),
+}

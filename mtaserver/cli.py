@@ -1,4 +1,4 @@
-"""The `mtaserver` command: run, check-config.
+"""The `mtaserver` command: run, check-config, auth hash.
 
 CONFIG
     -c FILE, else $MTASERVER_CONFIG, else conf/mtaserver.yaml
@@ -24,13 +24,37 @@ def _check_config(path: str) -> int:
     return 0
 
 
+def _auth_hash() -> int:
+    """Read a password (twice from a terminal, else one line of stdin) and print its argon2id hash."""
+    import getpass
+
+    from .auth.hashes import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("mtaserver auth hash: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("mtaserver auth hash: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtaserver", description="A pure-Python Mail Transfer Agent")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run the MTA in the foreground"), ("check-config", "validate the config file")):
         p = sub.add_parser(name, help=text)
         p.add_argument("-c", "--config", default=None, help="config file (default: $MTASERVER_CONFIG, else conf/mtaserver.yaml)")
+    auth = sub.add_parser("auth", help="users file helpers").add_subparsers(dest="auth_command", required=True)
+    auth.add_parser("hash", help="read a password (terminal or stdin), print an argon2id hash for the users file")
     args = parser.parse_args(argv)
+    if args.command == "auth":
+        return _auth_hash()
     path = args.config or app.default_config_path()
     if args.command == "check-config":
         return _check_config(path)

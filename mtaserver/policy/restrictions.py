@@ -262,12 +262,12 @@ def relay_denied(rcpt: Mailbox) -> Reply:
 
 
 def user_unknown_recipient(rcpt: Mailbox) -> Reply:
-    # show_user_unknown_table_name = yes and Carbonio's domains are virtual mailbox domains (SPEC 1.2)
-    return _reply(550, "5.1.1", f"<{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table")
+    # Postfix with show_user_unknown_table_name = no: our table is domains.mailboxes, not a Postfix map
+    return _reply(550, "5.1.1", f"<{rcpt}>: Recipient address rejected: User unknown")
 
 
 def user_unknown_sender(sender: Mailbox) -> Reply:
-    return _sender_reply(550, "5.1.0", sender, "User unknown in virtual mailbox table")
+    return _sender_reply(550, "5.1.0", sender, "User unknown")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,6 +152,7 @@ class Worker:
         self.config = new
         self.store.announce_delay = new.queue.wakeup_delay
         if rt is not None:
+            asyncio.get_running_loop().create_task(rt.check_auth())  # before the first AUTH, in practice
             self.runtime = rt
             by_name = {x.name: x for x in new.server.listeners}
             for srv in self.servers:
@@ -185,6 +186,7 @@ class Worker:
         listening = []
         if self.sockets:
             self.runtime = rt = self._build(cfg, None)
+            await rt.check_auth()
             for listener, sock in zip(cfg.server.listeners, self.sockets):
                 srv = SmtpServer(rt, listener, self.store)
                 self.servers.append(srv)

@@ -551,7 +551,7 @@ def load(path: str | os.PathLike[str], *, text: str | None = None) -> Config:
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, filename, lines)) from None
     # Per-node overrides: each is validated merged over the base, errors point into servers.<name>.
-    errors: list[str] = []
+    errors: list[str] = _cross_checks(cfg, filename, lines)
     effective = cfg
     for name, override in cfg.servers.items():
         if not isinstance(override, dict):
@@ -571,6 +571,17 @@ def load(path: str | os.PathLike[str], *, text: str | None = None) -> Config:
     if errors:
         raise ConfigError(errors)
     return effective
+
+
+def _cross_checks(cfg: Config, filename: str, lines: dict) -> list[str]:
+    """What one section's validator cannot see: rules across sections."""
+    errors = []
+    if cfg.auth.backend == "file" and not cfg.auth.users_file:
+        for i, lst in enumerate(cfg.server.listeners):
+            if lst.auth == "require":
+                loc = ("server", "listeners", i, "auth")
+                errors.append(f"{filename}:{_line_of(lines, loc)}: {_dotted(loc)}: require needs auth.users_file (or auth.backend: dovecot)")
+    return errors
 
 
 def _override_errors(exc: ValidationError, filename: str, lines: dict, name: str, override: dict) -> list[str]:

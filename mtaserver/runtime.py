@@ -202,6 +202,20 @@ class Runtime:
             settings[lst.name] = _engine_settings(cfg, lst, tls, authenticator)
         return cls(cfg, tls, resolver, screener, authenticator, failures, rates, filters, policy, pipelines, settings, changes)
 
+    async def check_auth(self) -> None:
+        """Dovecot unreachable at start: AUTH is not offered (logged) until a reload finds it."""
+        check = getattr(self.authenticator, "check", None)
+        if check is None:
+            return
+        why = await check()
+        if not why:
+            return
+        log.warning("AUTH not offered: %s", why)
+        await self.authenticator.close()  # type: ignore[union-attr]
+        self.authenticator = None
+        for lst in self.config.server.listeners:
+            self.settings[lst.name] = _engine_settings(self.config, lst, self.tls_context, None)
+
     def engine_settings(self, listener: Listener) -> E.Settings:
         return self.settings[listener.name]
 
@@ -223,11 +237,15 @@ class Runtime:
             await self.screener.close(delay=delay)
         if self.resolver is not replaced_by.resolver:
             self.resolver.close()
+        if self.authenticator is not None and self.authenticator is not replaced_by.authenticator:
+            await self.authenticator.close()
 
     async def close(self) -> None:
         if self.screener is not None:
             await self.screener.close()
         self.resolver.close()
+        if self.authenticator is not None:
+            await self.authenticator.close()
 
 
 def _build_authenticator(cfg: Config, previous: Runtime | None, changes: list[str]) -> Authenticator | None:

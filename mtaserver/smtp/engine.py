@@ -728,8 +728,8 @@ class Engine:
         if self.s.auth == "none" or not self.s.auth_mechanisms:
             self.reply(R.AUTH_OFF)
             return None
-        if self.helo is None or not self.esmtp:
-            self.reply(R.AUTH_NEED_EHLO)
+        if self.helo is None:
+            self.reply(R.NEED_HELO)
             return None
         if self.login is not None:
             self.reply(R.AUTH_ALREADY)

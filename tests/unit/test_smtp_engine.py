@@ -303,7 +303,7 @@ def test_auth_refusals(lines, reply):
 def test_auth_before_ehlo():
     e = E.Engine(settings(auth="offer", implicit_tls=True))
     out, _ = run(e, [b"AUTH PLAIN\r\n"])
-    assert codes(out) == ["503 5.5.1 Error: send EHLO first"]
+    assert codes(out) == ["503 5.5.1 Error: send HELO/EHLO first"]
 
 
 def test_require_auth_before_mail():

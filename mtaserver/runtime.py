@@ -270,7 +270,9 @@ def _build_authenticator(cfg: Config, previous: Runtime | None, changes: list[st
 
 def _engine_settings(cfg: Config, lst: Listener, tls: ssl.SSLContext | None, auth: Authenticator | None) -> E.Settings:
     lim = cfg.server.limits
-    mechanisms = tuple(m.upper() for m in cfg.auth.mechanisms) if auth is not None and lst.auth != "none" else ()
+    # outbound.require_auth is the panel's "Enable Authentication": off, only auth: require listeners offer AUTH
+    mode = lst.auth if cfg.outbound.require_auth or lst.auth == "require" else "none"
+    mechanisms = tuple(m.upper() for m in cfg.auth.mechanisms) if auth is not None and mode != "none" else ()
     return E.Settings(
         hostname=cfg.server.hostname,
         command_line=lim.command_line,
@@ -284,8 +286,8 @@ def _engine_settings(cfg: Config, lst: Listener, tls: ssl.SSLContext | None, aut
         bare_newline=BareNewline(cfg.inbound.bare_newline),
         starttls=tls is not None and lst.tls == "starttls",
         implicit_tls=lst.tls == "implicit",
-        require_tls=lst.auth == "require" and lst.tls == "starttls" and tls is not None,
-        auth=lst.auth,
+        require_tls=mode == "require" and lst.tls == "starttls" and tls is not None,
+        auth=mode,
         auth_mechanisms=mechanisms,
         postmaster_domain=(cfg.domains.local or [cfg.server.hostname])[0],
     )

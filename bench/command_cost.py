@@ -3,7 +3,7 @@
 
 usage: .venv/bin/python bench/command_cost.py [--rounds N] [--profile]
 
-Builds one SmtpSession (the embedded default config, a queue under bench/out/) on a fake
+Builds one SMTP session (smtp/protocol.py; the shipped config with server.peername_lookup off, so no DNS query, a queue under bench/out/) on a fake
 transport that records what is written, feeds it command lines through `data_received` as the
 event loop would, and times until each reply is written: HELO alone, MAIL + HELO (HELO resets
 the transaction; RSET and NOOP would soon hit the junk-command limit), MAIL + RCPT + HELO,
@@ -36,8 +36,10 @@ sys.path.insert(0, str(REPO))
 
 import uvloop  # noqa: E402
 
-from mtaserver import config, logutil, smtpd  # noqa: E402
+from mtaserver import config, logutil  # noqa: E402
 from mtaserver.queue.store import QueueStore  # noqa: E402
+from mtaserver.runtime import Runtime  # noqa: E402
+from mtaserver.smtp.protocol import SmtpServer  # noqa: E402
 
 
 class FakeTransport(asyncio.Transport):
@@ -72,12 +74,13 @@ class FakeTransport(asyncio.Transport):
 
 async def measure(rounds: int, only_helo: bool) -> None:
     cfg = config.load(str(REPO / "conf" / "mtaserver.yaml"))
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"peername_lookup": False})})
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
     root = tempfile.mkdtemp(prefix="command-cost-", dir=out)
     store = QueueStore(root)
     store.open()
-    server = smtpd.SmtpServer(smtpd.ConfigHolder(cfg), cfg.server.listeners[0], store)
+    server = SmtpServer(Runtime.build(cfg), cfg.server.listeners[0], store)
     session = server.protocol()
     transport = FakeTransport()
     session.connection_made(transport)
@@ -120,7 +123,7 @@ async def measure(rounds: int, only_helo: bool) -> None:
     store.close()
     shutil.rmtree(root, ignore_errors=True)
     if not only_helo:
-        await one_message(server.config.current, rounds)
+        await one_message(server.runtime.config, rounds)
 
 
 MESSAGE_STEPS = ("greeting", "HELO", "MAIL", "RCPT", "DATA", "content+dot", "QUIT+teardown")
@@ -134,7 +137,7 @@ async def one_message(cfg: config.Config, rounds: int) -> None:
     store.open()
     # No queue manager: store.on_commit is unset, so announce() sends nothing and the wake-up
     # datagram (at most one per queue.wakeup_delay) is not counted here.
-    server = smtpd.SmtpServer(smtpd.ConfigHolder(cfg), cfg.server.listeners[0], store)
+    server = SmtpServer(Runtime.build(cfg), cfg.server.listeners[0], store)
     body = b"Subject: command cost\r\n\r\n" + (b"X" * 70 + b"\r\n") * 14 + b".\r\n"
     lines = (None, b"HELO client.test\r\n", b"MAIL FROM:<sender@client.test>\r\n",
              b"RCPT TO:<rcpt@example.test>\r\n", b"DATA\r\n", body, b"QUIT\r\n")  # fmt: skip

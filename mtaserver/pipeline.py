@@ -154,7 +154,7 @@ class Hook:
         raise NotImplementedError
 
     def end(self, ctx: Context) -> None:
-        """The session is over (called for every hook that has `state` in ctx)."""
+        """The session is over (called for every hook when any hook kept `state` for it)."""
 
     async def close(self) -> None:
         """The pipeline that holds this hook was replaced and is no longer used."""

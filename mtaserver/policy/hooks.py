@@ -47,7 +47,7 @@ from ..pipeline import Context, Hook, Stage
 from ..values import domain_matches
 from . import lookups
 from .mailboxes import Mailboxes, load_mailboxes
-from .restrictions import ClientName, Need, Owners, RcptFacts, decide, needed
+from .restrictions import ClientName, ClientNameStatus, Need, Owners, RcptFacts, decide, needed
 
 if TYPE_CHECKING:
     from ..smtp.protocol import Session
@@ -72,6 +72,11 @@ class Policy:
     def session_started(self, session: Session) -> None:
         if not self.cfg.server.peername_lookup or session.ctx is None:
             return
+        listed = lookups.hosts_name(session.peer_ip)
+        if listed is not None:  # /etc/hosts answers at once (127.0.0.1 is localhost): no task, no DNS
+            session.client_name = listed
+            session.ctx.state[NAME_TASK] = ClientName(ClientNameStatus.VERIFIED, listed)
+            return
         task = asyncio.get_running_loop().create_task(lookups.client_name(self.resolver, session.peer_ip, timeout=self.timeout))
         session.ctx.state[NAME_TASK] = task
 
@@ -84,9 +89,21 @@ class Policy:
         task.add_done_callback(done)
 
 
+def known_client_name(ctx: Context) -> ClientName | None:
+    """The client name if its lookup is over (None while it runs, or when it failed)."""
+    found = ctx.state.get(NAME_TASK)
+    if isinstance(found, ClientName):
+        return found
+    if found is not None and found.done() and not found.cancelled() and found.exception() is None:
+        return found.result()
+    return None
+
+
 async def client_name(policy: Policy, ctx: Context) -> ClientName | None:
     """The lookup started at connect, waited for within the DNS timeout."""
-    task: asyncio.Task[ClientName] | None = ctx.state.get(NAME_TASK)
+    task: asyncio.Task[ClientName] | ClientName | None = ctx.state.get(NAME_TASK)
+    if isinstance(task, ClientName):
+        return task
     if task is None:
         return await lookups.client_name(policy.resolver, ctx.session.ip, timeout=policy.timeout)
     if not task.done():
@@ -112,12 +129,11 @@ class RcptHook(Hook):
         s = ctx.session
         assert ctx.tx is not None and ctx.rcpt is not None
         cache: dict[str, Any] = ctx.state.setdefault(self.name, {})
-        task = ctx.state.get(NAME_TASK)
         facts = RcptFacts(
             client_ip=s.ip, helo=s.helo, sender=ctx.tx.sender, recipient=ctx.rcpt, login=s.login,
             mynetworks=s.mynetworks, local_domains=cfg.domains.local, relay_domains=cfg.domains.relay,
             mailboxes=p.mailboxes, owners=p.owners,
-            client_name=task.result() if task is not None and task.done() and not task.cancelled() and task.exception() is None else None,
+            client_name=known_client_name(ctx),
             helo_host=cache.get(f"helo {s.helo}"), sender_domain=cache.get(f"domain {ctx.tx.sender.domain_key}"),
         )  # fmt: skip
         needs = needed(facts, cfg.inbound)
@@ -140,6 +156,11 @@ class RcptHook(Hook):
                 s.label, verdict.reply.line(), sanitize(str(ctx.tx.sender)), sanitize(str(ctx.rcpt)), s.proto, sanitize(s.helo or ""),
             )  # fmt: skip
         return verdict if verdict.final else CONTINUE
+
+    def end(self, ctx: Context) -> None:
+        task = ctx.state.get(NAME_TASK)
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()  # the client left before its name was known
 
 
 def build(cfg: Config, resolver: Resolver, authenticator: Any) -> Policy:

@@ -8,7 +8,10 @@ DESCRIPTION
       client_name(resolver, ip)       PTR of ip, then A (IPv4) or AAAA (IPv6) of the first
                                       PTR name; the name is Postfix's client name only when
                                       that forward lookup gives back ip (smtpd_peer.c). A PTR
-                                      name that is malformed or numeric counts as none.
+                                      name that is malformed or numeric counts as none. An
+                                      address listed in /etc/hosts takes its name from there,
+                                      as Postfix's getnameinfo() does (127.0.0.1 is
+                                      "localhost" without a DNS query).
       host_exists(resolver, name)     A, AAAA, then MX, stopping at the first answer
                                       (reject_unknown_hostname: a null MX counts as existing)
       domain_status(resolver, domain) MX; without MX records A, then AAAA
@@ -46,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 from collections.abc import Awaitable, Iterable
 from dataclasses import replace
 from typing import TypeVar
@@ -125,6 +129,35 @@ async def client_name(resolver: Resolver, ip: str, *, timeout: float | None = No
     return await _bounded(_client_name(resolver, ip), timeout, ClientName(ClientNameStatus.PTR_TEMPFAIL))
 
 
+HOSTS_FILE = "/etc/hosts"
+_hosts: tuple[float, dict[str, str]] = (-1.0, {})
+
+
+def hosts_name(ip: str, path: str = HOSTS_FILE) -> str | None:
+    """The first name of `ip` in the hosts file (read again when it changes), or None."""
+    global _hosts
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return None
+    if mtime != _hosts[0]:
+        names: dict[str, str] = {}
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.split("#", 1)[0].split()
+                    if len(fields) >= 2:
+                        try:
+                            key = str(ipaddress.ip_address(fields[0]))
+                        except ValueError:
+                            continue
+                        names.setdefault(key, fields[1])
+        except OSError:
+            return None
+        _hosts = (mtime, names)
+    return _hosts[1].get(ip)
+
+
 async def _client_name(resolver: Resolver, ip: str) -> ClientName:
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -132,6 +165,9 @@ async def _client_name(resolver: Resolver, ip: str) -> ClientName:
         return ClientName(ClientNameStatus.NO_PTR)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
+    listed = hosts_name(str(addr))
+    if listed is not None and valid_hostname(listed):
+        return ClientName(ClientNameStatus.VERIFIED, listed)  # the hosts file names it both ways
     answer = await _query(resolver, addr.reverse_pointer, "PTR")
     if answer is HostStatus.TEMPFAIL:
         return ClientName(ClientNameStatus.PTR_TEMPFAIL)

@@ -406,8 +406,8 @@ class Session(asyncio.Protocol):
             self._goodbye(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
         finally:
             self._stop_timer()
-            for hook in self.pipeline.hooks:
-                if hook.name in self.ctx.state:
+            if self.ctx.state:  # only hooks that kept something for this session have an end to run
+                for hook in self.pipeline.hooks:
                     try:
                         hook.end(self.ctx)
                     except Exception:

@@ -149,6 +149,9 @@ class Worker:
                 return
         if [(x.name, str(x.address)) for x in new.server.listeners] != [(x.name, str(x.address)) for x in old_cfg.server.listeners]:
             log.warning("reload: adding, removing or moving a listener needs a restart; other settings applied")
+        implicit = {x.name for x in old_cfg.server.listeners if x.tls == "implicit"} ^ {x.name for x in new.server.listeners if x.tls == "implicit"}
+        if implicit:
+            log.warning("reload: tls: implicit on or off needs a restart (listener %s); other settings applied", ", ".join(sorted(implicit)))
         self.config = new
         self.store.announce_delay = new.queue.wakeup_delay
         if rt is not None:

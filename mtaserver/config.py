@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -99,8 +98,14 @@ class SmtpLimits(Strict):
     connection_rate_per_ip: int = Field(0, ge=0)  # new connections per minute; 0 = unlimited -> the same 421
 
 
+def _fqdn() -> str:
+    import socket  # here, not at the top: pure modules import this one for its types
+
+    return socket.getfqdn() or "localhost"
+
+
 class ServerConfig(Strict):
-    hostname: str = Field(default_factory=lambda: socket.getfqdn() or "localhost")
+    hostname: str = Field(default_factory=lambda: _fqdn())
     banner: str = "{hostname} ESMTP mtaserver"
     data_dir: str = "var"
     workers: int | Literal["auto"] = "auto"

@@ -43,7 +43,7 @@ from typing import assert_never
 
 from ..config import PostscreenConfig
 from ..model import Reply
-from .cache import Stamps, record_passes
+from .stamps import Stamps, record_passes
 from .checks import DEEP, Action, Check, action_of, ignore_ttl
 
 # The reply catalogue (SPEC 8.6): situations that are not a check's failure.

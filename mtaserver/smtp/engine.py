@@ -58,6 +58,7 @@ CONFIG
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ FORBIDDEN_COMMANDS = frozenset({"CONNECT", "GET", "POST", "PUT", "HEAD", "USER",
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 JUNK_LIMIT = 100  # Postfix smtpd_junk_command_limit
 INPUT_LIMIT = 1 << 16  # bytes held unread; past it the shell stops reading until commands are consumed
+_XTEXT = re.compile(r"<>|(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")  # RFC 3461 4: xtext
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})  # allowed before STARTTLS when TLS is required
 
 
@@ -638,7 +640,9 @@ class Engine:
                 if value is not None:
                     return Reply(501, "5.5.4", "Bad SMTPUTF8 syntax")
             elif key == "AUTH":
-                pass  # RFC 4954 5: the AUTH= of a relaying client we do not trust is ignored
+                # RFC 4954 5: an xtext mailbox or <>; kept by nobody (we do not relay it onwards)
+                if value is None or not _XTEXT.fullmatch(value):
+                    return Reply(501, "5.5.4", "Bad AUTH parameter syntax")
             else:
                 return Reply(555, "5.5.4", "Unsupported option: " + sanitize(key, 40))
         return None

@@ -42,7 +42,7 @@ import email.utils
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import model as R
@@ -726,6 +726,14 @@ class Session(asyncio.Protocol):
             self._disarm()
         if result.ok:
             login = result.login or ev.login
+            if self.pipeline.has(Stage.AUTH):
+                ctx = self._context()
+                ctx.session = replace(ctx.session, login=login)
+                verdict = await run_stage(self.pipeline, Stage.AUTH, ctx)
+                if verdict.reply is not None and verdict.reply.is_error:
+                    log.warning("%s: SASL %s login %s refused: %s", self._label(), ev.mechanism, sanitize(login, 100), verdict.reason)
+                    self.engine.auth_done(None, verdict.reply)
+                    return
             log.info("%s: sasl_method=%s, sasl_username=%s", self._label(), ev.mechanism, sanitize(login, 100))
             self.engine.auth_done(login, R.AUTH_OK)
             return

@@ -136,11 +136,18 @@ def test_hook_verdicts_are_the_replies_and_count_as_failures():
         (b"STARTTLS\r\n", "502 5.5.1 Error: command not implemented"),
         (b"\r\n", "500 5.5.2 Error: bad syntax"),
         (b"AUTH PLAIN\r\n", "503 5.5.1 Error: authentication not enabled"),
+        (b"EHLO c\r\nMAIL FROM:<a@b.test> AUTH=a b\r\n", "555 5.5.4 Unsupported option: B"),
+        (b"EHLO c\r\nMAIL FROM:<a@b.test> AUTH=a+2\r\n", "501 5.5.4 Bad AUTH parameter syntax"),
     ],
 )
 def test_refusals_settled_by_the_engine(script, reply):
     out, _ = same_at_every_split(lambda: E.Engine(settings(auth="none")), script)
     assert codes(out)[-1] == reply
+
+
+def test_auth_parameter_on_mail_is_accepted():
+    out, _ = run(E.Engine(settings()), [b"EHLO c\r\nMAIL FROM:<a@b.test> AUTH=<>\r\nRSET\r\nMAIL FROM:<a@b.test> AUTH=a+2Bb@b.test\r\n"])
+    assert codes(out)[1:] == ["250 2.1.0 Ok", "250 2.0.0 Ok", "250 2.1.0 Ok"]
 
 
 def test_postmaster_without_domain_is_qualified():

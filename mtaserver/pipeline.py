@@ -95,11 +95,20 @@ class SessionView:
         return "ESMTP" if self.esmtp else "SMTP"
 
 
-@dataclass(frozen=True, slots=True)
 class TxView:
-    sender: Mailbox
-    params: dict[str, str | None]
-    recipients: tuple[Mailbox, ...] = ()
+    """The transaction as a hook sees it: the sender, MAIL's parameters, the recipients
+    accepted so far (a tuple made when asked for: most hooks never ask)."""
+
+    __slots__ = ("sender", "params", "_recipients")
+
+    def __init__(self, sender: Mailbox, params: dict[str, str | None], recipients: Sequence[Mailbox] = ()) -> None:
+        self.sender = sender
+        self.params = params
+        self._recipients = recipients
+
+    @property
+    def recipients(self) -> tuple[Mailbox, ...]:
+        return tuple(self._recipients)
 
 
 class Connection(Protocol):

@@ -350,7 +350,7 @@ class Session(asyncio.Protocol):
         assert ctx is not None
         ctx.session = self.session_view()
         tx = self.engine.tx
-        ctx.tx = None if tx is None else TxView(tx.sender, tx.params, tuple(tx.recipients))
+        ctx.tx = None if tx is None else TxView(tx.sender, tx.params, tx.recipients)
         ctx.rcpt = None
         ctx.message = None
         return ctx

@@ -19,10 +19,12 @@ DESCRIPTION
     to=<r> proto=ESMTP helo=<h>".
 
     Owners of sender addresses (reject_sender_login_mismatch): with auth.backend file, the
-    users file's `addresses`; with dovecot (which has no such table), a login owns the
-    address equal to it, and every address of a local domain that the mailboxes table
-    lists (or every local address, with no table) is owned by its own login. So an outsider
-    cannot use one of our addresses without logging in, as with the file backend.
+    users file's `addresses`, looked up case-folded as Postfix's smtpd_sender_login_maps
+    are (restrictions.owners_table: ALICE@ is as much alice's as alice@); with dovecot
+    (which has no such table), a login owns the address equal to it, and every address of
+    a local domain that the mailboxes table lists (or every local address, with no table)
+    is owned by its own login. So an outsider cannot use one of our addresses without
+    logging in, as with the file backend.
 
 SECURITY
     This is what keeps the server from being an open relay (restrictions.py decides).
@@ -47,7 +49,7 @@ from ..pipeline import Context, Hook, Stage
 from ..values import domain_matches
 from . import lookups
 from .mailboxes import Mailboxes, load_mailboxes
-from .restrictions import ClientName, ClientNameStatus, Need, Owners, RcptFacts, decide, needed
+from .restrictions import ClientName, ClientNameStatus, Need, Owners, RcptFacts, decide, needed, owners_table
 
 if TYPE_CHECKING:
     from ..smtp.protocol import Session
@@ -151,9 +153,11 @@ class RcptHook(Hook):
                 cache[f"domain {ctx.tx.sender.domain_key}"] = facts.sender_domain
         verdict = decide(facts, cfg.inbound)
         if verdict.reply is not None and verdict.reply.is_error:
+            # the view was taken before this hook waited for the client name: log the name it got
+            label = s.label if facts.client_name is None else f"{facts.client_name.name}[{s.ip}]"
             log.info(
                 "NOQUEUE: reject: RCPT from %s: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
-                s.label, verdict.reply.line(), sanitize(str(ctx.tx.sender)), sanitize(str(ctx.rcpt)), s.proto, sanitize(s.helo or ""),
+                label, verdict.reply.line(), sanitize(str(ctx.tx.sender)), sanitize(str(ctx.rcpt)), s.proto, sanitize(s.helo or ""),
             )  # fmt: skip
         return verdict if verdict.final else CONTINUE
 
@@ -171,7 +175,8 @@ def build(cfg: Config, resolver: Resolver, authenticator: Any) -> Policy:
     owners: Owners | None = None
     users = getattr(authenticator, "users", None)
     if users is not None:
-        owners = users.owners
+        # folded as Postfix's smtpd_sender_login_maps lookups are: a changed case cannot dodge the check
+        owners = owners_table({login: users.addresses(login) for login in users.by_login})
     elif authenticator is not None:
         owners = dovecot_owners(cfg, mailboxes)
     return Policy(cfg, resolver, mailboxes, owners)

@@ -39,7 +39,7 @@ from . import logutil
 from .config import Config, ConfigError
 from .queue.manager import QueueManager, notify
 from .queue.store import QueueStore
-from .runtime import Runtime, make_tls_context
+from .runtime import Runtime, check_files
 from .smtp.protocol import SmtpServer
 from .values import Endpoint
 
@@ -258,10 +258,10 @@ def run(path: str) -> int:
             print(line, file=sys.stderr)
         return 1
     logutil.setup(cfg.advanced.log_level)
-    try:
-        make_tls_context(cfg)  # a bad certificate is a config error, not a worker crash loop
-    except OSError as exc:
-        log.error("%s: server.tls: cannot load the certificate and key: %s", path, exc)
+    problems = check_files(cfg)  # a file that cannot be used is a config error, not a worker crash loop
+    for key, message in problems:
+        log.error("%s:%d: %s: %s", path, config_mod.key_line(path, key), key, message)
+    if problems:
         return 1
     store = QueueStore(cfg.queue_path)
     counts = store.recover()

@@ -14,11 +14,19 @@ from . import config as config_mod
 
 
 def _check_config(path: str) -> int:
+    """The file's syntax and values, then the files it names: what `run` would refuse."""
     try:
-        config_mod.load(path)
+        cfg = config_mod.load(path)
     except config_mod.ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
+        return 1
+    from .runtime import check_files
+
+    problems = check_files(cfg)
+    for key, message in problems:
+        print(f"{path}:{config_mod.key_line(path, key)}: {key}: {message}", file=sys.stderr)
+    if problems:
         return 1
     print("ok")
     return 0

@@ -503,6 +503,15 @@ def _compose(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], int]]
     return data, lines
 
 
+def key_line(path: str | os.PathLike[str], key: str) -> int:
+    """The line of a dotted key (`auth.users_file`) in a config file that loads; 1 if not there."""
+    try:
+        _, lines = _compose(Path(path).read_text(encoding="utf-8"), str(path))
+    except (OSError, ConfigError):
+        return 1
+    return _line_of(lines, tuple(key.split(".")))
+
+
 def _dotted(path: tuple[Any, ...]) -> str:
     out = ""
     for p in path:

@@ -50,11 +50,11 @@ from typing import Any, Protocol
 
 from .address import Mailbox
 from .logutil import sanitize
-from .model import CONTINUE, Decision, Reply, Verdict
+from .model import CONTINUE, TEMPFAIL_INTERNAL, Decision, Reply, Verdict
 
 log = logging.getLogger("smtpd")
 
-HOOK_ERROR = Verdict(Decision.TEMPFAIL, Reply(451, "4.3.0", "Error: internal error"), "hook failed")
+HOOK_ERROR = Verdict(Decision.TEMPFAIL, TEMPFAIL_INTERNAL, "hook failed")
 
 
 class Stage(str, enum.Enum):
@@ -80,6 +80,7 @@ class SessionView:
     tls: bool = False
     login: str | None = None  # the authenticated login
     mynetworks: bool = False
+    log_port: bool = False  # advanced.log_client_port: labels end in ":port"
 
     @property
     def trusted(self) -> bool:
@@ -88,7 +89,11 @@ class SessionView:
 
     @property
     def label(self) -> str:
-        return f"{self.name}[{self.ip}]"
+        return self.label_as(self.name)
+
+    def label_as(self, name: str) -> str:
+        """The client as every log line names it: "name[ip]" (":port" after it when configured)."""
+        return f"{name}[{self.ip}]:{self.port}" if self.log_port else f"{name}[{self.ip}]"
 
     @property
     def proto(self) -> str:

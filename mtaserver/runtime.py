@@ -65,6 +65,31 @@ def make_tls_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def check_files(cfg: Config) -> list[tuple[str, str]]:
+    """What `run` would refuse in the files the config names (certificate and key, users file,
+    mailboxes): (key, message) pairs; empty when all can be used. No event loop needed."""
+    errors = []
+    try:
+        make_tls_context(cfg)
+    except (OSError, ssl.SSLError) as exc:
+        errors.append(("server.tls", f"cannot load the certificate and key: {exc}"))
+    if any(lst.auth != "none" for lst in cfg.server.listeners) and cfg.auth.backend == "file" and cfg.auth.users_file:
+        from .auth import backend
+
+        try:
+            backend.build(cfg.auth, cfg.source)
+        except ValueError as exc:
+            errors.append(("auth.users_file", str(exc).removeprefix("auth.users_file ").replace("\n", "; ")))
+    if cfg.domains.mailboxes:
+        from .policy.mailboxes import load_mailboxes
+
+        try:
+            load_mailboxes(resolve_path(cfg.source, cfg.domains.mailboxes))
+        except (OSError, ValueError) as exc:
+            errors.append(("domains.mailboxes", str(exc).replace("\n", "; ")))
+    return errors
+
+
 # -- hooks built here ---------------------------------------------------------------------------
 
 

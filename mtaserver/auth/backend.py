@@ -6,9 +6,9 @@ DESCRIPTION
         result = await authenticator.authenticate(login, password, client_ip=.., local_ip=.., secured=..)
 
     and answers from the result:
-        ok                      235 2.7.0 (sasl.AUTH_OK); result.login is the login to record
-        not ok, temporary       454 4.7.0 (sasl.AUTH_TEMPFAIL); not a failure for failures.py
-        not ok                  535 5.7.8 (sasl.AUTH_FAILED); counts in failures.py
+        ok                      235 2.7.0 (model.AUTH_OK); result.login is the login to record
+        not ok, temporary       454 4.7.0 (model.AUTH_TEMPFAIL); not a failure for failures.py
+        not ok                  535 5.7.8 (model.AUTH_FAILED); counts in failures.py
     `reason` is for the log (never contains the password).
 
     FileAuthenticator(users, executor)  verifies against the users file (users.py). The hash

@@ -6,7 +6,7 @@ DESCRIPTION
     fell within `window` seconds of each other (less than `window` from first to last), and
     stays true until `window` seconds after the client's last failure. The session then answers every AUTH from that client, even
     one with the right password, with `421 4.7.0 Error: too many failed authentications`
-    (sasl.TOO_MANY_FAILURES) and closes; refused attempts are not failures and do not
+    (model.TOO_MANY_FAILURES) and closes; refused attempts are not failures and do not
     extend the block. `max_failures = 0` turns the bookkeeping off. Success does not
     reset the count: a guesser that knows one password must not launder its failures.
 

@@ -59,24 +59,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import assert_never
 
-from ..model import Reply
+from ..model import AUTH_ABORTED, AUTH_FAILED, CANNOT_DECODE, LINE_TOO_LONG, UNSUPPORTED_MECHANISM, Reply
 
 AUTH_LINE_MAX = 12288  # RFC 4954 4: an AUTH command line or response line, CRLF included
-
-AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
-AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
-AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
-ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
-AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
-STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
-ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
-HELO_FIRST = Reply(503, "5.5.1", "Error: send HELO/EHLO first")
-IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
-UNSUPPORTED_MECHANISM = Reply(504, "5.5.4", "Unsupported authentication mechanism")
-AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
-CANNOT_DECODE = Reply(501, "5.5.2", "Cannot decode response")
-LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
-TOO_MANY_FAILURES = Reply(421, "4.7.0", "Error: too many failed authentications")
 
 USERNAME_CHALLENGE = "VXNlcm5hbWU6"  # base64("Username:")
 PASSWORD_CHALLENGE = "UGFzc3dvcmQ6"  # base64("Password:")

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from ..config import AntispamConfig, AntivirusConfig, Config
 from ..logutil import sanitize
-from ..model import CONTINUE, Decision, Reply, Verdict
+from ..model import CONTINUE, SCANNER_TEMPFAIL, SPAM_REJECTED, Decision, Reply, Verdict
 from .scanners import AvResult, ScannerError, SpamResult, clamd_scan, spamd_check
 
 log = logging.getLogger("filter")
@@ -50,7 +50,6 @@ TOLERANCE_TAG = {"low": 20.0, "medium": 33.0, "high": 50.0}  # percent of 20 poi
 TOLERANCE_KILL = {"low": 66.0, "medium": 75.0, "high": 90.0}
 FULL_SCORE = 20.0  # 100 %
 
-R_TEMPFAIL = Reply(451, "4.7.1", "Try again later: content scanner unavailable")
 
 
 @dataclass
@@ -92,11 +91,11 @@ def decide(scanned: Scanned, av_cfg: AntivirusConfig, spam_cfg: AntispamConfig) 
         return Verdict(Decision.REJECT, Reply(554, "5.7.0", f"Rejected: virus found: {name}"), f"virus {name}")
     if isinstance(av, ScannerError):
         if av_cfg.on_error == "tempfail":
-            return Verdict(Decision.TEMPFAIL, R_TEMPFAIL, f"antivirus unavailable: {sanitize(str(av), 200)}")
+            return Verdict(Decision.TEMPFAIL, SCANNER_TEMPFAIL, f"antivirus unavailable: {sanitize(str(av), 200)}")
         log.warning("antivirus unavailable, message accepted unscanned (on_error: accept): %s", sanitize(str(av), 200))
     if isinstance(spam, ScannerError):
         if spam_cfg.on_error == "tempfail":
-            return Verdict(Decision.TEMPFAIL, R_TEMPFAIL, f"antispam unavailable: {sanitize(str(spam), 200)}")
+            return Verdict(Decision.TEMPFAIL, SCANNER_TEMPFAIL, f"antispam unavailable: {sanitize(str(spam), 200)}")
         log.warning("antispam unavailable, message accepted unchecked (on_error: accept): %s", sanitize(str(spam), 200))
         return CONTINUE
     if not isinstance(spam, SpamResult):
@@ -105,7 +104,7 @@ def decide(scanned: Scanned, av_cfg: AntivirusConfig, spam_cfg: AntispamConfig) 
     score = f"spam score {spam.score:.1f}"
     if spam.score >= kill:
         if spam_cfg.blocked_spam_action == "reject":
-            return Verdict(Decision.REJECT, Reply(550, "5.7.1", "Rejected: message looks like spam"), f"{score} >= {kill:.1f}")
+            return Verdict(Decision.REJECT, SPAM_REJECTED, f"{score} >= {kill:.1f}")
         if spam_cfg.blocked_spam_action == "discard":
             return Verdict(Decision.DISCARD, reason=f"{score} >= {kill:.1f}")
     flagged = spam.score >= tag

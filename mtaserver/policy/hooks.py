@@ -154,7 +154,7 @@ class RcptHook(Hook):
         verdict = decide(facts, cfg.inbound)
         if verdict.reply is not None and verdict.reply.is_error:
             # the view was taken before this hook waited for the client name: log the name it got
-            label = s.label if facts.client_name is None else f"{facts.client_name.name}[{s.ip}]"
+            label = s.label if facts.client_name is None else s.label_as(facts.client_name.name)
             log.info(
                 "NOQUEUE: reject: RCPT from %s: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
                 label, verdict.reply.line(), sanitize(str(ctx.tx.sender)), sanitize(str(ctx.rcpt)), s.proto, sanitize(s.helo or ""),

@@ -77,6 +77,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import model
 from ..model import ClientInfo, Envelope, Recipient, RcptState, Reply
 
 log = logging.getLogger("queue")
@@ -262,10 +263,10 @@ class QueueWriteError(Exception):
 
 def write_error_reply(exc: BaseException) -> Reply:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return Reply(452, "4.3.1", "Insufficient system storage")
+        return model.NO_SPACE
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
-        return Reply(552, "5.3.4", "Error: message file too big")
-    return Reply(451, "4.3.0", "Error: queue file write error")
+        return model.DATA_TOO_BIG
+    return model.QUEUE_WRITE_ERROR
 
 
 class MemoryBudget:

@@ -23,6 +23,7 @@ DESCRIPTION
                         ended with `data_done(reply)`
         StartTls     -> tls_started() / the connection ends
         AuthLogin    -> auth_done(login or None, reply)      credentials to check
+        AuthRefused  the exchange refused the credentials itself: count a failure
         Quit, Close  the session ends (Close: after a reply that ends it, e.g. 421)
         Pause        the error budget asks for a pause before the next reply
 
@@ -139,6 +140,15 @@ class AuthLogin:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthRefused:
+    """The exchange itself refused the credentials (535: a PLAIN authorization identity that
+    is not the login); the shell counts it as a failed authentication."""
+
+    mechanism: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class Quit:
     pass
 
@@ -175,7 +185,7 @@ class Log:
     warning: bool = False
 
 
-Event = Helo | Mail | Rcpt | Data | StartTls | AuthLogin | Quit | Close | Pause | Observe | Log
+Event = Helo | Mail | Rcpt | Data | StartTls | AuthLogin | AuthRefused | Quit | Close | Pause | Observe | Log
 
 
 @dataclass(slots=True)
@@ -326,7 +336,7 @@ class Engine:
         if self._sasl is not None:
             self._sasl = None
             self._count("AUTH", False)
-            self.reply(R.AUTH_LINE_TOO_LONG)
+            self.reply(R.LINE_TOO_LONG)
         else:
             self.reply(R.TOO_LONG)
         self._after_error()
@@ -736,13 +746,13 @@ class Engine:
             self.reply(R.NEED_HELO)
             return None
         if self.login is not None:
-            self.reply(R.AUTH_ALREADY)
+            self.reply(R.ALREADY_AUTHENTICATED)
             return None
         if self.tx is not None:
-            self.reply(R.AUTH_IN_TX)
+            self.reply(R.IN_TRANSACTION)
             return None
         if not self.auth_offered():
-            self.reply(R.AUTH_ENCRYPTION)
+            self.reply(R.ENCRYPTION_REQUIRED)
             return None
         if not arg:
             self.reply(Reply(501, "5.5.4", "Syntax: AUTH mechanism"))
@@ -769,6 +779,8 @@ class Engine:
         self._sasl = None
         if isinstance(step, sasl.Failed):
             self.reply(step.reply)
+            if step.reply.code == 535 and exchange.mechanism is not None:
+                self._emit(AuthRefused(exchange.mechanism.value, "authorization identity is not the login"))
             return None
         assert exchange.mechanism is not None
         return AuthLogin(exchange.mechanism.value, step.login, step.password)
@@ -794,9 +806,9 @@ def mechanisms(names: Sequence[str]) -> tuple[str, ...]:
 
 
 DATA_REPLIES = {
-    DataProblem.BARE_LF: Reply(550, "5.5.2", "Error: bare <LF> received"),
-    DataProblem.BARE_CR: Reply(550, "5.5.2", "Error: bare <CR> received"),
-    DataProblem.LINE_TOO_LONG: Reply(500, "5.5.2", "Error: message line too long"),
-    DataProblem.TOO_BIG: Reply(552, "5.3.4", "Error: message file too big"),
-    DataProblem.HEADER_TOO_BIG: Reply(552, "5.3.4", "Error: message header too big"),
+    DataProblem.BARE_LF: R.DATA_BARE_LF,
+    DataProblem.BARE_CR: R.DATA_BARE_CR,
+    DataProblem.LINE_TOO_LONG: R.DATA_LINE_TOO_LONG,
+    DataProblem.TOO_BIG: R.DATA_TOO_BIG,
+    DataProblem.HEADER_TOO_BIG: R.DATA_HEADER_TOO_BIG,
 }

@@ -342,6 +342,7 @@ class Session(asyncio.Protocol):
             v = self._view = SessionView(
                 listener=self.server.listener.name, ip=self.peer_ip, port=self.peer_port, name=self.client_name,
                 helo=e.helo, esmtp=e.esmtp, tls=e.tls, login=e.login, mynetworks=self.mynetworks,
+                log_port=self.cfg.advanced.log_client_port,
             )  # fmt: skip
         return v
 
@@ -477,6 +478,9 @@ class Session(asyncio.Protocol):
                     await self._starttls()
                 case E.AuthLogin():
                     await self._auth(ev)
+                case E.AuthRefused():
+                    self.server.runtime.auth_failures.failed(self.peer_ip, time.monotonic())
+                    log.warning("%s: SASL %s authentication failed: %s", self._label(), ev.mechanism, ev.why)
                 case E.Observe():
                     e.observed(self.server.runtime.observe(self, ev))
             if self._shutdown and not self._closing and not e.closed:
@@ -708,10 +712,12 @@ class Session(asyncio.Protocol):
 
     async def _auth(self, ev: E.AuthLogin) -> None:
         rt = self.server.runtime
-        now = time.time()
+        now = time.monotonic()
         if rt.auth_failures.blocked(self.peer_ip, now):
             log.warning("too many failed authentications from %s", self._label())
-            self.engine.auth_done(None, self._with_name(R.AUTH_TOO_MANY), close=True)
+            await self._flush()
+            await asyncio.sleep(self.limits.error_sleep)  # a guesser waits for its answer (tarpit)
+            self.engine.auth_done(None, self._with_name(R.TOO_MANY_FAILURES), close=True)
             return
         authenticator = rt.authenticator
         if authenticator is None:

@@ -161,6 +161,7 @@ def test_sigterm_lets_a_message_in_progress_finish(make_mta):
 
 def test_a_killed_worker_is_restarted(make_mta):
     mta = make_mta({"server": {"workers": 2}})
+    wait_for_log(mta, "worker 0 ready")  # the workers start in either order
     wait_for_log(mta, "worker 1 ready")
     one_message(mta.port)
     log = mta.log()

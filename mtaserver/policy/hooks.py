@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, Listener, resolve_path
@@ -66,6 +67,11 @@ class Policy:
         self.mailboxes = mailboxes
         self.owners = owners
         self.timeout = cfg.server.dns.timeout
+        pc = cfg.inbound.protocol_checks
+        self.dns_checks = (
+            pc.reject_unknown_client_hostname or pc.reject_unknown_reverse_client_hostname
+            or pc.reject_unknown_helo_hostname or pc.reject_unknown_sender_domain
+        )  # fmt: skip
         self.rcpt_hook = RcptHook(self)
 
     def hooks(self, listener: Listener) -> list[Hook]:
@@ -125,33 +131,48 @@ class RcptHook(Hook):
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
 
-    async def run(self, stage: Stage, ctx: Context) -> Verdict:
+    def run(self, stage: Stage, ctx: Context) -> Verdict | Awaitable[Verdict]:
+        """Synchronous when no DNS fact is wanted (a trusted client, or no DNS check on): the
+        common case costs no coroutine; otherwise the lookups, then the decision."""
         p = self.policy
         cfg = p.cfg
         s = ctx.session
         assert ctx.tx is not None and ctx.rcpt is not None
-        cache: dict[str, Any] = ctx.state.setdefault(self.name, {})
+        cache: dict[str, Any] | None = ctx.state.get(self.name)
         facts = RcptFacts(
             client_ip=s.ip, helo=s.helo, sender=ctx.tx.sender, recipient=ctx.rcpt, login=s.login,
             mynetworks=s.mynetworks, local_domains=cfg.domains.local, relay_domains=cfg.domains.relay,
             mailboxes=p.mailboxes, owners=p.owners,
             client_name=known_client_name(ctx),
-            helo_host=cache.get(f"helo {s.helo}"), sender_domain=cache.get(f"domain {ctx.tx.sender.domain_key}"),
+            helo_host=cache.get(f"helo {s.helo}") if cache else None,
+            sender_domain=cache.get(f"domain {ctx.tx.sender.domain_key}") if cache else None,
         )  # fmt: skip
-        needs = needed(facts, cfg.inbound)
+        # Only the protocol checks want DNS facts, and only for clients they judge.
+        needs = needed(facts, cfg.inbound) if p.dns_checks and not s.trusted else frozenset()
         if needs:
-            if Need.CLIENT_NAME in needs:
-                from dataclasses import replace
+            return self._looked_up(ctx, facts, needs)
+        return self._decided(ctx, facts)
 
-                facts = replace(facts, client_name=await client_name(p, ctx))
-                needs = needs - {Need.CLIENT_NAME}
-            if needs:
-                facts = await lookups.resolve(p.resolver, facts, needs, timeout=p.timeout)
-            if facts.helo_host is not None:
-                cache[f"helo {s.helo}"] = facts.helo_host
-            if facts.sender_domain is not None:
-                cache[f"domain {ctx.tx.sender.domain_key}"] = facts.sender_domain
-        verdict = decide(facts, cfg.inbound)
+    async def _looked_up(self, ctx: Context, facts: RcptFacts, needs: frozenset[Need]) -> Verdict:
+        p = self.policy
+        s = ctx.session
+        assert ctx.tx is not None
+        cache: dict[str, Any] = ctx.state.setdefault(self.name, {})
+        if Need.CLIENT_NAME in needs:
+            facts = replace(facts, client_name=await client_name(p, ctx))
+            needs = needs - {Need.CLIENT_NAME}
+        if needs:
+            facts = await lookups.resolve(p.resolver, facts, needs, timeout=p.timeout)
+        if facts.helo_host is not None:
+            cache[f"helo {s.helo}"] = facts.helo_host
+        if facts.sender_domain is not None:
+            cache[f"domain {ctx.tx.sender.domain_key}"] = facts.sender_domain
+        return self._decided(ctx, facts)
+
+    def _decided(self, ctx: Context, facts: RcptFacts) -> Verdict:
+        s = ctx.session
+        assert ctx.tx is not None
+        verdict = decide(facts, self.policy.cfg.inbound)
         if verdict.reply is not None and verdict.reply.is_error:
             # the view was taken before this hook waited for the client name: log the name it got
             label = s.label if facts.client_name is None else s.label_as(facts.client_name.name)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import logutil
-from .config import Config, ConfigError
+from .config import Config, ConfigError, Listener
 from .queue.manager import QueueManager, notify
 from .queue.store import QueueStore
 from .runtime import Runtime, check_files
@@ -127,9 +127,17 @@ class Worker:
         self.servers: list[SmtpServer] = []
         self._stop = asyncio.Event()
 
-    def _build(self, cfg: Config, previous: Runtime | None) -> Runtime:
+    def _build(self, cfg: Config, previous: Runtime | None, listeners: list[Listener] | None = None) -> Runtime:
         # One worker is enough for the periodic postscreen cache cleanup.
-        return Runtime.build(cfg, previous, screener_cleanup=self.index == 0)
+        return Runtime.build(cfg, previous, listeners=listeners, screener_cleanup=self.index == 0)
+
+    def _listeners_after(self, new: Config) -> list[Listener]:
+        """The settings each bound socket serves after a reload: the new config's listener of
+        the same name, else of the same address; else (renamed and moved: a restart binds it)
+        the one it served."""
+        by_name = {x.name: x for x in new.server.listeners}
+        by_address = {str(x.address): x for x in new.server.listeners}
+        return [by_name.get(s.listener.name) or by_address.get(str(s.listener.address)) or s.listener for s in self.servers]
 
     def reload(self) -> None:
         try:
@@ -142,8 +150,9 @@ class Worker:
         old_rt = self.runtime
         rt = None
         if self.sockets:
+            listeners = self._listeners_after(new)
             try:  # before anything is applied: all or nothing
-                rt = self._build(new, old_rt)
+                rt = self._build(new, old_rt, listeners)
             except (OSError, ValueError) as exc:
                 log.error("reload refused: %s: %s", self.path, str(exc).replace("\n", "; "))
                 return
@@ -157,10 +166,9 @@ class Worker:
         if rt is not None:
             asyncio.get_running_loop().create_task(rt.check_auth())  # before the first AUTH, in practice
             self.runtime = rt
-            by_name = {x.name: x for x in new.server.listeners}
-            for srv in self.servers:
+            for srv, listener in zip(self.servers, listeners, strict=True):
                 srv.runtime = rt  # new sessions take it; running ones finish on the old one
-                srv.listener = by_name.get(srv.listener.name, srv.listener)
+                srv.listener = listener
             if old_rt is not None:
                 asyncio.get_running_loop().create_task(old_rt.retire(rt, delay=SHUTDOWN_GRACE))
         changed = config_mod.diff(old_cfg, new)

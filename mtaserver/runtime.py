@@ -166,14 +166,18 @@ class Runtime:
     rates: RateCounter
     filters: FilterChain
     policy: Any
-    pipelines: dict[str, Pipeline]
-    settings: dict[str, E.Settings]
+    pipelines: dict[Listener, Pipeline]  # by the listener's settings (frozen, hashable)
+    settings: dict[Listener, E.Settings]
     changes: list[str]
 
     @classmethod
-    def build(cls, cfg: Config, previous: Runtime | None = None, *, screener_cleanup: bool = False) -> Runtime:
-        """Build from `cfg`, reusing what `previous` built from an unchanged slice. Raises
-        OSError/ValueError (a file that cannot be read) before anything is swapped."""
+    def build(
+        cls, cfg: Config, previous: Runtime | None = None, *, listeners: Sequence[Listener] | None = None,
+        screener_cleanup: bool = False,
+    ) -> Runtime:  # fmt: skip
+        """Build from `cfg`, reusing what `previous` built from an unchanged slice; pipelines
+        for `listeners` (default: the config's; a worker passes the ones its sockets serve).
+        Raises OSError/ValueError (a file that cannot be read) before anything is swapped."""
         old = previous.config if previous is not None else None
         changes: list[str] = []
 
@@ -203,7 +207,7 @@ class Runtime:
         rates = previous.rates if previous is not None else RateCounter(60.0)
         filters = FilterChain(lambda: cfg)
         screener = None
-        if any(lst.postscreen for lst in cfg.server.listeners):
+        if any(lst.postscreen for lst in (cfg.server.listeners if listeners is None else listeners)):
             if previous is not None and previous.screener is not None and same("postscreen") and same("server", "dns") and same("server", "data_dir") and same("outbound", "mynetworks"):
                 screener = previous.screener
             else:
@@ -222,9 +226,9 @@ class Runtime:
             raise ValueError(f"domains.mailboxes: {exc}") from None
         pipelines: dict[str, Pipeline] = {}
         settings: dict[str, E.Settings] = {}
-        for lst in cfg.server.listeners:
-            pipelines[lst.name] = Pipeline(_hooks(cfg, lst, screener, rates, filters, policy))
-            settings[lst.name] = _engine_settings(cfg, lst, tls, authenticator)
+        for lst in cfg.server.listeners if listeners is None else listeners:
+            pipelines[lst] = Pipeline(_hooks(cfg, lst, screener, rates, filters, policy))
+            settings[lst] = _engine_settings(cfg, lst, tls, authenticator)
         return cls(cfg, tls, resolver, screener, authenticator, failures, rates, filters, policy, pipelines, settings, changes)
 
     async def check_auth(self) -> None:
@@ -238,11 +242,11 @@ class Runtime:
         log.warning("AUTH not offered: %s", why)
         await self.authenticator.close()  # type: ignore[union-attr]
         self.authenticator = None
-        for lst in self.config.server.listeners:
-            self.settings[lst.name] = _engine_settings(self.config, lst, self.tls_context, None)
+        for lst in self.settings:
+            self.settings[lst] = _engine_settings(self.config, lst, self.tls_context, None)
 
     def engine_settings(self, listener: Listener) -> E.Settings:
-        return self.settings[listener.name]
+        return self.settings[listener]
 
     def session_started(self, session: Session) -> None:
         """After the greeting: start what runs beside the session (the client name lookup)."""
@@ -288,8 +292,11 @@ def _build_authenticator(cfg: Config, previous: Runtime | None, changes: list[st
     auth, why = backend.build(cfg.auth, cfg.source)
     if auth is None:
         log.info("AUTH not offered: %s", why)
-    elif previous is not None:
+        return None
+    if previous is not None:
         changes.append("authenticator")
+    if not cfg.server.tls.cert:  # AUTH is offered only under TLS: without a certificate, never
+        log.warning("AUTH not offered: it needs TLS, and server.tls has no certificate")
     return auth
 
 

@@ -198,7 +198,7 @@ class Transaction:
 class Engine:
     """One SMTP server session's protocol state. See the module docstring."""
 
-    def __init__(self, settings: Settings, *, trusted_bare_newline: bool = False) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.s = settings
         self._in = bytearray()
         self._out: list[bytes] = []
@@ -220,9 +220,7 @@ class Engine:
         self.counts: dict[str, list[int]] = {}
         self.hide_pipelining = False  # postscreen's pipelining test runs: PIPELINING not offered
         self.watch = False  # postscreen deep tests watch: report Observe events
-        self.bare_newline = settings.bare_newline
-        if trusted_bare_newline and self.bare_newline is BareNewline.REJECT:
-            self.bare_newline = BareNewline.NORMALIZE
+        self.bare_newline = settings.bare_newline  # the shell relaxes it for mynetworks clients
         self._failed = False
         self._too_many = Reply(421, "4.7.0", f"{settings.hostname} {R.TOO_MANY_ERRORS.text}")
 

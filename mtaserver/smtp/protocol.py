@@ -123,7 +123,7 @@ class Session(asyncio.Protocol):
         self.server = server
         rt = server.runtime
         self.cfg: Config = rt.config
-        self.pipeline = rt.pipelines[server.listener.name]
+        self.pipeline = rt.pipelines[server.listener]
         self.limits = self.cfg.server.limits
         self.hostname = self.cfg.server.hostname
         lst = server.listener
@@ -638,7 +638,10 @@ class Session(asyncio.Protocol):
                 finally:
                     self._disarm()
                 continue
-            chunk = chunks.pop(0) if len(chunks) > 1 else chunks.pop()
+            # Everything that arrived meanwhile in one piece: one scan of many small reads
+            # (busy workers get them in pieces), at most DATA_BUFFER and a read.
+            chunk = chunks.pop() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
             self._data_bytes -= len(chunk)
             if self._reading_paused and self._data_bytes < DATA_BUFFER // 2 and self.transport is not None:
                 self._reading_paused = False
@@ -647,11 +650,9 @@ class Session(asyncio.Protocol):
             if result.content:
                 spool.write(result.content)
             if result.done:
-                rest = result.leftover + b"".join(chunks)
-                chunks.clear()
                 self._data = None
                 self._data_bytes = 0
-                self.engine.unread(rest)
+                self.engine.unread(result.leftover)  # pipelined commands after the dot
                 return scanner
 
     def _protocol_name(self, tx: E.Transaction) -> str:

@@ -303,11 +303,15 @@ class Engine:
         self._pending = ev
         self._queue.append(ev)
 
+    def _line_limit(self) -> int:
+        """AUTH lines (the command with its initial response, and the exchange) may be longer."""
+        if self._sasl is not None or self._in[:5].upper() == b"AUTH ":
+            return sasl.AUTH_LINE_MAX
+        return self.s.command_line
+
     def _take_line(self) -> bytes | None:
         buf = self._in
-        # AUTH lines (the command with its initial response, and the exchange) may be longer.
-        long_ok = self._sasl is not None or buf[:5].upper() == b"AUTH "
-        limit = sasl.AUTH_LINE_MAX if long_ok else self.s.command_line
+        short = self.s.command_line  # a line this long is fine whatever it is: no more checks
         while True:
             i = buf.find(b"\n")
             if self._skipping:
@@ -319,15 +323,16 @@ class Engine:
                 self._too_long()
                 continue
             if i < 0:
-                if len(buf) > limit:
+                if len(buf) > short and len(buf) > self._line_limit():
                     self._skipping = True
                     buf.clear()
                 return None
-            line = bytes(buf[: i + 1])
-            del buf[: i + 1]
-            if len(line) > limit:
+            if i >= short and i + 1 > self._line_limit():
+                del buf[: i + 1]
                 self._too_long()
                 continue
+            line = bytes(buf[: i + 1])
+            del buf[: i + 1]
             return line
 
     def _too_long(self) -> None:

@@ -341,3 +341,13 @@ def test_non_smtp_observed_then_502_when_postscreen_goes_on():
     e.watch = True
     out, events = run(e, [b"Subject: hi\r\n", b"NOOP\r\n"])
     assert events == ["Observe"] and codes(out) == ["502 5.5.2 Error: command not recognized", "250 2.0.0 Ok"]
+
+
+def test_line_limit_is_judged_per_line():
+    """An AUTH line may be longer than a command line; the limit is the line's own, also right
+    after an over-long line was refused."""
+    long_auth = b"AUTH PLAIN " + b64(b"\0alice\0" + b"s" * 900) + b"\r\n"
+    assert len(long_auth) > 512
+    out, events = same_at_every_split(lambda: tls_engine(), b"NOOP " + b"x" * 600 + b"\r\n" + long_auth)
+    assert codes(out) == ["500 5.5.2 Error: command line too long", "535 5.7.8 Error: authentication failed"]
+    assert events == ["AuthLogin"]

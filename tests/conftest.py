@@ -199,3 +199,17 @@ def make_mta(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def mta(make_mta: Any) -> Mta:
     return make_mta()
+
+
+@pytest.fixture(scope="session")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for mx.example.test, made with openssl (TLS tests)."""
+    openssl = require_tool("openssl")
+    d = tmp_path_factory.mktemp("cert")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.example.test", "-days", "1",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return d / "cert.pem", d / "key.pem"
+

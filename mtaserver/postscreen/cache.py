@@ -1,16 +1,9 @@
 """The postscreen cache: a temporary allowlist of five expiry stamps per client IP.
 
 DESCRIPTION
-    Each record (Postfix postscreen_cache_map, `psc_print_tests`) is the client IP and
-
-        "pregreet;dnsbl;pipelining;non_smtp;bare_newline"
-
-    five decimal stamps: 0 = NEW (never passed), 1 = DISABLED (never passed, and the test
-    was off when the record was written), otherwise the UNIX time at which that pass
-    expires. Missing trailing fields (older writers) read as DISABLED; a record that does
-    not parse at all reads as all DISABLED, as Postfix's sscanf does.
-
-    The record itself and the pure decisions over it live in stamps.py (re-exported here).
+    The record of a client (Postfix postscreen_cache_map: five expiry stamps, the client IP
+    as its key), its text form and the pure decisions over it live in stamps.py; they are
+    re-exported here. This module keeps records.
 
     A record is written only at the end of a session in which some test passed and none
     failed (verdict.py decides); the stores below just keep records.

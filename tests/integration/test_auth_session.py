@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import yaml
 from dovecot_auth import DovecotAuth
-from smtpclient import TRUSTED, UNTRUSTED, Mta, Reply, SmtpClient, queue_id_of, require_tool, wait_for_log
+from smtpclient import TRUSTED, UNTRUSTED, Mta, Reply, SmtpClient, queue_id_of, wait_for_log
 
 from mtaserver.auth.hashes import hash_password
 from mtaserver.queue.store import parse_envelope
@@ -153,18 +153,6 @@ def sender_refused(c: SmtpClient, sender: str, rcpt: str) -> str:
 
 def header_of(body: bytes) -> list[str]:
     return body.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = require_tool("openssl")
-    d = tmp_path_factory.mktemp("authcert")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.example.test", "-days", "1",
-         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return d / "cert.pem", d / "key.pem"
 
 
 @pytest.fixture(scope="module")

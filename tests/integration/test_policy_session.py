@@ -22,7 +22,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
 from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ import pytest
 import yaml
 from conftest import deep_merge
 from dnsserver import Nsd, zone
-from smtpclient import TRUSTED, Mta, Reply, SmtpClient, queue_id_of, require_tool, wait_for, wait_for_log
+from smtpclient import TRUSTED, Mta, Reply, SmtpClient, queue_id_of, wait_for, wait_for_log
 
 from mtaserver.queue.store import parse_envelope
 
@@ -500,18 +499,6 @@ def test_sighup_reloads_the_mailboxes_file(listed):
 
 
 PASSWORD = "s3cret-Pa55word-for-alice"
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = require_tool("openssl")
-    d = tmp_path_factory.mktemp("policy-cert")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.example.test", "-days", "1",
-         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return d / "cert.pem", d / "key.pem"
 
 
 @pytest.fixture(scope="module")

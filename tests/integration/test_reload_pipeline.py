@@ -11,7 +11,6 @@ import signal
 
 from smtpclient import SmtpClient, wait_for, wait_for_log
 from test_postscreen import connect, nsd, start  # noqa: F401 (nsd is a fixture)
-from test_tls import cert  # noqa: F401 (a fixture)
 
 
 def reload(m) -> str:
@@ -58,7 +57,7 @@ def test_postscreen_cache_survives_an_unrelated_reload(make_mta, nsd):  # noqa: 
     wait_for_log(m, "PASS OLD [127.0.0.3]")
 
 
-def test_starttls_switched_on_by_sighup(make_mta, cert):  # noqa: F811
+def test_starttls_switched_on_by_sighup(make_mta, cert):
     crt, key = cert
     m = make_mta({"server": {"tls": {"cert": str(crt), "key": str(key)}}}, start=False)
     m.config["server"]["listeners"][0]["tls"] = "none"
@@ -76,7 +75,7 @@ def test_starttls_switched_on_by_sighup(make_mta, cert):  # noqa: F811
         assert c.cmd("STARTTLS").code == 220
 
 
-def test_implicit_tls_switch_says_it_needs_a_restart(make_mta, cert):  # noqa: F811
+def test_implicit_tls_switch_says_it_needs_a_restart(make_mta, cert):
     crt, key = cert
     m = make_mta({"server": {"tls": {"cert": str(crt), "key": str(key)}}})
     m.config["server"]["listeners"][0]["tls"] = "implicit"

@@ -11,21 +11,9 @@ import sys
 import time
 
 import pytest
-from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, require_tool, wait_for, wait_for_log
+from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, wait_for, wait_for_log
 
 from mtaserver.queue.store import parse_envelope
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory):
-    openssl = require_tool("openssl")
-    d = tmp_path_factory.mktemp("cert")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.example.test", "-days", "1",
-         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return d / "cert.pem", d / "key.pem"
 
 
 @pytest.fixture(scope="module")

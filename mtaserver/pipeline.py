@@ -14,7 +14,9 @@ DESCRIPTION
 
     The first verdict that is not CONTINUE ends the stage: its reply is sent (REJECT,
     TEMPFAIL), or the command succeeds without the later hooks (ACCEPT). At CONNECT,
-    DISCARD ends the session without a reply (the hook closed the connection itself).
+    DISCARD ends the session without a reply (the hook closed the connection itself). HOLD at
+    MAIL, RCPT or DATA_END lets the transaction go on and commits its message into hold/,
+    where nothing is delivered until an administrator releases it (Postfix's HOLD action).
     Headers and subject tags of the CONTINUE verdicts of DATA_END are gathered into the
     stage's result. A hook gets a
     `Context`: read-only views of the session (`SessionView`) and the transaction

@@ -540,19 +540,23 @@ class QueueStore:
         assert self._pool is not None
         await asyncio.get_running_loop().run_in_executor(self._pool, spool.edit_file_head, edit, limit)
 
-    def _commit_job(self, spool: Spool, trailer: bytes) -> None:
-        """The whole commit, in one worker thread (see DESCRIPTION)."""
+    def _commit_job(self, spool: Spool, trailer: bytes, hold: bool = False) -> None:
+        """The whole commit, in one worker thread (see DESCRIPTION). `hold`: into hold/, where
+        nothing is delivered until an administrator releases it (a stage hook's HOLD)."""
         assert self._incoming_fd is not None
         qid = spool.queue_id
-        tmp, final = f"{self._tmp}/{qid}", f"{self._incoming}/{qid}"
+        tmp, final = f"{self._tmp}/{qid}", f"{self._root}/hold/{qid}" if hold else f"{self._incoming}/{qid}"
         try:
             spool._write_out(trailer, self._fsync, lambda: os.rename(tmp, final))
-            self._fsync(self._incoming_fd)
+            if hold:
+                _fsync_dir(f"{self._root}/hold", self._fsync)
+            else:
+                self._fsync(self._incoming_fd)
         except OSError:
             _unlink(final)  # not acknowledged: it must not be delivered either
             raise
 
-    def commit_inline(self, spool: Spool, env: Envelope) -> bool:
+    def commit_inline(self, spool: Spool, env: Envelope, *, hold: bool = False) -> bool:
         """The commit, here and now in the event loop, when that keeps nobody waiting: this
         process has exactly one session open (a lone client's latency: no thread hand-off,
         no task). False: nothing was done, await `commit`. Raises QueueWriteError."""
@@ -560,28 +564,29 @@ class QueueStore:
             return False
         trailer = self._prepare(spool, env)
         try:
-            self._commit_job(spool, trailer)
+            self._commit_job(spool, trailer, hold)
         except OSError as exc:
             raise self._failed(spool, exc) from exc
         finally:
             spool.close()
         return True
 
-    async def commit(self, spool: Spool, env: Envelope, *, announce: bool = True) -> None:
-        """Make the message durable in incoming/, or raise QueueWriteError with the reply to give.
+    async def commit(self, spool: Spool, env: Envelope, *, announce: bool = True, hold: bool = False) -> None:
+        """Make the message durable in incoming/ (hold/ with `hold`), or raise QueueWriteError
+        with the reply to give.
 
         Then tell the queue manager, unless `announce` is false: the caller then calls
-        `announce` itself (smtpd does, once the client has its 250)."""
+        `announce` itself (the session does, once the client has its 250)."""
         assert self._pool is not None, "QueueStore.open() first"
-        if not self.commit_inline(spool, env):
+        if not self.commit_inline(spool, env, hold=hold):
             trailer = self._prepare(spool, env)
             try:
-                await asyncio.get_running_loop().run_in_executor(self._pool, self._commit_job, spool, trailer)
+                await asyncio.get_running_loop().run_in_executor(self._pool, self._commit_job, spool, trailer, hold)
             except OSError as exc:
                 raise self._failed(spool, exc) from exc
             finally:
                 spool.close()
-        if announce:
+        if announce and not hold:
             self.announce(spool.queue_id)
 
     def _prepare(self, spool: Spool, env: Envelope) -> bytes:
@@ -816,6 +821,14 @@ def _read_file(path: str) -> bytes:
         while chunk := os.read(fd, 1 << 20):
             parts.append(chunk)
         return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str, fsync: Callable[[int], None]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fsync(fd)
     finally:
         os.close(fd)
 

@@ -149,6 +149,7 @@ class Session(asyncio.Protocol):
         self.mynetworks = False
         self.ctx: Context | None = None
         self._view: SessionView | None = None
+        self._hold: tuple[object, str] | None = None  # (transaction, reason): a MAIL/RCPT hook said HOLD
 
     # -- transport life cycle ----------------------------------------------------------------
 
@@ -501,6 +502,8 @@ class Session(asyncio.Protocol):
                 self._label(), verdict.reply.line(), sanitize(str(ev.sender)), self.engine.proto, sanitize(self.engine.helo or ""),
             )  # fmt: skip
         self.engine.resolve(verdict)
+        if verdict.decision is Decision.HOLD:
+            self._hold = (self.engine.tx, verdict.reason or "MAIL hook")
 
     def _check_space(self, params: dict[str, str | None]) -> Reply | None:
         declared = int(params.get("SIZE") or 0)
@@ -518,6 +521,8 @@ class Session(asyncio.Protocol):
         ctx.rcpt = ev.recipient
         verdict = await run_stage(self.pipeline, Stage.RCPT, ctx)
         self.engine.resolve(verdict)
+        if verdict.decision is Decision.HOLD:
+            self._hold = (self.engine.tx, verdict.reason or "RCPT hook")
 
     # -- DATA --------------------------------------------------------------------------------
 
@@ -571,10 +576,16 @@ class Session(asyncio.Protocol):
                 body_type=(tx.params.get("BODY") or "").upper() or None,
                 smtputf8="SMTPUTF8" in tx.params,
             )
+            # HOLD from any hook of this transaction: queued in hold/, delivered once released
+            held = verdict.reason or "DATA-END hook" if verdict.decision is Decision.HOLD else None
+            if held is None and self._hold is not None and self._hold[0] is tx:
+                held = self._hold[1]
+            self._hold = None
+            hold = held is not None
             try:
-                if not store.commit_inline(spool, env):
+                if not store.commit_inline(spool, env, hold=hold):
                     # Shielded: a client that hangs up mid-commit must not leave half a commit.
-                    await asyncio.shield(store.commit(spool, env, announce=False))
+                    await asyncio.shield(store.commit(spool, env, announce=False, hold=hold))
             except QueueWriteError as exc:
                 log.error("%s: queue file write error: %s", qid, exc)
                 e.data_done(exc.reply)
@@ -584,7 +595,10 @@ class Session(asyncio.Protocol):
             try:
                 await self._flush()  # the client waits for this; the wake-up and the log can wait
             finally:
-                store.announce(qid)
+                if hold:
+                    log.info("%s: hold: %s from %s", qid, held, self._label())
+                else:
+                    store.announce(qid)
                 log.info("%s: client=%s%s", qid, self._label(), f", sasl_username={sanitize(e.login)}" if e.login else "")
                 log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", qid, sanitize(env.sender), env.size, len(env.recipients))
             if self.pipeline.has(Stage.AFTER_COMMIT):

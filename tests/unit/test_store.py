@@ -117,6 +117,24 @@ async def test_commit_makes_one_durable_queue_file(tmp_path):
     assert oct((tmp_path / "incoming" / qid).stat().st_mode & 0o777) == "0o600"
 
 
+async def test_a_held_commit_goes_to_hold_and_wakes_nobody(tmp_path):
+    store = QueueStore(tmp_path)
+    store.open()
+    woken = []
+    store.on_commit = woken.extend
+    synced = []
+    store._fsync = lambda fd: synced.append(fd) or os.fsync(fd)
+    qid = store.new_id()
+    spool = store.new_spool(qid)
+    spool.write(b"Subject: x\r\n\r\nhi\r\n")
+    store.inline_commit = False  # through the thread pool, as under load
+    await store.commit(spool, envelope(qid), hold=True)
+    store.close()
+    assert store.list("hold") == [qid] and store.list("incoming") == [] and woken == []
+    assert len(synced) == 2  # the file and the hold/ directory
+    assert bytes(store.load("hold", qid)[1]) == b"Subject: x\r\n\r\nhi\r\n"
+
+
 async def test_small_content_stays_in_memory_and_large_content_spills(tmp_path):
     store = QueueStore(tmp_path, spool_in_memory=100, spool_memory_total=130)
     store.open()

@@ -137,7 +137,16 @@ class Worker:
         the one it served."""
         by_name = {x.name: x for x in new.server.listeners}
         by_address = {str(x.address): x for x in new.server.listeners}
-        return [by_name.get(s.listener.name) or by_address.get(str(s.listener.address)) or s.listener for s in self.servers]
+        out = []
+        for srv in self.servers:
+            old = srv.listener
+            lst = by_name.get(old.name) or by_address.get(str(old.address)) or old
+            if (lst.tls == "implicit") != (old.tls == "implicit"):
+                # The socket was bound with (or without) TLS: a session must not believe otherwise
+                # (AUTH in cleartext). The switch waits for a restart; it is logged by reload().
+                lst = lst.model_copy(update={"tls": old.tls})
+            out.append(lst)
+        return out
 
     def reload(self) -> None:
         try:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -172,9 +172,6 @@ class Hook:
     def end(self, ctx: Context) -> None:
         """The session is over (called for every hook when any hook kept `state` for it)."""
 
-    async def close(self) -> None:
-        """The pipeline that holds this hook was replaced and is no longer used."""
-
 
 class Pipeline:
     """The hooks of each stage, in order."""
@@ -230,15 +227,3 @@ async def run_hook(hook: Hook, stage: Stage, ctx: Context) -> Verdict:
     except Exception as exc:  # a bug in one hook costs one command, never the session
         log.exception("%s: %s hook failed for %s: %s", stage.value, hook.name, ctx.session.label, sanitize(str(exc), 200))
         return hook.on_error
-
-
-class FunctionHook(Hook):
-    """A hook made of a plain function of (stage, ctx) -> Verdict (pure checks)."""
-
-    def __init__(self, name: str, stages: Sequence[Stage], fn: Callable[[Stage, Context], Verdict]) -> None:
-        self.name = name
-        self.stages = frozenset(stages)
-        self._fn = fn
-
-    def run(self, stage: Stage, ctx: Context) -> Verdict:
-        return self._fn(stage, ctx)

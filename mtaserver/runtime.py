@@ -7,8 +7,9 @@ DESCRIPTION
     listener. A reload builds a new Runtime from the new config and swaps it in; sessions
     keep the one they started with. Every part whose config slice did not change is taken
     over from the previous Runtime, so caches and counters survive (the postscreen cache
-    and its resolver, AUTH failure counts, connection rates, the content filters' scanner
-    slots). `changes` says, for the reload log, what was rebuilt.
+    and its resolver, AUTH failure counts, connection rates, the Dovecot client). The old
+    one is closed SHUTDOWN_GRACE later (app.py), when the sessions that started on it are
+    done. `changes` says, for the reload log, what was rebuilt.
 
     The hooks of a listener, in stage order:
 
@@ -28,6 +29,7 @@ CONFIG
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
@@ -261,9 +263,11 @@ class Runtime:
         return hook.observe(session.ctx, ev.kind, ev.line, ev.pending, session.engine.last_command)  # type: ignore[attr-defined]
 
     async def retire(self, replaced_by: Runtime, delay: float) -> None:
-        """This runtime was replaced: close what the new one did not take over."""
+        """This runtime was replaced: after `delay` (the sessions that started on it keep it and
+        finish meanwhile), close what the new one did not take over."""
+        await asyncio.sleep(delay)
         if self.screener is not None and self.screener is not replaced_by.screener:
-            await self.screener.close(delay=delay)
+            await self.screener.close()
         if self.resolver is not replaced_by.resolver:
             self.resolver.close()
         if self.authenticator is not None and self.authenticator is not replaced_by.authenticator:

@@ -472,9 +472,6 @@ class PostscreenHook(Hook):
         if screen is not None:
             screen.end()
 
-    async def close(self) -> None:
-        await self.screener.close(delay=30.0)
-
 
 _CLOSED = Verdict(Decision.DISCARD, reason="postscreen")  # at CONNECT: the session ends without a reply of its own
 

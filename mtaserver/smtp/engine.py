@@ -1,4 +1,4 @@
-"""The SMTP server engine, sans-IO: bytes and `now` in, events and replies out.
+"""The SMTP server engine, sans-IO: bytes in, events and replies out.
 
 DESCRIPTION
     `Engine` is the whole command side of one SMTP server session as a state machine. It
@@ -6,7 +6,8 @@ DESCRIPTION
     what the client sent and acts on what it returns:
 
         engine.feed(data)             bytes as they arrive (bounded: see `input_full`)
-        ev = engine.next_event(now)   the next thing to do, or None (need more input)
+        ev = engine.next_event()      the next thing to do, or None (need more input, or the
+                                      replies of a full batch to be written first)
         engine.take_output()          the reply bytes to write (batched while pipelined
                                       commands are pending, RFC 2920)
 
@@ -65,7 +66,6 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..address import AddressError, Mailbox, needs_smtputf8, parse_path
@@ -79,6 +79,7 @@ FORBIDDEN_COMMANDS = frozenset({"CONNECT", "GET", "POST", "PUT", "HEAD", "USER",
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 JUNK_LIMIT = 100  # Postfix smtpd_junk_command_limit
 INPUT_LIMIT = 1 << 16  # bytes held unread; past it the shell stops reading until commands are consumed
+OUTPUT_BATCH = 64  # replies held while pipelined commands wait (RFC 2920); then they are written
 _XTEXT = re.compile(r"<>|(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")  # RFC 3461 4: xtext
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})  # allowed before STARTTLS when TLS is required
 
@@ -122,8 +123,12 @@ class Mail:
 
 @dataclass(frozen=True, slots=True)
 class Rcpt:
+    """`recipient` as the client gave it (hooks judge it: a bare <postmaster> needs no check,
+    RFC 5321 4.5.1); `queued` is what the transaction keeps (<postmaster> qualified)."""
+
     recipient: Mailbox
     params: dict[str, str | None]
+    queued: Mailbox | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +178,10 @@ class Pause:
 
 @dataclass(frozen=True, slots=True)
 class Observe:
-    """For postscreen's deep tests. `kind`: bare_newline | non_smtp | pipelining."""
+    """For postscreen's deep tests. `kind`: bare_newline | non_smtp | pipelining. What it
+    carries may be logged, so never an AUTH argument: `line` is the command line (non_smtp,
+    pipelining: postscreen logs its verb), or for bare_newline the last command's name;
+    `pending` is what was pipelined after it, AUTH arguments cut out."""
 
     kind: str
     line: bytes
@@ -290,6 +298,8 @@ class Engine:
                 return self._queue.popleft()
             if self._closed or self._pending is not None or self._observing is not None:
                 return None
+            if len(self._out) >= OUTPUT_BATCH:
+                return None  # the shell writes these first: replies never pile up unbounded
             if self._line is not None:
                 line, self._line = self._line, None
                 self._command(line)
@@ -352,8 +362,8 @@ class Engine:
         """A complete line: line-ending policy, then the command (or the AUTH response)."""
         if line.endswith(b"\r\n") and line.count(b"\r") == 1:
             body = line[:-2]
-        elif self.watch and not line.endswith(b"\r\n"):
-            self._observe(Observe("bare_newline", line), line)
+        elif self.watch and self._sasl is None and not line.endswith(b"\r\n"):
+            self._observe(Observe("bare_newline", self.last_command.encode()), line)
             return
         else:
             self._bare(line)
@@ -361,11 +371,14 @@ class Engine:
         if self._sasl is not None:
             self._auth_response(body)
         elif self.watch and self._in:
-            self._observe(Observe("pipelining", body, bytes(self._in[:100])), body)
+            # postscreen logs what was pipelined: only the next verb, never an AUTH argument
+            self._observe(Observe("pipelining", body, _loggable_pending(body, bytes(self._in[:100]))), body)
         else:
             self._command(body)
 
     def _observe(self, obs: Observe, line: bytes) -> None:
+        """Hand postscreen an observation (its log quotes obs.line: see _redacted); `line` is
+        what the engine goes on with afterwards."""
         self._observing = obs
         self._line = line
         self._emit(obs)
@@ -513,7 +526,7 @@ class Engine:
             self.reply(R.MAIL_OK)
         elif isinstance(ev, Rcpt):
             assert self.tx is not None
-            self.tx.recipients.append(ev.recipient)
+            self.tx.recipients.append(ev.queued or ev.recipient)
             self.reply(R.RCPT_OK)
         self._count(self.last_command, ok)
         if not ok:
@@ -685,13 +698,14 @@ class Engine:
         if needs_smtputf8(rcpt) and "SMTPUTF8" not in tx.params:
             self.reply(R.UTF8_UNDECLARED)
             return None
+        queued = None
         if not rcpt.domain and rcpt.local.lower() == "postmaster":
             # RFC 5321 4.5.1: <postmaster> without a domain must be accepted.
-            rcpt = Mailbox(rcpt.local, self.s.postmaster_domain or self.s.hostname)
+            queued = Mailbox(rcpt.local, self.s.postmaster_domain or self.s.hostname)
         if len(tx.recipients) >= self.s.recipients:
             self.reply(R.TOO_MANY_RCPT)
             return None
-        return Rcpt(rcpt, params)
+        return Rcpt(rcpt, params, queued)
 
     def _cmd_data(self, arg: str | None) -> Event | None:
         tx = self.tx
@@ -793,6 +807,18 @@ class Engine:
         return AuthLogin(exchange.mechanism.value, step.login, step.password)
 
 
+_AUTH_LINE = re.compile(rb"(?im)^(AUTH[ \t]+\S+)[^\r\n]*")
+
+
+def _loggable_pending(current: bytes, pending: bytes) -> bytes:
+    """What was pipelined after `current`, as postscreen may log it (Postfix logs it): never an
+    AUTH argument, and nothing at all after an AUTH command (its exchange lines follow)."""
+    if current[:5].upper() == b"AUTH ":
+        return b"..."
+    cut = _AUTH_LINE.search(pending)
+    return pending if cut is None else pending[: cut.start()] + cut.group(1) + b" ..."
+
+
 _COMMANDS = {
     "HELO": Engine._cmd_helo,
     "EHLO": Engine._cmd_ehlo,
@@ -806,10 +832,6 @@ _COMMANDS = {
     "AUTH": Engine._cmd_auth,
     "STARTTLS": Engine._cmd_starttls,
 }
-
-
-def mechanisms(names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(n.upper() for n in names)
 
 
 DATA_REPLIES = {

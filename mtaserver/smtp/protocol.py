@@ -121,7 +121,7 @@ class Session(asyncio.Protocol):
     def __init__(self, server: SmtpServer) -> None:
         self.loop = asyncio.get_running_loop()
         self.server = server
-        rt = server.runtime
+        self.rt = rt = server.runtime  # the session keeps the runtime it started with, whatever a reload does
         self.cfg: Config = rt.config
         self.pipeline = rt.pipelines[server.listener]
         self.limits = self.cfg.server.limits
@@ -279,9 +279,6 @@ class Session(asyncio.Protocol):
             t.close()
             self.loop.call_later(5.0, t.abort)  # a client that never reads must not pin us
 
-    def _goodbye(self, reply: Reply) -> None:
-        self.close(reply)
-
     def _with_name(self, reply: Reply) -> Reply:
         """421 replies carry the server's name first (Postfix)."""
         return Reply(reply.code, reply.status, f"{self.hostname} {reply.text}")
@@ -326,7 +323,7 @@ class Session(asyncio.Protocol):
     def shutdown(self) -> None:
         self._shutdown = True
         if self._idle:
-            self._goodbye(Reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing transmission channel"))
+            self.close(Reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing transmission channel"))
             self._wake()
 
     # -- views for the hooks -----------------------------------------------------------------
@@ -378,10 +375,10 @@ class Session(asyncio.Protocol):
                 log.info("connect from %s", self._label())
             if too_many:
                 log.warning("NOQUEUE: reject: CONNECT from %s: too many connections", self._label())
-                self._goodbye(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {ip}"))
+                self.close(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {ip}"))
                 return
             if srv.shutting_down:
-                self._goodbye(Reply(421, "4.3.2", f"{self.hostname} Service shutting down"))
+                self.close(Reply(421, "4.3.2", f"{self.hostname} Service shutting down"))
                 return
             if connect_hooks:
                 verdict = await run_stage(self.pipeline, Stage.CONNECT, self.ctx)
@@ -390,7 +387,7 @@ class Session(asyncio.Protocol):
                 if verdict.decision is Decision.DISCARD:
                     return  # the hook dealt with the connection (postscreen drop, hangup)
                 if verdict.reply is not None:
-                    self._goodbye(verdict.reply)
+                    self.close(verdict.reply)
                     return
             if self.mynetworks and self.cfg.inbound.bare_newline_exclude_mynetworks and self.engine.bare_newline is BareNewline.REJECT:
                 self.engine.bare_newline = BareNewline.NORMALIZE
@@ -398,14 +395,14 @@ class Session(asyncio.Protocol):
             await self._flush()
             if greet_first:
                 log.info("connect from %s", self._label())
-            self.server.runtime.session_started(self)
+            self.rt.session_started(self)
             await self._loop()
             await self._flush()
         except ConnectionError:
             self.engine.count_lost()  # lost inside a command (Postfix: starttls=0/1)
         except Exception:  # a bug must cost one session, never the worker
             log.exception("session error after %s from %s", self.engine.last_command, self._label())
-            self._goodbye(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
+            self.close(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
         finally:
             self._stop_timer()
             if self.ctx.state:  # only hooks that kept something for this session have an end to run
@@ -431,15 +428,18 @@ class Session(asyncio.Protocol):
                 if e.closed or self._closing:
                     return
                 if self._shutdown:
-                    self._goodbye(Reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing transmission channel"))
+                    self.close(Reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing transmission channel"))
                     return
-                if e.output_pending >= 64 or not e.has_pending_line():
-                    await self._flush()  # batched while pipelined commands wait, but never unbounded
+                pending_line = e.has_pending_line()
+                if e.output_pending >= E.OUTPUT_BATCH or not pending_line:
+                    await self._flush()  # batched while pipelined commands wait, never more than a batch
                 if self._closing:
                     return
                 if self._reading_paused and not e.input_full and self.transport is not None:
                     self._reading_paused = False
                     self.transport.resume_reading()
+                if pending_line or e.has_pending_line():
+                    continue  # commands are waiting (the engine paused for output, or input came during the flush)
                 if self._eof:
                     if e.pending_input:
                         log.info("lost connection after %s from %s", e.last_command, self._label())
@@ -480,12 +480,12 @@ class Session(asyncio.Protocol):
                 case E.AuthLogin():
                     await self._auth(ev)
                 case E.AuthRefused():
-                    self.server.runtime.auth_failures.failed(self.peer_ip, time.monotonic())
+                    self.rt.auth_failures.failed(self.peer_ip, time.monotonic())
                     log.warning("%s: SASL %s authentication failed: %s", self._label(), ev.mechanism, ev.why)
                 case E.Observe():
-                    e.observed(self.server.runtime.observe(self, ev))
+                    e.observed(self.rt.observe(self, ev))
             if self._shutdown and not self._closing and not e.closed:
-                self._goodbye(Reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing transmission channel"))
+                self.close(Reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing transmission channel"))
                 return
 
     async def _mail(self, ev: E.Mail) -> None:
@@ -695,7 +695,7 @@ class Session(asyncio.Protocol):
     # -- STARTTLS and AUTH -------------------------------------------------------------------
 
     async def _starttls(self) -> None:
-        ctx = self.server.runtime.tls_context
+        ctx = self.rt.tls_context
         await self._flush()
         if ctx is None or self.transport is None:
             raise ConnectionResetError("no TLS context")
@@ -726,7 +726,7 @@ class Session(asyncio.Protocol):
                  ssl_obj.version() if ssl_obj else "?", ssl_obj.cipher()[0] if ssl_obj else "?")  # fmt: skip
 
     async def _auth(self, ev: E.AuthLogin) -> None:
-        rt = self.server.runtime
+        rt = self.rt
         now = time.monotonic()
         if rt.auth_failures.blocked(self.peer_ip, now):
             log.warning("too many failed authentications from %s", self._label())

@@ -666,3 +666,19 @@ def test_refusals_at_mail_are_logged(make_mta, mail, want, logged_from):
         re.escape(logged_from) if logged_from else r"[^>]+"
     ) + re.escape("> proto=ESMTP helo=<client.test>")
     wait_for_log(mta, re.compile(pattern))
+
+
+def test_bare_postmaster_needs_no_listing(make_mta, tmp_path):
+    """RFC 5321 4.5.1: <postmaster> without a domain is accepted whatever the checks say; it is
+    queued for postmaster@<first local domain>."""
+    (tmp_path / "mailboxes").write_text("alice@example.test\n")
+    m = make_mta({"domains": {"mailboxes": str(tmp_path / "mailboxes")}})
+    with SmtpClient(m.port, "127.0.0.2") as c:
+        c.greeting()
+        c.ehlo("client.test")
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<postmaster@example.test>", 550, "5.1.1")  # qualified: judged as any address
+        c.expect("RSET", 250)
+        qid = queue_id_of(c.send_message("s@client.test", ["Postmaster"], b"Subject: x\r\n\r\nhi\r\n"))
+    env = parse_envelope((m.queue / "incoming" / qid).read_bytes())
+    assert [r.address for r in env.recipients] == ["Postmaster@example.test"]

@@ -81,3 +81,8 @@ def test_implicit_tls_switch_says_it_needs_a_restart(make_mta, cert):
     m.config["server"]["listeners"][0]["tls"] = "implicit"
     reload(m)
     wait_for_log(m, "reload: tls: implicit on or off needs a restart (listener smtp)")
+    # the socket is still plaintext: the session must not believe it is TLS (AUTH in cleartext)
+    with SmtpClient(m.port, "127.0.0.2") as c:
+        c.greeting()
+        lines = c.ehlo().lines
+        assert "STARTTLS" in lines and not any(x.startswith("AUTH") for x in lines), lines

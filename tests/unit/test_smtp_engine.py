@@ -160,7 +160,8 @@ def test_postmaster_without_domain_is_qualified():
         default_resolver(engine, ev)
 
     run(e, [b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n"], resolver)
-    assert seen == ["Postmaster@example.test"]
+    assert seen == ["Postmaster"]  # the hooks see it bare: RFC 5321 4.5.1, no check applies
+    assert e.tx is not None and [str(r) for r in e.tx.recipients] == ["Postmaster@example.test"]
 
 
 def test_recipient_limit():
@@ -351,3 +352,35 @@ def test_line_limit_is_judged_per_line():
     out, events = same_at_every_split(lambda: tls_engine(), b"NOOP " + b"x" * 600 + b"\r\n" + long_auth)
     assert codes(out) == ["500 5.5.2 Error: command line too long", "535 5.7.8 Error: authentication failed"]
     assert events == ["AuthLogin"]
+
+
+def test_replies_wait_in_batches_of_64():
+    """A flood of pipelined commands: the engine stops taking lines while 64 replies wait."""
+    e = E.Engine(settings())
+    e.feed(b"EHLO x\r\n" * 500)
+    n = 0
+    while e.next_event() is not None:
+        n += 1
+        e.resolve(CONTINUE)
+    assert n == E.OUTPUT_BATCH and e.output_pending == E.OUTPUT_BATCH and e.has_pending_line()
+    e.take_output()
+    assert e.next_event() is not None  # the shell wrote them: the next batch goes on
+
+
+def test_postscreen_never_sees_auth_arguments():
+    seen: list[E.Observe] = []
+
+    def resolver(engine: E.Engine, ev: E.Event) -> None:
+        if isinstance(ev, E.Observe):
+            seen.append(ev)
+        default_resolver(engine, ev)
+
+    e = E.Engine(settings(auth="offer", implicit_tls=True, bare_newline=BareNewline.NORMALIZE))
+    e.watch = True
+    secret = b64(b"\0alice\0secret")
+    run(e, [b"EHLO c\r\nAUTH PLAIN " + secret + b"\r\n"], resolver)
+    run(e, [b"AUTH PLAIN " + secret + b"\n"], resolver)
+    run(e, [b"AUTH LOGIN\r\n", b64(b"alice") + b"\n", b64(b"secret") + b"\n"], resolver)
+    assert seen, "the deep tests did watch"
+    for obs in seen:
+        assert secret not in obs.line + obs.pending and b"c2VjcmV0" not in obs.line + obs.pending, obs

@@ -94,11 +94,15 @@ class DovecotAuthenticator:
     async def authenticate(self, login: str, password: str, *, client_ip: str, local_ip: str, secured: bool) -> AuthResult:
         if not login or not password:
             return AuthResult(ok=False, reason="empty login or password")
+        started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.timeout):
                 reply = await self._client.authenticate(login, password, client_ip=client_ip, local_ip=local_ip, secured=secured)
         except TimeoutError:
-            await self._client.close()  # a stuck connection: start afresh next time
+            # Only a connection that answered nothing at all meanwhile is stuck: start afresh. One
+            # held-back answer (Dovecot delays a guesser's refusals) must not fail everyone's AUTH.
+            if not self._client.answered_since(started):
+                await self._client.close()
             return AuthResult(ok=False, temporary=True, reason=f"dovecot at {self.endpoint} did not answer in {self.timeout:g}s")
         except DovecotUnavailable as exc:
             return AuthResult(ok=False, temporary=True, reason=str(exc))

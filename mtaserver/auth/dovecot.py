@@ -192,6 +192,7 @@ class _Connection:
         self.reader, self.writer, self.handshake = reader, writer, handshake
         self.pending: dict[int, asyncio.Future[DovecotReply]] = {}
         self.closed = False
+        self.last_answer = asyncio.get_running_loop().time()  # loop time of the last line read
         self.task = asyncio.get_running_loop().create_task(self._read_replies(), name="dovecot-auth-reader")
 
     async def _read_replies(self) -> None:
@@ -201,6 +202,7 @@ class _Connection:
                 raw = await self.reader.readline()
                 if not raw.endswith(b"\n"):
                     break
+                self.last_answer = asyncio.get_running_loop().time()
                 command, request_id, reply = parse_reply(raw.rstrip(b"\r\n").decode("utf-8", "replace"))
                 future = self.pending.pop(request_id, None)
                 if future is None or future.done():
@@ -266,6 +268,11 @@ class DovecotAuthClient:
             self._last_id, login, password, client_ip=client_ip, local_ip=local_ip, secured=secured, service=self.service
         )  # fmt: skip
         return await conn.request(self._last_id, line)
+
+    def answered_since(self, when: float) -> bool:
+        """Dovecot answered something on the connection after `when` (loop time): it is alive,
+        and a request that timed out was only held back (Dovecot delays refusals)."""
+        return self._conn is not None and self._conn.last_answer > when
 
     async def check(self) -> Handshake:
         """Connect (if needed) and return Dovecot's handshake; DovecotUnavailable when it cannot."""

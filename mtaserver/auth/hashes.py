@@ -148,7 +148,10 @@ def _sha512_rounds(p: bytes, s: bytes, rounds: int) -> bytes:
         a.update(b if i & 1 else p)
         i >>= 1
     c = a.digest()
-    dp = sha(p * n).digest()
+    h = sha()
+    for _ in range(n):  # the password n times, without an n*n-byte string (n may be 4096)
+        h.update(p)
+    dp = h.digest()
     p_seq = (dp * (n // 64 + 1))[:n]
     ds = sha(s * (16 + c[0])).digest()
     s_seq = (ds * (len(s) // 64 + 1))[: len(s)]

@@ -516,9 +516,9 @@ class Engine:
         ev, self._pending = self._pending, None
         ok = verdict.decision in (Decision.CONTINUE, Decision.ACCEPT, Decision.HOLD)
         if not ok:
-            assert verdict.reply is not None
+            # DISCARD is a content decision: before DATA it has no meaning, so it fails safe
             self._failed = False
-            self.reply(verdict.reply)
+            self.reply(verdict.reply or R.TEMPFAIL_INTERNAL)
         elif isinstance(ev, Helo):
             self._helo_ok(ev)
         elif isinstance(ev, Mail):

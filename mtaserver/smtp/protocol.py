@@ -584,7 +584,9 @@ class Session(asyncio.Protocol):
             hold = held is not None
             try:
                 if not store.commit_inline(spool, env, hold=hold):
-                    # Shielded: a client that hangs up mid-commit must not leave half a commit.
+                    # Shielded: if this task is cancelled (a worker stopping), the commit in the
+                    # thread still completes; the client then gets no 250 and may send it again
+                    # (at-least-once), but never a half-written queue file.
                     await asyncio.shield(store.commit(spool, env, announce=False, hold=hold))
             except QueueWriteError as exc:
                 log.error("%s: queue file write error: %s", qid, exc)

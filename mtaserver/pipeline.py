@@ -13,7 +13,8 @@ DESCRIPTION
         AFTER_COMMIT  the message is queued (notifications, counters); verdicts ignored
 
     The first verdict that is not CONTINUE ends the stage: its reply is sent (REJECT,
-    TEMPFAIL), or the command succeeds without the later hooks (ACCEPT). At CONNECT,
+    TEMPFAIL), or the command succeeds without the later hooks (ACCEPT: so a RCPT hook
+    placed before relay control must never return it). At CONNECT,
     DISCARD ends the session without a reply (the hook closed the connection itself). HOLD at
     MAIL, RCPT or DATA_END lets the transaction go on and commits its message into hold/,
     where nothing is delivered until an administrator releases it (Postfix's HOLD action).

@@ -337,6 +337,8 @@ def _hooks(cfg: Config, lst: Listener, screener: Screener | None, rates: RateCou
         from .postscreen.screen import PostscreenHook
 
         hooks.append(PostscreenHook(screener))
+    # Relay control and the policy: every RCPT hook before it returns CONTINUE or a refusal,
+    # never ACCEPT (which would end the stage before relay control).
     hooks.extend(policy.hooks(lst))
     if FilterChain.wanted(cfg):
         hooks.append(ContentFilterHook(filters))

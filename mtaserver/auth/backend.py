@@ -13,7 +13,8 @@ DESCRIPTION
 
     FileAuthenticator(users, executor)  verifies against the users file (users.py). The hash
         work (tens of ms for argon2id) runs in `executor` through loop.run_in_executor, so
-        the event loop keeps serving other sessions; None is the loop's default executor.
+        the event loop keeps serving other sessions; None is this process's own pool of
+        HASH_THREADS threads (argon2id takes 64 MiB a check: the pool bounds memory and CPU).
         argon2-cffi, bcrypt and hashlib release the GIL while hashing.
     DovecotAuthenticator(endpoint, timeout)  asks Dovecot (dovecot.py) under `timeout`
         seconds; unreachable, slow or temporarily failing Dovecot is `temporary=True`.
@@ -63,6 +64,20 @@ class Authenticator(Protocol):
         ...
 
 
+HASH_THREADS = 2
+_hash_pool: Executor | None = None
+
+
+def _default_pool() -> Executor:
+    """Made on first use, so each worker process (after fork) has its own."""
+    global _hash_pool
+    if _hash_pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _hash_pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="auth-hash")
+    return _hash_pool
+
+
 class FileAuthenticator:
     """Checks passwords against the users file, off the event loop."""
 
@@ -74,7 +89,7 @@ class FileAuthenticator:
         if not login or not password:
             return AuthResult(ok=False, reason="empty login or password")
         loop = asyncio.get_running_loop()
-        good = await loop.run_in_executor(self._executor, self.users.verify, login, password)
+        good = await loop.run_in_executor(self._executor or _default_pool(), self.users.verify, login, password)
         if good:
             return AuthResult(ok=True, login=login)
         return AuthResult(ok=False, reason="unknown login" if login not in self.users else "wrong password")

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtpd")
 
 NAME_TASK = "client-name"
+SESSION_CACHE = 64  # DNS answers (HELO name, sender domains) a session keeps
 
 
 class Policy:
@@ -163,6 +164,8 @@ class RcptHook(Hook):
             needs = needs - {Need.CLIENT_NAME}
         if needs:
             facts = await lookups.resolve(p.resolver, facts, needs, timeout=p.timeout)
+        if len(cache) >= SESSION_CACHE:
+            cache.clear()  # a client trying one sender domain after another: answers are kept per session, bounded
         if facts.helo_host is not None:
             cache[f"helo {s.helo}"] = facts.helo_host
         if facts.sender_domain is not None:

@@ -45,10 +45,21 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
         proc.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(*also: str) -> int:
+    """A TCP port free on 127.0.0.1 and on every address in `also` (a server that binds one
+    port on several 127.0.0.x must not meet a client's ephemeral port there)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            for host in also:
+                with socket.socket() as t:
+                    t.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on 127.0.0.1 and {also}")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def dns(tmp_path):
 
 @pytest.fixture
 def sinks():
-    port = free_port()
+    port = free_port("127.0.0.2", "127.0.0.3")
     primary = Sink()
     secondary = Sink()
     for s, ip in ((primary, "127.0.0.2"), (secondary, "127.0.0.3")):

@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -126,6 +127,7 @@ class Worker:
         self.store.announce_delay = cfg.queue.wakeup_delay
         self.servers: list[SmtpServer] = []
         self._stop = asyncio.Event()
+        self._implicit_tls: ssl.SSLContext | None = None  # the context the tls: implicit sockets were made with
 
     def _build(self, cfg: Config, previous: Runtime | None, listeners: list[Listener] | None = None) -> Runtime:
         # One worker is enough for the periodic postscreen cache cleanup.
@@ -172,6 +174,15 @@ class Worker:
             log.warning("reload: tls: implicit on or off needs a restart (listener %s); other settings applied", ", ".join(sorted(implicit)))
         self.config = new
         self.store.announce_delay = new.queue.wakeup_delay
+        if rt is not None and self._implicit_tls is not None and new.server.tls.cert:
+            # The implicit-TLS sockets keep the context they were made with: load the (renewed)
+            # certificate into it, so their new handshakes use it (Runtime.build loaded it once).
+            try:
+                self._implicit_tls.load_cert_chain(
+                    config_mod.resolve_path(new.source, new.server.tls.cert), config_mod.resolve_path(new.source, new.server.tls.key or "")
+                )
+            except (OSError, ssl.SSLError) as exc:  # cannot happen after a build that loaded them; say so if it does
+                log.error("reload: tls: implicit listeners keep the old certificate: %s", exc)
         if rt is not None:
             asyncio.get_running_loop().create_task(rt.check_auth())  # before the first AUTH, in practice
             self.runtime = rt
@@ -211,6 +222,8 @@ class Worker:
                 srv = SmtpServer(rt, listener, self.store)
                 self.servers.append(srv)
                 implicit = rt.tls_context if listener.tls == "implicit" else None  # port 465 style: TLS from the first byte
+                if implicit is not None:
+                    self._implicit_tls = implicit
                 listening.append(await loop.create_server(srv.protocol, sock=sock, ssl=implicit))
             log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
         else:

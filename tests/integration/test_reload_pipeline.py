@@ -86,3 +86,39 @@ def test_implicit_tls_switch_says_it_needs_a_restart(make_mta, cert):
         c.greeting()
         lines = c.ehlo().lines
         assert "STARTTLS" in lines and not any(x.startswith("AUTH") for x in lines), lines
+
+
+def test_implicit_tls_serves_a_renewed_certificate_after_sighup(make_mta, tmp_path):
+    import socket
+    import ssl
+    import subprocess
+
+    from conftest import require_tool
+
+    openssl = require_tool("openssl")
+
+    def make_cert(cn: str) -> None:
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-days", "1",
+             "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    def served_cn(port: int) -> str:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as s:
+            der = s.getpeercert(binary_form=True)
+        pem = ssl.DER_cert_to_PEM_cert(der)
+        out = subprocess.run([openssl, "x509", "-noout", "-subject"], input=pem, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    make_cert("old.example.test")
+    m = make_mta({"server": {"tls": {"cert": str(tmp_path / "cert.pem"), "key": str(tmp_path / "key.pem")}}}, start=False)
+    m.config["server"]["listeners"][0]["tls"] = "implicit"
+    m.write_config()
+    m.start()
+    assert "old.example.test" in served_cn(m.port)
+    make_cert("new.example.test")  # renewed in place, as certbot does
+    reload(m)
+    assert "new.example.test" in served_cn(m.port)

@@ -5,10 +5,9 @@ DESCRIPTION
     lookups.py        the async DNS lookups and the shell `check_rcpt`
     mailboxes.py      the domains.mailboxes file (mailboxes and aliases)
 
-    `check_recipient` and `is_local` are the interface the SMTP session used before this
-    package: relay control and the two address checks that need no DNS, in their old order
-    (reject_non_fqdn_recipient, relay control, then reject_non_fqdn_sender for untrusted
-    clients). They stay until the session calls `lookups.check_rcpt`.
+    `check_recipient` is relay control and the address checks that need no DNS, through the
+    same `restrictions.decide` the session's RCPT hook uses; `is_local` serves the queue
+    manager (which recipients are delivered locally).
 
 SECURITY
     Relay control: see restrictions.py. A routed address (source route, percent hack, bang
@@ -23,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..address import Mailbox
+from ..config import InboundConfig, ProtocolChecks
 from ..model import Reply
 from .mailboxes import Mailboxes, MailboxesError, load_mailboxes, parse_mailboxes
 from .restrictions import (
@@ -33,12 +33,9 @@ from .restrictions import (
     RcptFacts,
     check_helo_syntax,
     decide,
-    is_fqdn_address,
     is_local_address,
-    is_ours,
     needed,
     owners_table,
-    relay_denied,
 )
 
 __all__ = [
@@ -69,16 +66,18 @@ def check_recipient(
     relay_domains: Sequence[str],
     reject_non_fqdn_sender: bool,
 ) -> Reply | None:
-    """The old RCPT checks, in order: reject_non_fqdn_recipient (504 5.5.2), relay control
-    (554 5.7.1) and, for untrusted clients, reject_non_fqdn_sender (504 5.5.2). None = no objection."""
-    if not rcpt.domain or not (is_fqdn_address(rcpt) or is_local_address(rcpt, local_domains)):
-        return Reply(504, "5.5.2", f"<{rcpt}>: Recipient address rejected: need fully-qualified address")
-    if not trusted:
-        if not is_ours(rcpt, local_domains, relay_domains):
-            return relay_denied(rcpt)
-        if reject_non_fqdn_sender and not sender.is_null and not is_fqdn_address(sender):
-            return Reply(504, "5.5.2", f"<{sender}>: Sender address rejected: need fully-qualified address")
-    return None
+    """Relay control and the address checks that need no DNS, through `restrictions.decide`
+    (the one decision): the refusal, or None. `trusted` plays mynetworks."""
+    facts = RcptFacts(
+        client_ip="", helo=None, sender=sender, recipient=rcpt, mynetworks=trusted,
+        local_domains=local_domains, relay_domains=relay_domains,
+    )  # fmt: skip
+    checks = ProtocolChecks(
+        reject_invalid_helo_hostname=False, reject_non_fqdn_sender=reject_non_fqdn_sender,
+        reject_unknown_sender_domain=False,
+    )  # fmt: skip
+    cfg = InboundConfig(reject_unlisted_sender=False, reject_unlisted_recipient=False, protocol_checks=checks)
+    return decide(facts, cfg).reply
 
 
 def is_local(rcpt: Mailbox, local_domains: Sequence[str]) -> bool:

@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 _STATUS = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?= |$)")  # RFC 3463 class.subject.detail
 
@@ -177,6 +178,9 @@ class Envelope:
     ret: str | None = None
     envid: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # The decision trail: one entry per content filter that looked at the message, in the order
+    # they ran: {"filter", "result", "detail", "score", "ms"} (filters/chain.py Step.doc()).
+    trail: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------

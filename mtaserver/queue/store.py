@@ -167,6 +167,7 @@ def _envelope_doc(env: Envelope) -> dict:
         "ret": env.ret,
         "envid": env.envid,
         "extra": dict(env.extra),
+        "trail": env.trail,
     }
 
 

@@ -288,7 +288,7 @@ def test_the_queue_file_keeps_every_envelope_field():
         recipients=[Recipient(address="a@x.test", orcpt="rfc822;a@x.test", notify="FAILURE,DELAY",
                               state=RcptState.DEFERRED, attempts=3, last_reply="451 4.3.0 later")],
         arrival=1795600000.5, size=1234, body_type="8BITMIME", smtputf8=True, ret="HDRS", envid="E1",
-        extra={"k": "v"},
+        extra={"k": "v"}, trail=[{"filter": "antispam", "result": "ham", "detail": "BAYES_00", "score": -1.9, "ms": 3.2}],
         client=ClientInfo(ip="192.0.2.1", port=25, name="c.test", helo="h", protocol="ESMTPSA", login="u", trusted=True),
     )  # fmt: skip
     expected = dataclasses.asdict(env)

@@ -350,16 +350,59 @@ class AntispamConfig(Strict):
         raise ValueError("expected low | medium | high, a percentage like 40%, or a score like 6.6")
 
 
+_DKIM_SELECTOR = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
 class DkimSign(Strict):
-    domain: str
-    selector: str
-    key: str
+    domain: str  # the d= of the signature; signs mail whose From domain is it or a subdomain of it
+    selector: str  # the s=: the key's TXT record is <selector>._domainkey.<domain>
+    key: str  # PEM private key (RSA or ed25519), relative to server.data_dir (`mtaserver dkim keygen` writes it)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        d = check_domain(v)
+        if d.startswith(".") or "." not in d:
+            raise ValueError(f"expected a domain like example.test, not {v!r}")
+        return d
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        if not _DKIM_SELECTOR.match(v) or len(v) > 63:  # RFC 6376 3.1: selector = sub-domain *("." sub-domain)
+            raise ValueError(f"expected a selector like mail or 2026a (letters, digits, '-', '.'), not {v!r}")
+        return v.lower()
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the key file is empty; `mtaserver dkim keygen` prints the entry to add")
+        return v
 
 
 class DkimConfig(Strict):
     verify: bool = True
     unsigned_from_signing_domain: Literal["reject", "tag", "accept"] = "reject"
     sign: list[DkimSign] = []
+    timeout: Duration = 5.0  # DNS budget of one message's verification (all its signatures); past it: temperror
+
+    @field_validator("sign")
+    @classmethod
+    def _unique(cls, v: list[DkimSign]) -> list[DkimSign]:
+        seen = set()
+        for s in v:
+            if (s.domain, s.selector) in seen:
+                raise ValueError(f"{s.selector}._domainkey.{s.domain} is listed twice")
+            seen.add((s.domain, s.selector))
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not 0 < v <= 60:
+            raise ValueError("expected a duration between 0 and 60s")
+        return v
 
 
 class ClamdConfig(Strict):
@@ -425,9 +468,19 @@ class QueueConfig(Strict):
         return self
 
 
+def _admin_listen(v: Any) -> Endpoint | None:
+    if v is None:
+        return None
+    ep = parse_endpoint(v)
+    if ep.unix_path:
+        raise ValueError("expected host:port (a TCP address), or null for no admin API")
+    return ep
+
+
 class AdminConfig(Strict):
-    listen: EndpointT = parse_endpoint("127.0.0.1:8025")
-    token_file: str = "admin.token"
+    listen: Annotated[Endpoint | None, BeforeValidator(_admin_listen)] = parse_endpoint("127.0.0.1:8025")  # null: no admin API
+    token_file: str = Field("admin.token", min_length=1)  # relative to data_dir; "<role> <token> [name]" lines
+    audit_log: str = Field("admin-audit.log", min_length=1)  # relative to data_dir; one line per state-changing request
 
 
 class Config(Strict):

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from .values import Endpoint, NetMatch, check_domain, parse_duration, parse_endpoint, parse_network, parse_size
 
@@ -114,6 +116,36 @@ class ServerConfig(Strict):
     dns: DnsConfig = DnsConfig()
     limits: SmtpLimits = SmtpLimits()
     peername_lookup: bool = True  # Postfix smtpd_peername_lookup: the client's name from DNS (PTR + forward)
+    user: str | None = None  # Postfix mail_owner: the serving processes drop to it after binding (started as root)
+    group: str | None = None  # default: server.user's primary group
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None:
+            import pwd  # here: a lookup in the system's user database, only when configured
+
+            try:
+                pwd.getpwnam(v)
+            except KeyError:
+                raise ValueError(f"no such user: {v!r}") from None
+        return v
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            import grp
+
+            if "user" not in info.data:
+                return v  # server.user itself failed: reported there
+            if info.data["user"] is None:
+                raise ValueError("needs server.user (the group of the user the server runs as)")
+            try:
+                grp.getgrnam(v)
+            except KeyError:
+                raise ValueError(f"no such group: {v!r}") from None
+        return v
 
     @field_validator("hostname")
     @classmethod
@@ -442,9 +474,18 @@ class AdvancedConfig(Strict):
     log_client_port: bool = False
     tls_log_level: int = Field(1, ge=0, le=4)
     lmtp_tls_log_level: int = Field(0, ge=0, le=4)
+    log_target: Literal["stderr", "syslog", "file"] = "stderr"
+    log_file: str | None = None  # log_target file: the path, relative to the config file; reopened on SIGUSR1
+    syslog_socket: str = "/dev/log"  # log_target syslog: the local syslog socket (facility mail)
     threads: Threads = Threads()
     max_message_size: Size = 10240000
     postmaster: str = "postmaster@localhost"
+
+    @model_validator(mode="after")
+    def _log_file(self) -> AdvancedConfig:
+        if self.log_target == "file" and not self.log_file:
+            raise ValueError("log_target file needs log_file")
+        return self
 
 
 class QueueConfig(Strict):

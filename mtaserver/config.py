@@ -442,10 +442,82 @@ class ClamdConfig(Strict):
     timeout: Duration = 60.0
 
 
+# ClamAV's plain-text signature databases (clamd loads these from its DatabaseDirectory by name);
+# .cvd/.cld/.cud are the signed official containers, which only freshclam installs.
+SIGNATURE_EXTENSIONS = (
+    "hdb", "hsb", "hdu", "hsu", "mdb", "msb", "mdu", "msu", "imp", "ndb", "ndu", "ldb", "ldu", "cdb", "idb",
+    "fp", "sfp", "ign", "ign2", "pdb", "gdb", "wdb", "ftm", "crb", "cat", "yar", "yara", "pwdb",
+)  # fmt: skip
+_MIRROR_URL = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?(/[^\s]*)?$")
+
+
 class Definitions(Strict):
-    mirrors: list[str] = ["database.clamav.net"]
-    custom_signatures: list[str] = []
-    update_frequency: Duration = 7200.0
+    mirrors: list[str] = ["database.clamav.net"]  # host names (DatabaseMirror) or http(s)://host[:port] (PrivateMirror)
+    custom_signatures: list[str] = []  # http(s):// URLs or local files (relative to the config file)
+    update_frequency: Duration = 7200.0  # our scheduler: any duration >= 1s
+    freshclam: bool = False  # run freshclam each tick for the official databases (Debian's clamav-freshclam does it otherwise)
+    database_dir: str = "/var/lib/clamav"  # clamd's DatabaseDirectory: custom signatures are installed here
+    freshclam_path: str = "freshclam"
+    sigtool_path: str = "sigtool"
+    clamscan_path: str = "clamscan"  # loads each custom file as clamd would, before it is installed
+    timeout: Duration = 600.0  # one download, one freshclam run, one validation
+    max_size: Size = 100 << 20  # one custom signature file
+
+    @field_validator("mirrors")
+    @classmethod
+    def _mirrors(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if "://" in m:
+                if not _MIRROR_URL.match(m):
+                    raise ValueError(f"mirror {m!r}: expected a host name or http(s)://host[:port]")
+            else:
+                if m.startswith("."):
+                    raise ValueError(f"mirror {m!r}: expected a host name or http(s)://host[:port]")
+                check_domain(m)
+        if len({"://" in m for m in v}) > 1:
+            raise ValueError("list host names (DatabaseMirror) or http(s):// URLs (PrivateMirror, which overrides them), not both")
+        return v
+
+    @field_validator("custom_signatures")
+    @classmethod
+    def _custom(cls, v: list[str]) -> list[str]:
+        names = []
+        for src in v:
+            if "://" in src:
+                m = re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)(\?[^\s#]*)?$", src)
+                if not m:
+                    raise ValueError(f"{src!r}: expected an http(s)://host/path URL or a local file")
+                name = m.group(1).rsplit("/", 1)[-1]
+            else:
+                name = Path(src).name
+            ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,200}", name) or ext not in SIGNATURE_EXTENSIONS:
+                raise ValueError(f"{src!r}: the file name must end with a ClamAV signature extension (.ndb, .hdb, .ldb, ...)")
+            names.append(name)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"two sources install the same file {dup[0]!r}")
+        return v
+
+    @field_validator("update_frequency")
+    @classmethod
+    def _frequency(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("update_frequency must be at least 1s")
+        return v
+
+    @field_validator("database_dir")
+    @classmethod
+    def _database_dir(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("database_dir must be an absolute path (clamd's DatabaseDirectory)")
+        return v
+
+    @model_validator(mode="after")
+    def _freshclam_needs_mirror(self) -> Definitions:
+        if self.freshclam and not self.mirrors:
+            raise ValueError("freshclam: true needs at least one mirror")
+        return self
 
 
 class AntivirusConfig(Strict):

@@ -13,6 +13,10 @@ DESCRIPTION
                its `file:line: key: message` errors, and the running config stays
       SIGTERM  graceful stop: stop accepting, 421 4.3.2 to idle sessions, finish commands in
       SIGINT   progress (commits included) within `SHUTDOWN_GRACE`, then exit 0
+      SIGUSR1  reopen the log file (advanced.log_target: file), the supervisor's first
+
+    Before any of that: the instance lock on data_dir, and with server.user the data_dir tree
+    is given to that user and every serving process drops to it (mtaserver/supervisor.py).
 
 SECURITY
     Binds the listening sockets before forking, so a future privilege drop can happen in the
@@ -36,7 +40,7 @@ import time
 from pathlib import Path
 
 from . import config as config_mod
-from . import logutil
+from . import logutil, supervisor
 from .config import Config, ConfigError, Listener
 from .queue.manager import QueueManager, notify
 from .queue.store import QueueStore
@@ -48,7 +52,7 @@ log = logging.getLogger("master")
 
 SHUTDOWN_GRACE = 30.0  # seconds a busy session gets to finish after SIGTERM
 RESTART_DELAY = 1.0  # between a worker's death and its restart
-_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 
 
 def bind(ep: Endpoint, *, reuse_port: bool) -> socket.socket:
@@ -174,6 +178,9 @@ class Worker:
             log.warning("reload: tls: implicit on or off needs a restart (listener %s); other settings applied", ", ".join(sorted(implicit)))
         self.config = new
         self.store.announce_delay = new.queue.wakeup_delay
+        logutil.set_level(new.advanced.log_level)
+        if (new.advanced.log_target, new.advanced.log_file) != (old_cfg.advanced.log_target, old_cfg.advanced.log_file):
+            log.warning("reload: advanced.log_target and log_file changes need a restart; other settings applied")
         if rt is not None and self._implicit_tls is not None and new.server.tls.cert:
             # The implicit-TLS sockets keep the context they were made with: load the (renewed)
             # certificate into it, so their new handshakes use it (Runtime.build loaded it once).
@@ -200,6 +207,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, logutil.reopen)  # logrotate: the supervisor reopened first
         # A forked worker starts with these blocked (see _supervise.spawn); a signal sent to
         # it meanwhile is pending and is handled here, by the handlers just installed.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
@@ -287,16 +295,33 @@ def run(path: str) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
-    logutil.setup(cfg.advanced.log_level)
+    ident = supervisor.identity(cfg.server.user, cfg.server.group)
+    supervisor.setup_logging(cfg, ident)
     problems = check_files(cfg)  # a file that cannot be used is a config error, not a worker crash loop
     for key, message in problems:
         log.error("%s:%d: %s: %s", path, config_mod.key_line(path, key), key, message)
     if problems:
         return 1
+    why = supervisor.check_can_switch(ident)
+    if why is not None:
+        log.error("%s", why)
+        return 1
+    lock = supervisor.lock_instance(cfg)  # before recovery: it moves active/ back to incoming/
+    if lock is None:
+        return 1
+    try:
+        return _run_locked(cfg, path, ident)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: Config, path: str, ident: supervisor.Identity | None) -> int:
     store = QueueStore(cfg.queue_path)
     counts = store.recover()
     if any(counts.values()):
         log.info("queue recovery: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if supervisor.own_tree(cfg.data_path, ident):
+        log.info("data_dir %s given to %s:%d", cfg.data_path, ident.user if ident else "", ident.gid if ident else 0)
     n = cfg.server.worker_count()
     try:
         socks = [[bind(lst.address, reuse_port=n > 1) for lst in cfg.server.listeners] for _ in range(n)]
@@ -307,6 +332,8 @@ def run(path: str) -> int:
         set_steering(socks, n, True)
     log.info("mtaserver starting: %d worker(s), queue %s", n, cfg.queue_path)
     if n == 1:
+        signal.signal(signal.SIGUSR1, lambda _sig, _frame: logutil.reopen())  # until the loop's handler
+        supervisor.drop_privileges(ident)
         _run_worker(cfg, path, socks[0], 0, manager=True)
         log.info("mtaserver stopped")
         return 0
@@ -317,6 +344,8 @@ def run(path: str) -> int:
 def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
+    ident = supervisor.identity(cfg.server.user, cfg.server.group)
+    me = os.getpid()
 
     def spawn(i: int) -> None:
         # Signals stay blocked across the fork: a SIGTERM that arrives meanwhile is handled
@@ -329,7 +358,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             raise
         if pid == 0:
-            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             for j, group in enumerate(socks):
                 if j != i:
@@ -337,6 +366,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
                         s.close()
             code = 0
             try:
+                supervisor.enter_worker(ident, me)  # server.user; a SIGTERM when the supervisor dies
                 _run_worker(cfg, path, socks[i], i, manager=not socks[i])
             except BaseException:
                 log.exception("worker %d crashed", i)
@@ -351,6 +381,8 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
         nonlocal stopping
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+        if sig == signal.SIGUSR1:
+            logutil.reopen()  # first: the file the workers then open exists, owned by server.user
         if sig == signal.SIGHUP:
             try:
                 new = config_mod.load(path)
@@ -358,6 +390,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
                 for line in exc.errors:
                     log.error("reload refused: %s", line)
                 return
+            logutil.set_level(new.advanced.log_level)
             set_steering(socks, len(socks) - 1, steering_wanted(new))
         for pid in children:
             try:
@@ -365,7 +398,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, forward)
     for i in range(len(socks)):
         if stopping:  # SIGTERM during start-up: do not start the rest

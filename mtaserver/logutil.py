@@ -1,5 +1,15 @@
 """Logging setup and the one function that makes client bytes safe to log.
 
+DESCRIPTION
+    `setup(level, target=...)` sends every process's log to one place (advanced.log_target):
+      stderr  one line per record: `2026-11-25 23:40:43,671 mtaserver/smtpd[13925]: message`
+      syslog  facility mail, tagged like Postfix: `mtaserver/smtpd[13925]: message` (syslog's
+              program name is "mtaserver": rsyslog stops the name at the slash)
+      file    the same lines as stderr, appended to advanced.log_file; `reopen()` (SIGUSR1,
+              in every process: the supervisor reopens first, then forwards the signal) closes it
+              and opens the path again, so logrotate can move the file away and signal us
+    `set_level` applies advanced.log_level again on reload.
+
 SECURITY
     Everything a client sent reaches the log only through `sanitize`: control characters,
     backslashes and non-ASCII bytes are escaped, and the result is capped in length, so a
@@ -9,9 +19,11 @@ SECURITY
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 import time
+from typing import TextIO
 
 _pid = os.getpid()  # logged on every line; getpid(2) is a system call each time
 
@@ -68,18 +80,108 @@ class LineFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str = "info", *, program: str = "mtaserver") -> None:
+class SyslogFormatter(logging.Formatter):
+    """`mtaserver/smtpd[13925]: message`: syslog adds the time and the host."""
+
+    def __init__(self, program: str) -> None:
+        super().__init__()
+        self.program = program
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.program}/{record.name}[{_pid}]: {record.getMessage()}"
+        if record.exc_info:
+            record.exc_text = record.exc_text or self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+def _open_log(path: str, owner: tuple[int, int] | None) -> TextIO:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    if owner is not None and os.geteuid() == 0:
+        os.fchown(fd, *owner)  # the workers, running as server.user, open it again on SIGUSR1
+    return open(fd, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 (the handler closes it)
+
+
+class ReopeningFileHandler(logging.StreamHandler):
+    """Appends to a file; `reopen` opens the path again (after logrotate moved the file)."""
+
+    def __init__(self, path: str, owner: tuple[int, int] | None = None) -> None:
+        super().__init__(_open_log(path, owner))
+        self.path = path
+        self.owner = owner
+
+    def reopen(self) -> None:
+        try:
+            new = _open_log(self.path, self.owner)
+        except OSError as exc:  # keep writing to the old file rather than to nowhere
+            print(f"mtaserver: cannot reopen the log file {self.path}: {exc}", file=sys.stderr)
+            return
+        self.acquire()
+        try:
+            old, self.stream = self.stream, new
+        finally:
+            self.release()
+        try:
+            old.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+            super().close()
+        finally:
+            self.release()
+
+
+def setup(
+    level: str = "info", *, program: str = "mtaserver", target: str = "stderr", file: str | None = None,
+    syslog_socket: str = "/dev/log", owner: tuple[int, int] | None = None,
+) -> None:  # fmt: skip
+    """Log to `target` (stderr | syslog | file) at `level`. A syslog socket that cannot be
+    reached or a file that cannot be opened falls back to stderr, saying so there.
+    `owner` (uid, gid): the log file is created for them (the workers reopen it as that user)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+        h.close()
     # Nobody reads the caller's file and line or the thread name: skip collecting them.
     logging._srcfile = None  # documented switch (logging/__init__.py) that skips findCaller
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging.logProcesses = False  # the formatter keeps the pid itself
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LineFormatter(program))
+    handler: logging.Handler | None = None
+    try:
+        if target == "syslog":
+            handler = logging.handlers.SysLogHandler(syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+            handler.setFormatter(SyslogFormatter(program))
+        elif target == "file" and file:
+            handler = ReopeningFileHandler(file, owner)
+            handler.setFormatter(LineFormatter(program))
+    except OSError as exc:
+        print(f"{program}: cannot log to {target} ({file or syslog_socket}): {exc}; logging to stderr", file=sys.stderr)
+        handler = None
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(LineFormatter(program))
     root.addHandler(handler)
     root.setLevel(level.upper())
     # aiosmtpd logs every peer at INFO under "mail.log"; our own lines say what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def set_level(level: str) -> None:
+    """advanced.log_level again (reload)."""
+    logging.getLogger().setLevel(level.upper())
+
+
+def reopen() -> None:
+    """SIGUSR1: every file handler opens its path again (logrotate moved the file)."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, ReopeningFileHandler):
+            h.reopen()

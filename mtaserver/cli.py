@@ -52,9 +52,25 @@ def _auth_hash() -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mtaserver")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sendmail"]:  # sendmail(1)'s own option syntax (-fsender, -oi, -t): not argparse's
+        from . import sendmail
+
+        return sendmail.main(argv[1:])
     parser = argparse.ArgumentParser(prog="mtaserver", description="A pure-Python Mail Transfer Agent")
+    parser.add_argument("--version", action="version", version=f"mtaserver {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("sendmail", help="queue a message read on stdin: sendmail [-t] [-f SENDER] [-i] [-F NAME] [-C FILE] [RCPT...]")
     for name, text in (("run", "run the MTA in the foreground"), ("check-config", "validate the config file")):
         p = sub.add_parser(name, help=text)
         p.add_argument("-c", "--config", default=None, help="config file (default: $MTASERVER_CONFIG, else conf/mtaserver.yaml)")

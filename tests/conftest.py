@@ -97,6 +97,8 @@ class Mta:
             # No content scanners unless a test starts them (tests/integration/scanners.py).
             "antispam": {"enabled": False},
             "antivirus": {"enabled": False},
+            # Many test servers run at once: each its own admin API port.
+            "admin": {"listen": f"127.0.0.1:{free_port()}"},
         }
         self.config = deep_merge(base, overrides or {})
         self.config_path = tmp / "mtaserver.yaml"
@@ -110,6 +112,20 @@ class Mta:
     @property
     def queue(self) -> Path:
         return self.data_dir / "queue"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin API's base URL (no trailing slash), from the config the server runs."""
+        return f"http://{self.config['admin']['listen']}"
+
+    def admin_token(self, role: str = "admin") -> str:
+        """The first token of `role` in the admin token file (made by the server's first start)."""
+        name = self.config.get("admin", {}).get("token_file", "admin.token")
+        for line in (self.data_dir / name).read_text().splitlines():
+            fields = line.split("#", 1)[0].split()
+            if len(fields) >= 2 and fields[0] == role:
+                return fields[1]
+        raise LookupError(f"no {role} token in {self.data_dir / name}")
 
     def queued(self, state: str = "incoming") -> list[str]:
         d = self.queue / state

@@ -233,9 +233,17 @@ class ProtocolChecks(Strict):
     unknown_reject_code: Literal[450, 550] = 450
 
 
+class AttachmentLimitsConfig(Strict):
+    max_depth: int = Field(3, ge=1, le=10)  # archive levels opened (an archive in an archive ...); deeper: refused
+    max_entries: int = Field(1000, ge=1, le=1_000_000)  # archive members listed per message; more: refused
+    max_expanded: Size = Field(100 << 20, ge=1)  # a zip declaring more, or decompressing more per message: a zip bomb
+    max_archive_size: Size = Field(20 << 20, ge=1)  # decoded bytes of one archive held to list it; larger: refused
+
+
 class InboundConfig(Strict):
-    blocked_extensions: list[str] = []
+    blocked_extensions: list[str] = []  # "@common" = the panel's 27 commonly blocked extensions
     blocked_extensions_action: Literal["reject", "bounce", "discard"] = "reject"
+    attachment_limits: AttachmentLimitsConfig = AttachmentLimitsConfig()
     notify_admin: bool = True
     notify_recipient: bool = True
     reject_unlisted_sender: bool = True
@@ -248,10 +256,19 @@ class InboundConfig(Strict):
     @field_validator("blocked_extensions")
     @classmethod
     def _ext(cls, v: list[str]) -> list[str]:
+        from .filters.attachments import COMMON_BLOCKED  # late: filters import this module
+
+        out: list[str] = []
         for e in v:
-            if not re.fullmatch(r"[A-Za-z0-9]{1,64}", e):
+            if e.startswith("@"):
+                if e.lower() != "@common":
+                    raise ValueError(f"{e!r}: the only preset is @common (the commonly blocked extensions)")
+                out += COMMON_BLOCKED
+            elif not re.fullmatch(r"[A-Za-z0-9]{1,64}", e):
                 raise ValueError(f"extension {e!r}: letters and digits only, no dot")
-        return [e.lower() for e in v]
+            else:
+                out.append(e.lower())
+        return list(dict.fromkeys(out))  # de-duplicated, order kept
 
 
 # ---------------------------------------------------------------------------------------------

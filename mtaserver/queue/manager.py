@@ -63,6 +63,7 @@ from ..logutil import sanitize
 from ..model import ClientInfo, Envelope, Fate, RcptState
 from . import backoff
 from .dsn import RecipientStatus, build_dsn
+from .ops import FLUSH_TOKEN, SCAN_TOKEN, apply
 from .store import CorruptEnvelope, QueueStore, is_queue_id
 
 log = logging.getLogger("qmgr")
@@ -162,7 +163,7 @@ class _Wake(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         ids = data.decode("ascii", "replace").split(" ")
-        self.announce([q for q in ids if is_queue_id(q) or q == RESCAN])
+        self.announce([q for q in ids if is_queue_id(q) or q in (RESCAN, FLUSH_TOKEN, SCAN_TOKEN)])
 
 
 class QueueManager:
@@ -179,6 +180,7 @@ class QueueManager:
         self._dest: dict[str, asyncio.Semaphore] = {}
         self._next_deferred_scan = 0.0
         self._flush = False
+        self._pending: dict[str, str] = {}  # an administrator's action on a message being delivered
         self._stopped_short = False  # the last feed left work for when a slot frees up
         self._seen: Config | None = None  # the config the shared objects were last checked against
         self._resolver: _Shared[Resolver] | None = None
@@ -230,6 +232,10 @@ class QueueManager:
         for qid in queue_ids:
             if qid == RESCAN:
                 self._next_incoming_scan = 0.0
+            elif qid == FLUSH_TOKEN:  # queue/ops.py in a process without the manager
+                self._flush = True
+            elif qid == SCAN_TOKEN:
+                self._next_deferred_scan = 0.0
             else:
                 self._announced.append(qid)
         if queue_ids:
@@ -239,6 +245,39 @@ class QueueManager:
         """postqueue -f: retry all deferred mail now."""
         self._flush = True
         self.wake.set()
+
+    async def control(self, action: str, queue_ids: list[str]) -> tuple[list[str], list[str]]:
+        """An administrator's hold, release, requeue or delete (queue/ops.py), in step with the
+        deliveries: a message not being delivered is moved now (in this loop, so the manager
+        cannot take it meanwhile); one being delivered gets the action when its attempt ends
+        (a hold then leaves it in hold/, a delete removes it; no file is touched under a
+        running attempt). Returns (done now, done when the attempt ends)."""
+        done, later = [], []
+        now = self._clock()
+        for qid in queue_ids:
+            if qid in self._active:
+                self._pending[qid] = action  # the last request wins
+                later.append(qid)
+            elif apply(self.store, action, qid, now=now) is not None:
+                done.append(qid)
+        if action == "requeue" and done:
+            self.announce(done)
+        elif action == "release" and done:
+            self._next_deferred_scan = 0.0
+            self.wake.set()
+        return done, later
+
+    def _after_attempt(self, qid: str) -> None:
+        """The action asked for while the message was being delivered (control), now that its
+        attempt is over: the message is in deferred/, or still in active/ after an error, or gone."""
+        action = self._pending.pop(qid, None)
+        if action is None:
+            return
+        try:
+            if apply(self.store, action, qid, now=self._clock()) is not None and action == "requeue":
+                self.announce([qid])
+        except OSError as exc:
+            log.error("%s: %s after the delivery attempt failed: %s", qid, action, exc)
 
     async def run(self, stop: asyncio.Event, *, listen: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -347,6 +386,8 @@ class QueueManager:
             log.exception("%s: delivery attempt failed; the message stays in active/ until restart", qid)
         finally:
             self._active.discard(qid)
+            if self._pending:
+                self._after_attempt(qid)
             self._slots.release()
             if self._stopped_short:
                 self.wake.set()  # otherwise nothing waits for this slot: no need to turn the main loop

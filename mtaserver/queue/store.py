@@ -177,6 +177,11 @@ def envelope_trailer(env: Envelope) -> bytes:
     return b"%s\nMTAQ%d %08x %08x\n" % (body, FORMAT_VERSION, len(body), zlib.crc32(body))
 
 
+def envelope_doc(env: Envelope) -> dict:
+    """The envelope as the JSON document a queue file holds (for `queue show` and the API)."""
+    return _envelope_doc(env)
+
+
 def dump_envelope(env: Envelope) -> bytes:
     """A queue file with no content: the form of status/<id> files."""
     return envelope_trailer(env)
@@ -352,16 +357,20 @@ class Spool:
                 self.error = self.error or exc
 
     def replace(self, content: bytes) -> None:
-        """New content for the whole message (a filter changed it); it is held in memory."""
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
-            _unlink(self.path)
-        self._chunks = [content]
-        self.size = len(content)
+        """New content for a message held in memory (a filter rewrote its head): kept in memory
+        within the same limits as DATA, else spilled to tmp/<id> like a large DATA."""
+        assert self._file is None
+        self._chunks = []
+        self._release()
+        self.size = 0
+        self.write(content)
+
+    def snapshot(self) -> tuple[list[bytes] | None, str | None]:
+        """What a thread may read: (chunks, None) in memory, or (None, path) once on disk."""
+        if self._file is None:
+            return list(self._chunks), None
+        self._file.flush()
+        return None, self.path
 
     def edit_file_head(self, edit: Callable[[bytes], bytes], limit: int) -> None:
         """For QueueStore.edit_head, in a worker thread: a spilled spool gets a new head."""
@@ -667,6 +676,14 @@ class QueueStore:
         except CorruptEnvelope as exc:
             self._corrupt(state, queue_id, exc)
             raise
+
+    def peek(self, state: str, queue_id: str) -> Envelope:
+        """The current envelope, like `read`, but a damaged file stays where it is (for readers
+        other than the queue manager: `queue list`, the API). Raises CorruptEnvelope."""
+        env, _ = read_envelope_only(self.path(state, queue_id))
+        if env.queue_id != queue_id:
+            raise CorruptEnvelope("queue id does not match the file name")
+        return self._status(queue_id, env)
 
     def load(self, state: str, queue_id: str) -> tuple[Envelope, memoryview]:
         """Envelope and content, for delivery; a damaged file moves to corrupt/."""

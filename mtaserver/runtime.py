@@ -89,6 +89,14 @@ def check_files(cfg: Config) -> list[tuple[str, str]]:
             load_mailboxes(resolve_path(cfg.source, cfg.domains.mailboxes))
         except (OSError, ValueError) as exc:
             errors.append(("domains.mailboxes", str(exc).replace("\n", "; ")))
+    if cfg.dkim.sign:  # every signing key must be there and load (filters/dkim.py reads them at start)
+        from .filters.dkim import load_key
+
+        for entry in cfg.dkim.sign:
+            try:
+                load_key(entry, cfg.data_path)
+            except ValueError as exc:
+                errors.append(("dkim.sign", str(exc)))
     return errors
 
 

@@ -239,7 +239,7 @@ def shape_table(messages: Iterable[tuple[Iterable[str], float]], *, now: float, 
 
 
 def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".") or "(local)"
+    return address.rpartition("@")[2].lower().rstrip(".") if "@" in address else "(local)"
 
 
 def summary(state: str, queue_id: str, env: Envelope | None, st: os.stat_result | None, error: str | None = None) -> dict:

@@ -62,9 +62,10 @@ DESCRIPTION
 SECURITY
     Reads the untrusted message: header values reach the Authentication-Results header only as
     checked tokens (domain and selector syntax, base64 for header.b), reasons only as our fixed
-    words; dkimpy's own log lines (which quote the message) go to the "dkimpy" logger with no
-    handler. A From field longer than MAX_FROM is not parsed (never signed). Key files hold
-    secrets: written 0600 in a 0700 directory, never logged, errors name the file only.
+    words; dkimpy's own log lines (which quote the message) go to a logger that shows nothing
+    ("mtaserver.dkim.dkimpy", not propagated). A From field longer than MAX_FROM is not parsed
+    (never signed by its domain). Key files hold secrets: written 0600 in a 0700 directory,
+    never logged, errors name the file only.
     DNS answers come from the network and are parsed by dkimpy as key records only.
 
 STANDARDS
@@ -102,7 +103,9 @@ if TYPE_CHECKING:
     from ..config import DkimSign
 
 log = logging.getLogger("mtaserver.dkim")
-_LIB_LOG = dkim.util.get_default_logger()  # "dkimpy": quotes message content; no handler of ours
+_LIB_LOG = logging.getLogger("mtaserver.dkim.dkimpy")  # dkimpy's lines quote the message unsanitized: never shown
+_LIB_LOG.addHandler(logging.NullHandler())
+_LIB_LOG.propagate = False
 
 MAX_SIGNATURES = 10  # signatures checked per message; more are ignored (each costs a DNS lookup and a body hash)
 MAX_FROM = 4096  # characters of the From field(s) parsed; longer: not exactly one address
@@ -605,9 +608,10 @@ def _tags(value: bytes) -> _Tags | Signature:
         return Signature(domain="", selector="", result=Result.NEUTRAL, reason="signature syntax error")
 
     def text(t: bytes) -> str:
-        return re.sub(r"\s+", "", tags.get(t, b"").decode("ascii", "replace"))
+        return tags.get(t, b"").decode("ascii", "replace").strip()
 
-    domain, selector, algorithm, b = text(b"d").lower().rstrip("."), text(b"s"), text(b"a").lower(), text(b"b")
+    domain, selector, algorithm = text(b"d").lower().rstrip("."), text(b"s"), text(b"a").lower()
+    b = re.sub(r"\s+", "", text(b"b"))  # b= may be folded
     seen = {"domain": domain, "selector": selector, "algorithm": algorithm, "b": b}
     if not _DOMAIN.match(domain) or not _SELECTOR.match(selector):
         return Signature(**seen, result=Result.NEUTRAL, reason="signature syntax error")

@@ -210,7 +210,16 @@ def _admin_api(make_mta, overrides: dict | None = None):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/openapi.json", timeout=5).close()
     except OSError:
         pytest.skip("the admin API does not serve yet")
+    from mtaserver.supervisor import holder_pid
+
+    if holder_pid(mta.data_dir) is None:
+        pytest.skip("the server does not hold the instance lock yet")
     return mta
+
+
+def audited(mta) -> str:
+    path = mta.data_dir / "admin-audit.log"
+    return path.read_text() if path.exists() else ""
 
 
 def test_running_server_through_the_admin_api(make_mta):
@@ -230,6 +239,8 @@ def test_running_server_through_the_admin_api(make_mta):
     assert mta.queued("deferred") == [ids[0]]
     cli(mta, "delete", "ALL")
     assert stats(mta) == {"incoming": 0, "active": 0, "deferred": 0, "hold": 0, "corrupt": 0}
+    log = audited(mta)  # the actions went through the API
+    assert all(f"queue.{verb}" in log for verb in ("hold", "release", "delete"))
 
 
 def test_running_server_holds_flushes_and_releases_through_the_admin_api(make_mta):
@@ -247,3 +258,4 @@ def test_running_server_holds_flushes_and_releases_through_the_admin_api(make_mt
         cli(mta, "release", held)
         wait_for(lambda: len(sink.messages) == 2, what="delivery after the release")
         assert sink.messages[1][0] == "a@client.test"
+        assert "queue.flush" in audited(mta) and "queue.release" in audited(mta)

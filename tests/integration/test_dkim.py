@@ -1,0 +1,179 @@
+"""DKIM against a real DNS server: keys made by the real CLI (`python -m mtaserver dkim keygen`),
+their TXT records (as keygen prints them) served by NSD, messages signed by filters/dkim.py's
+Signer and checked by its verify() through the production resolver.
+
+Cases: RSA (a record of two 255-character strings) and ed25519 pass; a tampered body or header
+fails; a selector with no record is a permerror; a zone whose server answers SERVFAIL and a
+server that never answers are temperrors within dkim.timeout; a message larger than
+VERIFY_ON_LOOP (hashed in a thread) passes and fails the same way; keygen's file modes, its
+refusal to overwrite, and the dkim.sign entry it prints passing check-config.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from dnsserver import Nsd, zone
+
+from mtaserver.config import DkimSign
+from mtaserver.filters import dkim as D
+from mtaserver.filters.dkim import Result
+
+pytestmark = pytest.mark.integration
+
+
+def keygen(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mtaserver", "dkim", "keygen", "-c", str(config), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+class Keys:
+    """Keys made by the CLI: the TXT line and the dkim.sign entry it printed for each."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.config = tmp / "mtaserver.yaml"
+        self.config.write_text(yaml.safe_dump({"server": {"hostname": "mx.example.test", "data_dir": "var"}}))
+        self.data_dir = tmp / "var"
+        self.txt: dict[str, str] = {}
+        self.entries: dict[str, dict[str, str]] = {}
+
+    def make(self, domain: str, selector: str, kind: str = "rsa") -> None:
+        run = keygen(self.config, "--domain", domain, "--selector", selector, "--type", kind)
+        assert run.returncode == 0, run.stderr
+        lines = run.stdout.splitlines()
+        self.txt[f"{selector}.{domain}"] = next(line for line in lines if " IN TXT " in line)
+        entry = yaml.safe_load(next(line for line in lines if line.lstrip().startswith("- {")))
+        self.entries[f"{selector}.{domain}"] = entry[0]
+
+    def signer(self, *names: str) -> D.Signer:
+        return D.Signer.load([DkimSign(**self.entries[n]) for n in names], self.data_dir)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    k = Keys(tmp_path_factory.mktemp("dkimkeys"))
+    k.make("example.org", "rsa")
+    k.make("example.org", "ed", "ed25519")
+    k.make("example.org", "gone")  # never published
+    k.make("dead.test", "sel")  # its zone answers SERVFAIL
+    return k
+
+
+@pytest.fixture(scope="module")
+def nsd(tmp_path_factory: pytest.TempPathFactory, keys: Keys):
+    published = "\n".join(keys.txt[n] for n in ("rsa.example.org", "ed.example.org"))
+    server = Nsd(tmp_path_factory.mktemp("dkimdns"), {"example.org": zone("example.org", published), "dead.test": None}).start()
+    yield server
+    server.stop()
+
+
+MESSAGE = (
+    b"From: Alice <alice@example.org>\r\n"
+    b"To: Bob <bob@example.test>\r\n"
+    b"Subject: quarterly figures\r\n"
+    b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <q4@example.org>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"The numbers are attached.\r\n"
+)
+
+
+def signed(signer: D.Signer, message: bytes = MESSAGE) -> bytes:
+    header = signer.sign(message, D.from_domain(message))
+    assert header is not None
+    return header + message
+
+
+def results(r: D.DkimResult) -> list[tuple[str, str, Result]]:
+    return [(s.domain, s.selector, s.result) for s in r.signatures]
+
+
+async def test_rsa_and_ed25519_pass(keys: Keys, nsd: Nsd) -> None:
+    assert keys.txt["rsa.example.org"].count('" "') == 1  # 2048-bit key: two strings, joined by the resolver
+    message = signed(keys.signer("rsa.example.org", "ed.example.org"))
+    r = await D.verify(message, nameservers=[nsd.address], timeout=2.0)
+    assert results(r) == [("example.org", "rsa", Result.PASS), ("example.org", "ed", Result.PASS)]
+    assert [s.algorithm for s in r.signatures] == ["rsa-sha256", "ed25519-sha256"]
+    ar = D.authentication_results("mx.example.test", r, "example.org")
+    assert "dkim=pass header.d=example.org header.s=rsa header.a=rsa-sha256 header.b=" in ar
+    assert D.policy(r, "example.org", ["example.org"], "reject").action is D.PolicyAction.PASS
+
+
+async def test_tampered_fails(keys: Keys, nsd: Nsd) -> None:
+    message = signed(keys.signer("rsa.example.org", "ed.example.org"))
+    body = await D.verify(message.replace(b"attached", b"attacked"), nameservers=[nsd.address], timeout=2.0)
+    assert [(s.result, s.reason) for s in body.signatures] == [(Result.FAIL, "body hash did not verify")] * 2
+    subject = await D.verify(message.replace(b"quarterly", b"quarterlY"), nameservers=[nsd.address], timeout=2.0)
+    assert [(s.result, s.reason) for s in subject.signatures] == [(Result.FAIL, "signature did not verify")] * 2
+    assert D.policy(subject, "example.org", ["example.org"], "reject").action is D.PolicyAction.REJECT
+
+
+async def test_large_message_hashed_in_a_thread(keys: Keys, nsd: Nsd) -> None:
+    big = MESSAGE + (b"x" * 76 + b"\r\n") * 3000
+    assert len(big) > D.VERIFY_ON_LOOP
+    message = signed(keys.signer("ed.example.org"), big)
+    assert results(await D.verify(message, nameservers=[nsd.address], timeout=2.0)) == [("example.org", "ed", Result.PASS)]
+    tampered = message[:-10] + b"y" + message[-9:]
+    assert results(await D.verify(tampered, nameservers=[nsd.address], timeout=2.0)) == [("example.org", "ed", Result.FAIL)]
+
+
+async def test_key_not_in_dns_is_permerror(keys: Keys, nsd: Nsd) -> None:
+    r = await D.verify(signed(keys.signer("gone.example.org")), nameservers=[nsd.address], timeout=2.0)
+    assert [(s.result, s.reason) for s in r.signatures] == [(Result.PERMERROR, "no key")]
+    assert D.policy(r, "example.org", ["example.org"], "reject").action is D.PolicyAction.REJECT
+
+
+async def test_dns_servfail_is_temperror(keys: Keys, nsd: Nsd) -> None:
+    message = b"From: a@dead.test\r\nSubject: x\r\n\r\nbody\r\n"
+    r = await D.verify(signed(keys.signer("sel.dead.test"), message), nameservers=[nsd.address], timeout=2.0)
+    assert [(s.domain, s.result, s.reason) for s in r.signatures] == [("dead.test", Result.TEMPERROR, "key lookup failed")]
+    out = D.policy(r, "dead.test", ["dead.test"], "reject")
+    assert out.action is D.PolicyAction.TEMPFAIL and out.reply is not None and out.reply.code == 451
+
+
+async def test_dns_silent_is_temperror_within_the_budget(keys: Keys) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        silent = f"127.0.0.1:{s.getsockname()[1]}"
+        r = await D.verify(signed(keys.signer("rsa.example.org", "ed.example.org")), nameservers=[silent], timeout=0.3)
+    assert [s.result for s in r.signatures] == [Result.TEMPERROR, Result.TEMPERROR]
+
+
+def test_keygen_files_and_refusals(keys: Keys) -> None:
+    path = keys.data_dir / "dkim" / "example.org.rsa.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    before = path.read_bytes()
+    again = keygen(keys.config, "--domain", "example.org", "--selector", "rsa")
+    assert again.returncode == 1 and "exists" in again.stderr and path.read_bytes() == before
+    bad = keygen(keys.config, "--domain", "example.org", "--selector", "no/slash")
+    assert bad.returncode == 1 and "selector" in bad.stderr
+    assert not any("no" in p.name for p in path.parent.iterdir())
+
+
+def test_keygen_force_and_check_config(tmp_path: Path) -> None:
+    k = Keys(tmp_path)
+    k.make("example.org", "mail", "ed25519")
+    path = k.data_dir / "dkim" / "example.org.mail.key"
+    first = path.read_bytes()
+    forced = keygen(k.config, "--domain", "example.org", "--selector", "mail", "--type", "ed25519", "--force")
+    assert forced.returncode == 0 and path.read_bytes() != first and stat.S_IMODE(path.stat().st_mode) == 0o600
+    cfg = yaml.safe_load(k.config.read_text())
+    cfg["dkim"] = {"sign": [k.entries["mail.example.org"]]}
+    k.config.write_text(yaml.safe_dump(cfg))
+    check = subprocess.run([sys.executable, "-m", "mtaserver", "check-config", "-c", str(k.config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    os.chmod(path, 0o600)
+    path.write_bytes(b"not a key\n")
+    check = subprocess.run([sys.executable, "-m", "mtaserver", "check-config", "-c", str(k.config)], capture_output=True, text=True)
+    assert check.returncode == 1 and "dkim.sign" in check.stderr and "not a PEM private key" in check.stderr

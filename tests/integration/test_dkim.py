@@ -29,10 +29,12 @@ from mtaserver.filters.dkim import Result
 pytestmark = pytest.mark.integration
 
 
+def mtaserver(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mtaserver", *args], check=False, capture_output=True, text=True, timeout=60)
+
+
 def keygen(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mtaserver", "dkim", "keygen", "-c", str(config), *args], capture_output=True, text=True, timeout=60
-    )
+    return mtaserver("dkim", "keygen", "-c", str(config), *args)
 
 
 class Keys:
@@ -171,9 +173,9 @@ def test_keygen_force_and_check_config(tmp_path: Path) -> None:
     cfg = yaml.safe_load(k.config.read_text())
     cfg["dkim"] = {"sign": [k.entries["mail.example.org"]]}
     k.config.write_text(yaml.safe_dump(cfg))
-    check = subprocess.run([sys.executable, "-m", "mtaserver", "check-config", "-c", str(k.config)], capture_output=True, text=True)
+    check = mtaserver("check-config", "-c", str(k.config))
     assert check.returncode == 0, check.stderr
     os.chmod(path, 0o600)
     path.write_bytes(b"not a key\n")
-    check = subprocess.run([sys.executable, "-m", "mtaserver", "check-config", "-c", str(k.config)], capture_output=True, text=True)
+    check = mtaserver("check-config", "-c", str(k.config))
     assert check.returncode == 1 and "dkim.sign" in check.stderr and "not a PEM private key" in check.stderr

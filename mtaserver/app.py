@@ -297,14 +297,14 @@ def run(path: str) -> int:
         return 1
     ident = supervisor.identity(cfg.server.user, cfg.server.group)
     supervisor.setup_logging(cfg, ident)
+    why = supervisor.check_can_switch(ident)
+    if why is not None:
+        log.error("%s", why)
+        return 1
     problems = check_files(cfg)  # a file that cannot be used is a config error, not a worker crash loop
     for key, message in problems:
         log.error("%s:%d: %s: %s", path, config_mod.key_line(path, key), key, message)
     if problems:
-        return 1
-    why = supervisor.check_can_switch(ident)
-    if why is not None:
-        log.error("%s", why)
         return 1
     lock = supervisor.lock_instance(cfg)  # before recovery: it moves active/ back to incoming/
     if lock is None:

@@ -15,8 +15,8 @@ DESCRIPTION
 
         CONNECT   connection rate (server.limits.connection_rate_per_ip), postscreen
         RCPT      postscreen's conclusion, then relay control and the inbound policy
-        DATA_END  the content filters (antivirus, antispam), the originating headers
-                  (X-Originating-IP, X-Authenticated-User)
+        DATA_END  the content-filter chain (filters/chain.py: attachments, antivirus, DKIM,
+                  antispam, the originating headers, the DKIM signature)
 
 SECURITY
     The users file and TLS key are read here, at build time; a file that cannot be read
@@ -24,7 +24,8 @@ SECURITY
 
 CONFIG
     server.tls, server.dns, server.limits, server.listeners, auth.*, postscreen.*,
-    outbound.{mynetworks,add_client_ip_header,add_username_header}, antivirus.*, antispam.*
+    outbound.{mynetworks,add_client_ip_header,add_username_header}, inbound.*, antivirus.*,
+    antispam.*, dkim.*, advanced.{filter_budget,threads}
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from .auth.failures import AuthFailures
 from .config import Config, Listener, resolve_path
 from .datastream import BareNewline
 from .dns import Resolver
-from .filters.chain import FilterChain
-from .model import CONTINUE, Decision, Reply, Verdict
+from .filters.chain import ChainHook, FilterChain
+from .model import CONTINUE, Reply, Verdict
 from .pipeline import Context, Hook, Pipeline, Stage
 from .smtp import engine as E
 from .smtp.anvil import RateCounter
@@ -97,6 +98,10 @@ def check_files(cfg: Config) -> list[tuple[str, str]]:
                 load_key(entry, cfg.data_path)
             except ValueError as exc:
                 errors.append(("dkim.sign", str(exc)))
+    if cfg.antivirus.enabled:  # a local custom signature file must be there to be installed
+        for src in cfg.antivirus.definitions.custom_signatures:
+            if "://" not in src and not (path := resolve_path(cfg.source, src)).is_file():
+                errors.append(("antivirus.definitions.custom_signatures", f"{path}: no such file"))
     return errors
 
 
@@ -124,42 +129,6 @@ class ConnectionRateHook(Hook):
             return CONTINUE
         log.warning("NOQUEUE: reject: CONNECT from %s: too many connections (%d in 60s)", s.label, rate)
         return Verdict.reject(Reply(421, "4.7.0", f"{ctx.conn.hostname} Error: too many connections from {s.ip}"), "connection rate")
-
-
-class ContentFilterHook(Hook):
-    """The content filters of filters/chain.py (antivirus, antispam) at the end of DATA."""
-
-    name = "content-filter"
-    stages = frozenset({Stage.DATA_END})
-
-    def __init__(self, chain: FilterChain) -> None:
-        self.chain = chain
-
-    async def run(self, stage: Stage, ctx: Context) -> Verdict:
-        m = ctx.message
-        return await self.chain.run(size=m.size, trusted=ctx.session.trusted, content=m.chunks, whole=m.whole)
-
-
-class OriginatingHeadersHook(Hook):
-    """X-Originating-IP and X-Authenticated-User on mail from mynetworks or authenticated clients."""
-
-    name = "originating-headers"
-    stages = frozenset({Stage.DATA_END})
-
-    def __init__(self, client_ip: bool, username: bool) -> None:
-        self.client_ip = client_ip
-        self.username = username
-
-    def run(self, stage: Stage, ctx: Context) -> Verdict:
-        s = ctx.session
-        if not s.trusted:
-            return CONTINUE
-        headers = []
-        if self.client_ip:
-            headers.append(("X-Originating-IP", f"[{s.ip}]"))
-        if self.username and s.login:
-            headers.append(("X-Authenticated-User", s.login))
-        return Verdict(Decision.CONTINUE, headers=tuple(headers)) if headers else CONTINUE
 
 
 # -- the runtime --------------------------------------------------------------------------------
@@ -215,7 +184,10 @@ class Runtime:
         if failures is None or (failures.max_failures, failures.window) != (cfg.auth.max_failures, cfg.auth.failure_window):
             failures = AuthFailures(cfg.auth.max_failures, cfg.auth.failure_window)  # new limits: counted afresh
         rates = previous.rates if previous is not None else RateCounter(60.0)
-        filters = FilterChain(lambda: cfg)
+        try:
+            filters = FilterChain(cfg, previous.filters if previous is not None else None)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"dkim.sign: {exc}") from None
         screener = None
         if any(lst.postscreen for lst in (cfg.server.listeners if listeners is None else listeners)):
             if previous is not None and previous.screener is not None and same("postscreen") and same("server", "dns") and same("server", "data_dir") and same("outbound", "mynetworks"):
@@ -348,8 +320,6 @@ def _hooks(cfg: Config, lst: Listener, screener: Screener | None, rates: RateCou
     # Relay control and the policy: every RCPT hook before it returns CONTINUE or a refusal,
     # never ACCEPT (which would end the stage before relay control).
     hooks.extend(policy.hooks(lst))
-    if FilterChain.wanted(cfg):
-        hooks.append(ContentFilterHook(filters))
-    if cfg.outbound.add_client_ip_header or cfg.outbound.add_username_header:
-        hooks.append(OriginatingHeadersHook(cfg.outbound.add_client_ip_header, cfg.outbound.add_username_header))
+    if filters.wanted:
+        hooks.append(ChainHook(lambda: filters))
     return hooks

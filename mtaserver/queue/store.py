@@ -357,16 +357,20 @@ class Spool:
                 self.error = self.error or exc
 
     def replace(self, content: bytes) -> None:
-        """New content for the whole message (a filter changed it); it is held in memory."""
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
-            _unlink(self.path)
-        self._chunks = [content]
-        self.size = len(content)
+        """New content for a message held in memory (a filter rewrote its head): kept in memory
+        within the same limits as DATA, else spilled to tmp/<id> like a large DATA."""
+        assert self._file is None
+        self._chunks = []
+        self._release()
+        self.size = 0
+        self.write(content)
+
+    def snapshot(self) -> tuple[list[bytes] | None, str | None]:
+        """What a thread may read: (chunks, None) in memory, or (None, path) once on disk."""
+        if self._file is None:
+            return list(self._chunks), None
+        self._file.flush()
+        return None, self.path
 
     def edit_file_head(self, edit: Callable[[bytes], bytes], limit: int) -> None:
         """For QueueStore.edit_head, in a worker thread: a spilled spool gets a new head."""

@@ -42,7 +42,8 @@ import email.utils
 import logging
 import ssl
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import model as R
@@ -103,6 +104,8 @@ class Message:
     spool: Spool
     store: QueueStore
     header_offset: int  # where the client's content starts (after our Received:)
+    header_limit: int  # server.limits.header_size: how much of the header section an edit sees
+    trail: list[dict[str, Any]] = field(default_factory=list)  # the content filters' decision trail
 
     @property
     def size(self) -> int:
@@ -113,6 +116,14 @@ class Message:
 
     async def whole(self) -> bytes:
         return await self.store.content(self.spool)
+
+    def snapshot(self) -> tuple[list[bytes] | None, str | None]:
+        """(chunks, None) for content in memory, (None, path) for a spool on disk (for a thread)."""
+        return self.spool.snapshot()
+
+    async def edit_head(self, edit: Callable[[bytes], bytes]) -> None:
+        """Rewrite the header section (our Received: included) by `edit(head) -> head`."""
+        await self.store.edit_head(self.spool, edit, self.header_offset + self.header_limit)
 
 
 class Session(asyncio.Protocol):
@@ -558,9 +569,10 @@ class Session(asyncio.Protocol):
             if scanner.normalized and e.bare_newline is BareNewline.NOTE:
                 log.info("%s: bare newline normalized in message from %s", qid, self._label())
             verdict = R.CONTINUE
+            ctx = None
             if self.pipeline.has(Stage.DATA_END):
                 ctx = self._context()
-                ctx.message = Message(qid, spool, store, len(received))
+                ctx.message = Message(qid, spool, store, len(received), self.limits.header_size)
                 verdict = await run_stage(self.pipeline, Stage.DATA_END, ctx)
                 if not await self._apply_content_verdict(qid, tx, spool, len(received), verdict):
                     return
@@ -575,6 +587,7 @@ class Session(asyncio.Protocol):
                 ),  # fmt: skip
                 body_type=(tx.params.get("BODY") or "").upper() or None,
                 smtputf8="SMTPUTF8" in tx.params,
+                trail=ctx.message.trail if ctx is not None else [],
             )
             # HOLD from any hook of this transaction: queued in hold/, delivered once released
             held = verdict.reason or "DATA-END hook" if verdict.decision is Decision.HOLD else None

@@ -41,6 +41,21 @@ def send(mta, content: bytes, client: str = UNTRUSTED):
         return r
 
 
+def envelope_of(mta, qid: str, state: str = "incoming"):
+    from mtaserver.queue.store import parse_envelope
+
+    return parse_envelope((mta.queue / state / qid).read_bytes())
+
+
+def notices(mta) -> list[tuple[str, list[str], str]]:
+    """(sender, recipients, Subject) of every queued message."""
+    out = []
+    for qid in mta.queued():
+        env = envelope_of(mta, qid)
+        out.append((env.sender, [r.address for r in env.recipients], headers_of(mta, qid)["Subject"]))
+    return out
+
+
 def headers_of(mta, qid: str) -> dict[str, str]:
     head = mta.body(qid).split(b"\r\n\r\n", 1)[0].decode()
     out = {}
@@ -59,6 +74,10 @@ def test_clean_message_is_queued_with_the_spam_report(make_mta, spamd, clamd):
     assert float(h["X-Spam-Score"]) < 5
     assert list(h)[0] == "Received", "our Received: stays the topmost header"
     assert mta.body(qid).endswith(b"discuss the quarterly report.\r\n")
+    trail = envelope_of(mta, qid).trail
+    assert [(t["filter"], t["result"]) for t in trail] == [("antivirus", "clean"), ("antispam", "ham")], trail
+    assert trail[1]["score"] == float(h["X-Spam-Score"]) and trail[1]["detail"], "the score and spamd's rules are kept"
+    wait_for_log(mta, re.compile(rf"{qid}: filters: antivirus=clean \d+ms, antispam=ham score=[-0-9.]+ \(.+\) \d+ms"))
 
 
 def test_gtube_is_discarded_by_default(make_mta, spamd):
@@ -66,7 +85,7 @@ def test_gtube_is_discarded_by_default(make_mta, spamd):
     r = send(mta, SPAM)
     assert r.code == 250, "the sender is not told (Amavis D_DISCARD, Postfix DISCARD)"
     assert mta.queued() == [] and mta.queued("tmp") == []
-    wait_for_log(mta, re.compile(rf"{queue_id_of(r)}: filter-discard: END-OF-MESSAGE from unknown\[127\.0\.0\.2\]: spam score (99\d|10\d\d)\.\d >= 15\.0"))
+    wait_for_log(mta, re.compile(rf"{queue_id_of(r)}: filter-discard: END-OF-MESSAGE from unknown\[127\.0\.0\.2\]: spam: score (99\d|10\d\d)\.\d \(\d+%\), tag 6\.6 \(33%\), kill 15\.0 \(75%\)"))
 
 
 def test_gtube_rejected(make_mta, spamd):
@@ -75,7 +94,7 @@ def test_gtube_rejected(make_mta, spamd):
     assert r.line == "550 5.7.1 Rejected: message looks like spam"
     assert mta.queued() == []
     wait_for_log(mta, re.compile(r"filter-reject: END-OF-MESSAGE from unknown\[127\.0\.0\.2\]: 550 5\.7\.1 Rejected: message looks like spam "
-                                 r"\(spam score (99\d|10\d\d)\.\d >= 15\.0\); from=<s@client\.test> to=<a@example\.test>"))
+                                 r"\(spam: score (99\d|10\d\d)\.\d \(\d+%\), tag 6\.6 \(33%\), kill 15\.0 \(75%\)\); from=<s@client\.test> to=<a@example\.test>"))
 
 
 @pytest.mark.parametrize("in_memory", ["256K", "1K"])  # held in memory, or spilled to tmp/ while it arrived
@@ -86,7 +105,7 @@ def test_spam_delivered_anyway_is_tagged(make_mta, spamd, in_memory):
     assert h["X-Spam-Flag"] == "YES" and h["Subject"] == "[SPAM] offer"
     assert re.match(r"Yes, score=(99\d|10\d\d)\.\d required=6\.6 tests=\[.*\bGTUBE\b", h["X-Spam-Status"]), h["X-Spam-Status"]
     assert mta.queued("tmp") == []
-    wait_for_log(mta, re.compile(rf"{qid}: filter: spam score (99\d|10\d\d)\.\d >= 6\.6: tagged"))
+    wait_for_log(mta, re.compile(rf"{qid}: filter: spam tagged: score (99\d|10\d\d)\.\d \(\d+%\), tag 6\.6 \(33%\)"))
 
 
 @pytest.mark.parametrize("content", [message_with_attachment(VIRUS_PAYLOAD), message(b"see: " + VIRUS_PAYLOAD + b"\r\n")], ids=["attachment", "body"])
@@ -94,7 +113,15 @@ def test_virus_is_rejected(make_mta, clamd, content):
     mta = make_mta(filters(None, clamd.address))
     r = send(mta, content)
     assert r.line == f"554 5.7.0 Rejected: virus found: {VIRUS_NAME}.UNOFFICIAL"
-    assert mta.queued() == [] and mta.queued("tmp") == []
+    assert mta.queued("tmp") == []
+    # Only the notices are queued (antivirus.notify_admin and notify_recipient default on):
+    # the postmaster's and the local recipient's, from the null sender, never the virus.
+    assert sorted(notices(mta)) == [("", ["a@example.test"], "A message for you was blocked"),
+                                    ("", ["postmaster@localhost"], "Blocked message from <s@client.test>")]
+    for qid in mta.queued():
+        body = mta.body(qid)
+        assert VIRUS_PAYLOAD not in body and b"Auto-Submitted: auto-generated" in body
+        assert f"a virus ({VIRUS_NAME}.UNOFFICIAL)".encode() in body and b"The message was refused" in body
 
 
 def test_virus_from_a_trusted_client_is_rejected_too_and_its_spam_check_can_be_skipped(make_mta, spamd, clamd):
@@ -107,7 +134,7 @@ def test_virus_from_a_trusted_client_is_rejected_too_and_its_spam_check_can_be_s
 def test_virus_discarded(make_mta, clamd):
     mta = make_mta(filters(None, clamd.address) | {"antivirus": {"enabled": True, "clamd": {"address": clamd.address}, "action": "discard"}})
     r = send(mta, message_with_attachment(VIRUS_PAYLOAD))
-    assert r.code == 250 and mta.queued() == []
+    assert r.code == 250 and queue_id_of(r) not in mta.queued() and len(notices(mta)) == 2
     wait_for_log(mta, f"filter-discard: END-OF-MESSAGE from unknown[127.0.0.2]: virus {VIRUS_NAME}.UNOFFICIAL")
 
 
@@ -137,5 +164,5 @@ def test_on_error_accept_queues_the_message_unscanned(make_mta):
     mta = make_mta(cfg)
     qid = queue_id_of(send(mta, CLEAN))
     assert "X-Spam-Status" not in headers_of(mta, qid)
-    wait_for_log(mta, "antivirus unavailable, message accepted unscanned (on_error: accept): clamd: ")
+    wait_for_log(mta, "antivirus unavailable, message accepted unchecked (on_error: accept): clamd: ")
     wait_for_log(mta, "antispam unavailable, message accepted unchecked (on_error: accept): spamd: ")

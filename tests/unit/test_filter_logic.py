@@ -1,9 +1,11 @@
 import pytest
 
 from mtaserver.config import AntispamConfig, AntivirusConfig
-from mtaserver.filters.chain import Scanned, decide, rewrite_message, spam_levels
+from mtaserver.filters.chain import Filter, Outcome, Step, combine, edit_head, rewrite_message
+from mtaserver.filters.clamav import antivirus_outcome
 from mtaserver.filters.scanners import AvResult, ScannerError, SpamResult, parse_clamd_reply, parse_spamd_reply, spamd_request
-from mtaserver.model import Decision, Verdict
+from mtaserver.filters.spamassassin import antispam_outcome, spam_levels
+from mtaserver.model import Decision, Reply, Verdict
 
 
 def test_clamd_replies():
@@ -39,47 +41,122 @@ def test_spam_levels(tag, kill, levels):
 
 AV = AntivirusConfig()
 SA = AntispamConfig()  # medium: tag 6.6, kill 15.0; blocked spam discarded
-CLEAN = AvResult(None)
-VIRUS = AvResult("Bad.Thing")
-DOWN = ScannerError("clamd: Connection refused")
 
 
 def spam(score: float) -> SpamResult:
     return SpamResult(score >= 5, score, 5.0, ("RULE_A", "RULE_B"))
 
 
+VIRUS_REPLY = "554 5.7.0 Rejected: virus found: Bad.Thing"
+
+
 @pytest.mark.parametrize(
-    "scanned, av, sa, decision, reply",
+    "virus, encrypted, av, decision, reply",
     [
-        (Scanned(CLEAN, spam(1.0)), AV, SA, Decision.CONTINUE, None),
-        (Scanned(VIRUS, spam(1.0)), AV, SA, Decision.REJECT, "554 5.7.0 Rejected: virus found: Bad.Thing"),
-        (Scanned(VIRUS, spam(1.0)), AntivirusConfig(action="discard"), SA, Decision.DISCARD, None),
-        (Scanned(VIRUS, DOWN), AV, SA, Decision.REJECT, "554 5.7.0 Rejected: virus found: Bad.Thing"),  # a virus first
-        (Scanned(DOWN, spam(1.0)), AV, SA, Decision.TEMPFAIL, "451 4.7.1 Try again later: content scanner unavailable"),
-        (Scanned(DOWN, spam(1.0)), AntivirusConfig(on_error="accept"), SA, Decision.CONTINUE, None),
-        (Scanned(CLEAN, DOWN), AV, SA, Decision.TEMPFAIL, "451 4.7.1 Try again later: content scanner unavailable"),
-        (Scanned(CLEAN, DOWN), AV, AntispamConfig(on_error="accept"), Decision.CONTINUE, None),
-        (Scanned(CLEAN, spam(1000.0)), AV, SA, Decision.DISCARD, None),
-        (Scanned(CLEAN, spam(15.0)), AV, AntispamConfig(blocked_spam_action="reject"), Decision.REJECT, "550 5.7.1 Rejected: message looks like spam"),
-        (Scanned(CLEAN, spam(1000.0)), AV, AntispamConfig(blocked_spam_action="deliver"), Decision.CONTINUE, None),
-        (Scanned(None, None), AV, SA, Decision.CONTINUE, None),  # nothing asked (both off)
+        (None, (), AV, Decision.CONTINUE, None),
+        ("Bad.Thing", (), AV, Decision.REJECT, VIRUS_REPLY),
+        ("Bad.Thing", (), AntivirusConfig(action="discard"), Decision.DISCARD, None),
+        (None, ("a.zip > secret.doc",), AV, Decision.REJECT, "554 5.7.0 Rejected: virus found: Heuristics.Encrypted.Zip"),
+        (None, ("a.zip > secret.doc",), AntivirusConfig(block_encrypted_archives=False), Decision.CONTINUE, None),
+        ("Heuristics.Encrypted.Zip", (), AntivirusConfig(block_encrypted_archives=False), Decision.CONTINUE, None),
     ],
 )  # fmt: skip
-def test_decide(scanned, av, sa, decision, reply):
-    v = decide(scanned, av, sa)
-    assert isinstance(v, Verdict) and v.decision is decision
-    assert (v.reply.line() if v.reply else None) == reply
+def test_antivirus_outcome(virus, encrypted, av, decision, reply):
+    o = antivirus_outcome(virus, encrypted, av)
+    assert o.verdict.decision is decision
+    assert (o.verdict.reply.line() if o.verdict.reply else None) == reply
+    assert o.step.filter == "antivirus" and o.step.result == ("clean" if decision is Decision.CONTINUE else "virus")
+    if decision is not Decision.CONTINUE:
+        assert o.notices is not None and o.notices.admin and o.notices.recipients and not o.notices.bounce
+
+
+@pytest.mark.parametrize(
+    "score, sa, decision, reply, result",
+    [
+        (1.0, SA, Decision.CONTINUE, None, "ham"),
+        (7.0, SA, Decision.CONTINUE, None, "tagged"),
+        (1000.0, SA, Decision.DISCARD, None, "spam"),
+        (15.0, AntispamConfig(blocked_spam_action="reject"), Decision.REJECT, "550 5.7.1 Rejected: message looks like spam", "spam"),
+        (1000.0, AntispamConfig(blocked_spam_action="deliver"), Decision.CONTINUE, None, "tagged"),
+    ],
+)  # fmt: skip
+def test_antispam_outcome(score, sa, decision, reply, result):
+    o = antispam_outcome(spam(score), sa)
+    assert o.verdict.decision is decision and (o.verdict.reply.line() if o.verdict.reply else None) == reply
+    assert o.step == Step("antispam", result, "RULE_A,RULE_B", score), "the score and spamd's rules go into the trail"
+
+
+def test_antispam_logs_score_and_percent():
+    o = antispam_outcome(spam(7.0), SA)
+    assert o.verdict.reason == "spam tagged: score 7.0 (35%), tag 6.6 (33%), kill 15.0 (75%)"
 
 
 def test_tagging_follows_the_levels():
-    low = decide(Scanned(CLEAN, spam(3.0)), AV, SA)
+    low = antispam_outcome(spam(3.0), SA).verdict
     assert low.subject_tag == "" and dict(low.headers)["X-Spam-Status"] == "No, score=3.0 required=6.6 tests=[RULE_A, RULE_B]"
     assert "X-Spam-Flag" not in dict(low.headers) and dict(low.headers)["X-Spam-Level"] == "***"
-    high = decide(Scanned(CLEAN, spam(7.0)), AV, SA)
+    high = antispam_outcome(spam(7.0), SA).verdict
     assert high.subject_tag == "[SPAM]" and dict(high.headers)["X-Spam-Flag"] == "YES"
     assert dict(high.headers)["X-Spam-Status"].startswith("Yes, score=7.0 required=6.6")
-    untagged = decide(Scanned(CLEAN, spam(7.0)), AV, AntispamConfig(subject_tag=""))
+    untagged = antispam_outcome(spam(7.0), AntispamConfig(subject_tag="")).verdict
     assert untagged.subject_tag == "" and dict(untagged.headers)["X-Spam-Flag"] == "YES"
+
+
+class _F(Filter):
+    def __init__(self, name: str, on_error: str) -> None:
+        self.name, self.on_error = name, on_error
+
+
+def test_a_filter_without_a_verdict_gives_its_on_error():
+    t = _F("antivirus", "tempfail").failed("timeout", "no verdict within 60s", 60000.0)
+    assert t.verdict.decision is Decision.TEMPFAIL and t.verdict.reply.line() == "451 4.7.1 Try again later: content scanner unavailable"
+    assert t.step == Step("antivirus", "timeout", "no verdict within 60s", None, 60000.0)
+    a = _F("antispam", "accept").failed("error", "spamd: Connection refused", 1.0)
+    assert a.verdict.decision is Decision.CONTINUE and a.step.result == "error"
+
+
+def _o(decision: Decision, name: str, **kw) -> Outcome:
+    reply = {Decision.REJECT: Reply(550, "5.7.1", name), Decision.TEMPFAIL: Reply(451, "4.7.1", name)}.get(decision)
+    return Outcome(Verdict(decision, reply, name, **kw), Step(name, decision.value))
+
+
+@pytest.mark.parametrize(
+    "decisions, winner",
+    [
+        ([Decision.CONTINUE, Decision.CONTINUE], None),
+        ([Decision.TEMPFAIL, Decision.REJECT], 1),  # a definitive block is not delayed by a scanner down
+        ([Decision.TEMPFAIL, Decision.DISCARD], 1),
+        ([Decision.DISCARD, Decision.REJECT], 1),
+        ([Decision.REJECT, Decision.REJECT], 0),  # the first in the chain's order among equals
+        ([Decision.HOLD, Decision.TEMPFAIL], 1),  # a tempfail is never turned into an acceptance
+        ([Decision.CONTINUE, Decision.HOLD], 1),
+    ],
+)  # fmt: skip
+def test_combine_precedence(decisions, winner):
+    outcomes = [_o(d, f"f{i}") for i, d in enumerate(decisions)]
+    c = combine(outcomes)
+    assert c.winner is (outcomes[winner] if winner is not None else None)
+    if winner is not None:
+        assert c.verdict.decision is decisions[winner]
+
+
+def test_combine_gathers_headers_and_the_first_tag_when_queued():
+    a = _o(Decision.CONTINUE, "a", headers=(("A", "1"),), subject_tag="[SPAM]")
+    b = _o(Decision.CONTINUE, "b", headers=(("B", "2"),), subject_tag="[X]")
+    h = _o(Decision.HOLD, "h", headers=(("H", "3"),))
+    c = combine([a, h, b])
+    assert c.verdict.decision is Decision.HOLD and c.verdict.headers == (("A", "1"), ("H", "3"), ("B", "2"))
+    assert c.verdict.subject_tag == "[SPAM]" and c.verdict.reason == "a; h; b"
+    r = combine([a, _o(Decision.REJECT, "r")])
+    assert r.verdict.headers == () and r.verdict.reply.line() == "550 5.7.1 r"
+
+
+def test_edit_head_strips_only_the_clients_part_then_adds():
+    received = b"Received: by mx; date\r\n"
+    head = received + b"Authentication-Results: forged\r\nSubject: hi\r\n"
+    strip = lambda h: h.replace(b"Authentication-Results: forged\r\n", b"")  # noqa: E731
+    out = edit_head(head, len(received), Verdict(Decision.CONTINUE, headers=(("Authentication-Results", "mx; dkim=none"),)), [strip])
+    assert out == received + b"Authentication-Results: mx; dkim=none\r\nSubject: hi\r\n"
 
 
 def test_rewrite_message():

@@ -1,0 +1,84 @@
+"""The antivirus filter: clamd's verdict on the message, and encrypted archives.
+
+DESCRIPTION
+    The message goes to clamd as received (INSTREAM, filters/scanners.py); clamd decodes its
+    MIME parts itself. At most advanced.threads.antivirus scans run at once per process
+    (clamd's MaxThreads in Carbonio); the others wait their turn inside the time budget.
+
+    antivirus.block_encrypted_archives: an archive member that is encrypted cannot be
+    scanned, so it is treated as a virus named Heuristics.Encrypted.Zip (the name clamd
+    gives with AlertEncryptedArchive). We find them ourselves in the MIME walk
+    (filters/mime.py), so this works whatever clamd's own configuration says; and a
+    Heuristics.Encrypted.* verdict from a clamd configured to give one is ignored when the
+    switch is off.
+
+    `antivirus_outcome` is the pure decision:
+      a virus        antivirus.action: reject -> REJECT 554 5.7.0 Rejected: virus found: <name>,
+                     discard -> DISCARD (the client is told 250, the message dropped);
+                     antivirus.notify_admin / notify_recipient: a notice each (filters/notify.py)
+      clamd failed   antivirus.on_error: tempfail -> 451 4.7.1 | accept (logged, unscanned)
+      clean          no objection
+
+SECURITY
+    A virus name comes from clamd, which read it from the message's signature database:
+    sanitized before it reaches a reply or a log.
+
+CONFIG
+    antivirus.{enabled,clamd.address,clamd.timeout,action,notify_admin,notify_recipient,
+    block_encrypted_archives,on_error}, advanced.threads.antivirus
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ..config import AntivirusConfig, Config
+from ..logutil import sanitize
+from ..model import CONTINUE, Decision, Reply, Verdict
+from .chain import Filter, Item, Notices, Outcome, Step
+from .scanners import ScannerError, clamd_scan
+
+ENCRYPTED = "Heuristics.Encrypted.Zip"
+
+
+def antivirus_outcome(virus: str | None, encrypted: Sequence[str], cfg: AntivirusConfig) -> Outcome:
+    if virus is not None and virus.startswith("Heuristics.Encrypted.") and not cfg.block_encrypted_archives:
+        virus = None
+    if virus is None and encrypted and cfg.block_encrypted_archives:
+        virus = ENCRYPTED
+        detail = f"{ENCRYPTED}: {sanitize(encrypted[0], 100)}"
+    else:
+        detail = sanitize(virus or "", 100)
+    if virus is None:
+        return Outcome(CONTINUE, Step("antivirus", "clean"))
+    name = sanitize(virus, 100)
+    step = Step("antivirus", "virus", detail)
+    notices = Notices(f"a virus ({name})", admin=cfg.notify_admin, recipients=cfg.notify_recipient, status="5.7.0")
+    if cfg.action == "discard":
+        return Outcome(Verdict(Decision.DISCARD, reason=f"virus {name}"), step, notices=notices)
+    return Outcome(Verdict(Decision.REJECT, Reply(554, "5.7.0", f"Rejected: virus found: {name}"), f"virus {name}"), step, notices=notices)
+
+
+class AntivirusFilter(Filter):
+    name = "antivirus"
+
+    def __init__(self, cfg: Config, slots: asyncio.Semaphore) -> None:
+        self.cfg = cfg.antivirus
+        self.on_error = cfg.antivirus.on_error
+        self.slots = slots
+
+    async def run(self, item: Item) -> Outcome:
+        av = self.cfg
+        encrypted: Sequence[str] = ()
+        if av.block_encrypted_archives:
+            report = await item.mime()
+            encrypted = getattr(report, "encrypted", ())
+        try:
+            async with self.slots:
+                result = await clamd_scan(av.clamd.address, item.chunks(), av.clamd.timeout)
+        except ScannerError as exc:
+            if encrypted:  # definitive without clamd
+                return antivirus_outcome(None, encrypted, av)
+            return self.failed("error", str(exc), 0.0)
+        return antivirus_outcome(result.virus, encrypted, av)

@@ -569,6 +569,9 @@ class AdvancedConfig(Strict):
     threads: Threads = Threads()
     max_message_size: Size = 10240000
     postmaster: str = "postmaster@localhost"
+    # The content-filter chain's time budget per message (every filter's wait included); a filter
+    # without a verdict by then gives its on_error.
+    filter_budget: Duration = Field(90.0, gt=0)
 
     @model_validator(mode="after")
     def _log_file(self) -> AdvancedConfig:

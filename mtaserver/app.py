@@ -26,6 +26,7 @@ SECURITY
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import gc
@@ -42,6 +43,7 @@ from pathlib import Path
 from . import config as config_mod
 from . import logutil, supervisor
 from .config import Config, ConfigError, Listener
+from .filters.definitions import DefinitionsUpdater
 from .queue.manager import QueueManager, notify
 from .queue.store import QueueStore
 from .runtime import Runtime, check_files
@@ -132,6 +134,7 @@ class Worker:
         self.servers: list[SmtpServer] = []
         self._stop = asyncio.Event()
         self._implicit_tls: ssl.SSLContext | None = None  # the context the tls: implicit sockets were made with
+        self.definitions: DefinitionsUpdater | None = None  # ClamAV signature updates: in the queue manager's worker only
 
     def _build(self, cfg: Config, previous: Runtime | None, listeners: list[Listener] | None = None) -> Runtime:
         # One worker is enough for the periodic postscreen cache cleanup.
@@ -178,6 +181,8 @@ class Worker:
             log.warning("reload: tls: implicit on or off needs a restart (listener %s); other settings applied", ", ".join(sorted(implicit)))
         self.config = new
         self.store.announce_delay = new.queue.wakeup_delay
+        if self.definitions is not None and new.antivirus != old_cfg.antivirus:
+            self.definitions.reconfigure()  # it reads self.config: update now with the new settings
         logutil.set_level(new.advanced.log_level)
         if (new.advanced.log_target, new.advanced.log_file) != (old_cfg.advanced.log_target, old_cfg.advanced.log_file):
             log.warning("reload: advanced.log_target and log_file changes need a restart; other settings applied")
@@ -222,6 +227,10 @@ class Worker:
             manager_task.add_done_callback(_log_crash)
         elif not self.with_manager:
             self.store.on_commit = notify(self.store.root)
+        definitions_task = None
+        if self.with_manager:  # one process per server updates clamd's signatures
+            self.definitions = DefinitionsUpdater(lambda: self.config)
+            definitions_task = loop.create_task(self.definitions.run(self._stop))
         listening = []
         if self.sockets:
             self.runtime = rt = self._build(cfg, None)
@@ -252,6 +261,10 @@ class Worker:
         await asyncio.sleep(0)
         if manager_task is not None:
             await manager_task
+        if definitions_task is not None:  # an update in progress is abandoned (its tools killed); the next start redoes it
+            definitions_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await definitions_task
         if self.runtime is not None:
             await self.runtime.close()
         self.store.flush_announcements()

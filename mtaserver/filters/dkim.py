@@ -652,10 +652,13 @@ async def verify(
     """Every DKIM-Signature of `message` (at most MAX_SIGNATURES), checked. Key records come
     from `resolver` when given (the process's), else from a resolver on `nameservers` ("host"
     or "host:port"; empty = the system's), all within `timeout` seconds."""
+    on_loop = len(message) <= VERIFY_ON_LOOP
+    end = re.search(rb"\n\r?\n", message)
+    head = message[: end.end()] if end else message  # dkimpy splits the whole message into lines: the loop reads the head only
     try:
-        d = dkim.asyncsupport.DKIM(message, logger=_LIB_LOG, minkey=MIN_RSA_BITS, timeout=timeout)
-    except (dkim.DKIMException, IndexError):
-        if re.search(rb"(?im)^dkim-signature[ \t]*:", message.split(b"\r\n\r\n", 1)[0]):
+        d = dkim.asyncsupport.DKIM(message if on_loop else head, logger=_LIB_LOG, minkey=MIN_RSA_BITS, timeout=timeout)
+    except (dkim.DKIMException, IndexError):  # IndexError: a continuation line first
+        if re.search(rb"(?im)^dkim-signature[ \t]*:", head):
             return DkimResult((Signature(domain="", selector="", result=Result.PERMERROR, reason="message syntax error"),))
         return DkimResult()
     values = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
@@ -701,7 +704,7 @@ async def verify(
         else:
             out.append(None)
             todo.append((idx, sig))
-    if len(message) <= VERIFY_ON_LOOP:
+    if on_loop:
         for idx, sig in todo:  # dkimpy's asyncio path; its dnsfunc answers from `answers`
             try:
                 out[idx] = _judge(sig, await d.verify(idx, dnsfunc=arecord))

@@ -22,6 +22,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/spamd ] || need+=(spamd)
 [ -x /usr/sbin/clamd ] || need+=(clamav-daemon)
 command -v clamscan >/dev/null 2>&1 || need+=(clamav)
+# freshclam: run once by tests/integration/test_definitions.py against a loopback PrivateMirror only.
+command -v freshclam >/dev/null 2>&1 || need+=(clamav-freshclam)
 scanner_services=(spamd spamassassin-maintenance.timer clamav-daemon clamav-daemon.socket clamav-freshclam clamav-freshclam-once.timer)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test tools: ${need[*]}" >&2

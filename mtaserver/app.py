@@ -38,10 +38,12 @@ import ssl
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import config as config_mod
 from . import logutil, supervisor
+from .admin.tokens import TokenFileError, load_tokens
 from .config import Config, ConfigError, Listener
 from .filters.definitions import DefinitionsUpdater
 from .queue.manager import QueueManager, notify
@@ -119,7 +121,9 @@ _SKF_NET_OFF = -0x100000  # linux/filter.h: load relative to the network header
 class Worker:
     """One process serving every listener; owns its event loop, sessions and queue handle."""
 
-    def __init__(self, cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool) -> None:
+    def __init__(
+        self, cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool, admin: socket.socket | None = None
+    ) -> None:
         self.with_manager = manager
         self.config = cfg  # what the queue manager reads; swapped with the runtime on reload
         self.runtime: Runtime | None = None  # built after fork, in serve(): it owns loop-bound objects
@@ -134,6 +138,10 @@ class Worker:
         self.servers: list[SmtpServer] = []
         self._stop = asyncio.Event()
         self._implicit_tls: ssl.SSLContext | None = None  # the context the tls: implicit sockets were made with
+        self.admin_socket = admin  # admin.listen, bound by run(): the queue manager's process serves the admin API
+        self.manager: QueueManager | None = None  # the admin API's queue actions go through it
+        self.reloads = 0  # reloads tried (SIGHUP or the admin API), applied or refused
+        self.reload_hooks: list[Callable[[], None]] = []  # run after each (the admin API: tokens, waiting PUT/PATCH)
         self.definitions: DefinitionsUpdater | None = None  # ClamAV signature updates: in the queue manager's worker only
 
     def _build(self, cfg: Config, previous: Runtime | None, listeners: list[Listener] | None = None) -> Runtime:
@@ -158,6 +166,15 @@ class Worker:
         return out
 
     def reload(self) -> None:
+        """SIGHUP: validate the file and hot-apply it (or log why not); then the reload hooks run."""
+        self.reloads += 1
+        try:
+            self._reload()
+        finally:
+            for hook in self.reload_hooks:
+                hook()
+
+    def _reload(self) -> None:
         try:
             new = config_mod.load(self.path)
         except ConfigError as exc:
@@ -225,6 +242,7 @@ class Worker:
             self.store.inline_commit = False  # the deliveries share this loop: never block it
             manager_task = loop.create_task(manager.run(self._stop))
             manager_task.add_done_callback(_log_crash)
+            self.manager = manager
         elif not self.with_manager:
             self.store.on_commit = notify(self.store.root)
         definitions_task = None
@@ -245,8 +263,16 @@ class Worker:
             log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
         else:
             log.info("queue manager process ready")
+        admin = admin_task = None
+        if self.admin_socket is not None:  # the process with the queue manager (even with queue.manager false)
+            from .admin.api import AdminServer  # late: FastAPI and uvicorn only where the API is served
+
+            admin = AdminServer(self, self.admin_socket)
+            admin_task = loop.create_task(admin.serve())
         await self._stop.wait()
         log.info("worker %d stopping", self.index)
+        if admin is not None:
+            admin.stop()  # stop accepting; open requests get a few seconds (awaited below)
         for ls in listening:
             ls.close()
         for srv in self.servers:
@@ -259,6 +285,8 @@ class Worker:
                 if s.transport is not None:
                     s.transport.abort()
         await asyncio.sleep(0)
+        if admin_task is not None:
+            await admin_task
         if manager_task is not None:
             await manager_task
         if definitions_task is not None:  # an update in progress is abandoned (its tools killed); the next start redoes it
@@ -277,10 +305,10 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # no silent half-MTA: stop, the supervisor or admin restarts
 
 
-def _run_worker(cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool) -> None:
+def _run_worker(cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool, admin: socket.socket | None = None) -> None:
     import uvloop
 
-    worker = Worker(cfg, path, sockets, index, manager=manager)
+    worker = Worker(cfg, path, sockets, index, manager=manager, admin=admin)
     # What exists now (modules, config) lives as long as the process: out of every collection.
     # A message makes about a thousand short-lived objects, so the young generation is
     # collected every 5,000 allocations instead of 700 (bench/RESULTS.md, step 9).
@@ -319,6 +347,13 @@ def run(path: str) -> int:
         log.error("%s:%d: %s: %s", path, config_mod.key_line(path, key), key, message)
     if problems:
         return 1
+    if cfg.admin.listen is not None:  # made on first start (0600, one admin token); a bad line refuses the start
+        try:
+            load_tokens(cfg.data_path / cfg.admin.token_file)
+        except TokenFileError as exc:
+            for line in exc.errors:
+                log.error("%s", line)
+            return 1
     lock = supervisor.lock_instance(cfg)  # before recovery: it moves active/ back to incoming/
     if lock is None:
         return 1
@@ -341,20 +376,25 @@ def _run_locked(cfg: Config, path: str, ident: supervisor.Identity | None) -> in
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    try:
+        admin = bind(cfg.admin.listen, reuse_port=False) if cfg.admin.listen is not None else None
+    except OSError as exc:
+        log.error("cannot listen on admin.listen %s: %s", cfg.admin.listen, exc.strerror or exc)
+        return 1
     if n > 1 and steering_wanted(cfg):
         set_steering(socks, n, True)
     log.info("mtaserver starting: %d worker(s), queue %s", n, cfg.queue_path)
     if n == 1:
         signal.signal(signal.SIGUSR1, lambda _sig, _frame: logutil.reopen())  # until the loop's handler
         supervisor.drop_privileges(ident)
-        _run_worker(cfg, path, socks[0], 0, manager=True)
+        _run_worker(cfg, path, socks[0], 0, manager=True, admin=admin)
         log.info("mtaserver stopped")
         return 0
     # The queue manager gets a process of its own: a worker with no sockets.
-    return _supervise(cfg, path, socks + [[]])
+    return _supervise(cfg, path, socks + [[]], admin)
 
 
-def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
+def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: socket.socket | None = None) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
     ident = supervisor.identity(cfg.server.user, cfg.server.group)
@@ -377,10 +417,12 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]]) -> int:
                 if j != i:
                     for s in group:
                         s.close()
+            if admin is not None and socks[i]:
+                admin.close()  # the admin API is served by the queue manager's process only
             code = 0
             try:
                 supervisor.enter_worker(ident, me)  # server.user; a SIGTERM when the supervisor dies
-                _run_worker(cfg, path, socks[i], i, manager=not socks[i])
+                _run_worker(cfg, path, socks[i], i, manager=not socks[i], admin=None if socks[i] else admin)
             except BaseException:
                 log.exception("worker %d crashed", i)
                 code = 1

@@ -127,6 +127,28 @@ class Mta:
                 return fields[1]
         raise LookupError(f"no {role} token in {self.data_dir / name}")
 
+    def api(self, method: str, path: str, body: Any = None, *, token: str | None = None,
+            content_type: str = "application/json") -> tuple[int, dict[str, str], Any]:  # fmt: skip
+        """One request to the admin API: (status, lower-cased headers, JSON body or text).
+        `body`: bytes as they are, anything else as JSON. `token`: a bearer token, or None."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.admin_url + path, data=data, method=method)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, headers, raw = resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            status, headers, raw = exc.code, dict(exc.headers), exc.read()
+        headers = {k.lower(): v for k, v in headers.items()}
+        return status, headers, json.loads(raw) if "json" in headers.get("content-type", "") else raw.decode()
+
     def queued(self, state: str = "incoming") -> list[str]:
         d = self.queue / state
         return sorted(os.listdir(d)) if d.exists() else []

@@ -15,7 +15,8 @@ DESCRIPTION
       RedisStore   cache.url (redis://host:port/db), keys "mtaserver:postscreen:<ip>":
                    shared by every node.
     Both fail open: a backend error is logged and a lookup answers "no record" (the
-    client is screened as new), a write or a cleanup is skipped. Cleanup deletes a record
+    client is screened as new), a write or a cleanup is skipped. `delete` (the admin
+    API's drop of one record) raises instead: an administrator asked for it. Cleanup deletes a record
     only if it is unchanged since it was read, so a pass written meanwhile by another
     process or node survives.
 
@@ -76,6 +77,8 @@ class CacheStore(Protocol):
     async def get(self, ip: str) -> Stamps | None: ...
 
     async def put(self, ip: str, stamps: Stamps) -> None: ...
+
+    async def delete(self, ip: str) -> bool: ...  # the admin API's drop; False: there was none
 
     async def cleanup(self, keep: Callable[[Stamps], bool]) -> CleanupResult: ...
 
@@ -143,6 +146,9 @@ class SqliteStore:
             (ip, value),
         )
 
+    def _delete(self, ip: str) -> int:
+        return self._db().execute("DELETE FROM postscreen_cache WHERE ip = ?", (ip,)).rowcount
+
     def _cleanup(self, keep: Callable[[Stamps], bool]) -> CleanupResult:
         db, retained, dropped, after = self._db(), 0, 0, ""
         while True:  # keyset pages: no read transaction stays open across the whole table
@@ -175,6 +181,10 @@ class SqliteStore:
             await self._run(self._put, ip, stamps.encode())
         except (sqlite3.Error, OSError) as exc:
             log.warning("cache %s update error for %s: %s", self.name, ip, exc)
+
+    async def delete(self, ip: str) -> bool:
+        """Unlike a lookup, an error here is raised (sqlite3.Error, OSError): the caller asked for it."""
+        return bool(await self._run(self._delete, ip))
 
     async def cleanup(self, keep: Callable[[Stamps], bool]) -> CleanupResult:
         try:
@@ -229,6 +239,10 @@ class RedisStore:
             await self._redis.set(self._prefix + ip, stamps.encode())
         except self._errors as exc:
             log.warning("cache %s update error for %s: %s", self.name, ip, exc)
+
+    async def delete(self, ip: str) -> bool:
+        """Unlike a lookup, an error here is raised (redis errors, OSError): the caller asked for it."""
+        return bool(await self._redis.delete(self._prefix + ip))
 
     async def cleanup(self, keep: Callable[[Stamps], bool]) -> CleanupResult:
         retained = dropped = 0

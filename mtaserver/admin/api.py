@@ -1,0 +1,684 @@
+"""The admin HTTP API: FastAPI on an embedded uvicorn server, in the queue manager's process.
+
+DESCRIPTION
+    `AdminServer(worker, sock)` serves the FastAPI app on the socket `run` bound for
+    `admin.listen` before forking, in the event loop of the process that runs the queue
+    manager (worker 0 with `workers: 1`, else the process with no SMTP sockets; it serves
+    even when queue.manager is false). uvicorn installs no signal handlers here: the worker
+    owns SIGHUP and SIGTERM, and `stop()` ends the server when the worker stops.
+
+    Every JSON answer names this node: `{"node": server.hostname, ...}`.
+
+      GET  /api/health                       no token: {"status": "ok"}
+      GET  /api/queue/stats                  QueueOps.stats()
+      GET  /api/queue/messages?queue=&from=&to=&older_than=&newer_than=&after=&limit=
+      GET  /api/queue/messages/{id}          QueueOps.show (404 when unknown)
+      GET  /api/queue/shape?queue=
+      POST /api/queue/{hold|release|requeue|delete}   body {"ids", "all", "queue", "from", "to",
+                                             "older_than", "newer_than", "dry_run", "bounce"}
+      POST /api/queue/flush
+      GET  /api/services                     antispam, antivirus, authentication, DKIM: configured,
+                                             reachable now (probed concurrently), last error
+      GET  /api/postscreen/{ip}              the postscreen cache record (404 when none)
+      DELETE /api/postscreen/{ip}            drop it (workers may use a copy read within the
+                                             last RECENT_TTL seconds, stamps.py)
+      GET  /api/config                       the effective configuration of this node
+      GET  /api/config/raw                   the file's text
+      PUT  /api/config                       a whole document (YAML as written, or JSON)
+      PATCH /api/config                      a JSON merge patch (RFC 7396)
+      /api/openapi.json, /api/docs           the OpenAPI document and its browser
+
+    PUT and PATCH (configfile.py) validate, write the file back (comments kept, atomic, the
+    old one as `<file>.bak`) and apply it through the SIGHUP path: in one process the worker's
+    own reload, else SIGHUP to the supervisor (which forwards it to every worker, this one
+    included). The answer waits for this process's reload and lists the keys that changed
+    (config.diff). A reload refused after the write (it should not be: the same checks ran
+    first) restores the old file and says so.
+
+    Roles (tokens.py): read = every GET; operator = queue actions and the postscreen drop;
+    admin = PUT/PATCH /api/config. No token or an unknown one: 401 with WWW-Authenticate:
+    Bearer; a known token with too low a role: 403. Every state-changing request that
+    presented a known token is written to the audit log (audit.py), refused or not.
+
+SECURITY
+    Listens on loopback by default. Tokens are compared in constant time and never logged.
+    The client IP is the socket's peer (proxy headers are ignored: they would let a local
+    client write any IP into the audit log). Bodies are limited to MAX_BODY bytes. The
+    configuration is returned with file paths only; secrets such as relay_auth's password
+    file are never read here, and a password inside a URL (a Redis URL) is masked. Client
+    text reaches the log only through logutil.sanitize.
+
+STANDARDS
+    RFC 6750 (bearer tokens), RFC 7396 (JSON merge patch), RFC 9110 (HTTP semantics).
+
+CONFIG
+    admin.listen, admin.token_file, admin.audit_log, server.hostname, server.data_dir; reads
+    every key for GET /api/config; postscreen.cache.* for the cache; antispam.spamd,
+    antivirus.clamd, auth.*, dkim.* for the services view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from .. import config as config_mod
+from ..config import Config
+from ..logutil import sanitize
+from ..values import Endpoint, NetMatch, parse_duration
+from . import configfile
+from .audit import AuditLog
+from .tokens import Role, Token, TokenFileError, find_token, load_tokens
+
+log = logging.getLogger("admin")
+
+MAX_BODY = 1 << 20  # bytes of a PUT/PATCH/POST body; a config file is a few tens of KB
+PROBE_TIMEOUT = 2.0  # seconds each services probe may take (they run concurrently)
+RELOAD_WAIT = 30.0  # seconds a PUT/PATCH waits for the supervisor's SIGHUP to reach this process
+SHUTDOWN_GRACE = 5.0  # seconds open API requests get when the worker stops
+
+try:
+    from importlib.metadata import version as _pkg_version
+
+    VERSION = _pkg_version("mtaserver")
+except Exception:  # not installed as a package (a source tree)
+    VERSION = "0"
+
+
+class ServedWorker(Protocol):
+    """What the API needs of app.Worker (the process it runs in)."""
+
+    config: Config
+    path: str
+    sockets: list[socket.socket]
+    runtime: Any  # Runtime | None: None in the queue manager's own process
+    store: Any  # QueueStore
+    manager: Any  # QueueManager | None
+    reloads: int
+    reload_hooks: list[Callable[[], None]]
+
+    def reload(self) -> None: ...
+
+
+class Caller(BaseModel):
+    """Who made a request: the token's name and role, the client's IP."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    role: str
+    ip: str
+
+
+DurationQ = Annotated[float | None, BeforeValidator(lambda v: None if v in (None, "") else parse_duration(v))]
+
+
+class ActionBody(BaseModel):
+    """Which messages a queue action touches (queue/ops.py Selector), and how."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    ids: list[str] = []
+    all: bool = False
+    queue: str | None = None
+    sender: str | None = Field(None, alias="from")
+    recipient: str | None = Field(None, alias="to")
+    older_than: DurationQ = Field(None, description="a duration: 3600, 90s, 1h, 2d")
+    newer_than: DurationQ = None
+    dry_run: bool = False
+    bounce: bool = Field(False, description="delete only: return the message to its sender")
+
+
+# ---------------------------------------------------------------------------------------------
+# The effective configuration as JSON.
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+
+
+def config_json(value: Any) -> Any:
+    """A Config (or any part of it) as plain JSON values: endpoints and networks as their text,
+    passwords inside URLs masked. Pure."""
+    if isinstance(value, BaseModel):
+        return {name: config_json(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {str(k): config_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [config_json(v) for v in value]
+    if isinstance(value, (Endpoint, NetMatch)):
+        return str(value)
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Services: is each configured external part reachable now?
+
+
+async def _connect(ep: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if ep.unix_path:
+        return await asyncio.open_unix_connection(ep.unix_path)
+    return await asyncio.open_connection(ep.host, ep.port)
+
+
+async def probe_spamd(ep: Endpoint) -> str:
+    """"" when spamd answers PING with PONG (SPAMC/1.5), else why not."""
+    reader, writer = await _connect(ep)
+    try:
+        writer.write(b"PING SPAMC/1.5\r\n\r\n")
+        await writer.drain()
+        line = await reader.readline()
+    finally:
+        writer.close()
+    if not (line.startswith(b"SPAMD/") and b"PONG" in line):
+        return f"spamd at {ep}: unexpected answer {sanitize(line.decode('latin-1'), 80)!r}"
+    return ""
+
+
+async def probe_clamd(ep: Endpoint) -> str:
+    """"" when clamd answers zPING with PONG, else why not."""
+    reader, writer = await _connect(ep)
+    try:
+        writer.write(b"zPING\0")
+        await writer.drain()
+        answer = await reader.readuntil(b"\0")
+    finally:
+        writer.close()
+    if answer.rstrip(b"\0").strip() != b"PONG":
+        return f"clamd at {ep}: unexpected answer {sanitize(answer.decode('latin-1'), 80)!r}"
+    return ""
+
+
+async def _probe(name: str, job: Any) -> str:
+    try:
+        return str(await asyncio.wait_for(job, PROBE_TIMEOUT))
+    except TimeoutError:
+        return f"{name}: no answer within {PROBE_TIMEOUT:g}s"
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        return f"{name}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{name}: {exc}"
+
+
+async def probe_auth(cfg: Config) -> tuple[bool, str, str]:
+    """(configured, detail, error) of the AUTH password source."""
+    from ..auth import backend  # late: the API process may never need it
+
+    offered = any(x.auth != "none" for x in cfg.server.listeners)
+    try:
+        authenticator, why = backend.build(cfg.auth, cfg.source)
+    except ValueError as exc:
+        return offered, cfg.auth.backend, str(exc).replace("\n", "; ")
+    if authenticator is None:
+        return False, why, ""
+    try:
+        if isinstance(authenticator, backend.DovecotAuthenticator):
+            err = await _probe("dovecot", authenticator.check())
+            return offered, f"dovecot at {authenticator.endpoint}", err
+        return offered, f"users file {cfg.auth.users_file}", ""
+    finally:
+        await authenticator.close()
+
+
+def probe_dkim(cfg: Config) -> tuple[bool, list[dict[str, Any]], str]:
+    """(configured, keys, error): each signing key is readable and holds a PEM private key."""
+    keys, errors = [], []
+    for s in cfg.dkim.sign:
+        path = s.key if os.path.isabs(s.key) else str(cfg.data_path / s.key)
+        err = ""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64 * 1024)
+            if b"PRIVATE KEY-----" not in head:
+                err = "no PEM private key in it"
+        except OSError as exc:
+            err = exc.strerror or str(exc)
+        keys.append({"domain": s.domain, "selector": s.selector, "key": path, "loaded": not err})
+        if err:
+            errors.append(f"{s.domain} {s.selector}: {path}: {err}")
+    return bool(cfg.dkim.sign) or cfg.dkim.verify, keys, "; ".join(errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# The server.
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the worker owns SIGHUP, SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+        pass
+
+
+class AdminServer:
+    def __init__(self, worker: ServedWorker, sock: socket.socket) -> None:
+        self.worker = worker
+        self.sock = sock
+        cfg = worker.config
+        self.tokens: list[Token] = []
+        self._token_path = self._path(cfg, cfg.admin.token_file)
+        self._read_tokens(at_start=True)
+        self.audit = AuditLog(self._path(cfg, cfg.admin.audit_log))
+        self._reloaded = asyncio.Event()
+        self._config_lock = asyncio.Lock()
+        self._cache: tuple[Any, Any] | None = None  # (cache settings, store) when this process opened its own
+        self._last_errors: dict[str, dict[str, Any]] = {}
+        self._ops: Any = None
+        worker.reload_hooks.append(self._on_reload)
+        self.app = build_app(self)
+        self._server = _Uvicorn(uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off", proxy_headers=False, server_header=False,
+            ws="none", http="h11", timeout_graceful_shutdown=SHUTDOWN_GRACE, timeout_keep_alive=5, limit_concurrency=64,
+        ))  # fmt: skip
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines; ours say it
+
+    @staticmethod
+    def _path(cfg: Config, name: str) -> Path:
+        return cfg.data_path / name  # an absolute name stays absolute
+
+    @property
+    def node(self) -> str:
+        return self.worker.config.server.hostname
+
+    # -- life --------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        addr = self.sock.getsockname()
+        log.info("admin API ready: http://%s/api/ (%d token(s))", f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}", len(self.tokens))
+        try:
+            await self._server.serve(sockets=[self.sock])
+        except Exception:  # the API is not worth the queue manager: log, keep the worker
+            log.exception("admin API stopped")
+        finally:
+            await self._close_cache()
+
+    def stop(self) -> None:
+        """Stop accepting; open requests get SHUTDOWN_GRACE seconds. `serve()` returns after."""
+        self._server.should_exit = True
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def _read_tokens(self, *, at_start: bool = False) -> None:
+        try:
+            self.tokens = load_tokens(self._token_path)
+        except TokenFileError as exc:
+            for line in exc.errors:
+                log.error("admin token file: %s%s", line, "" if at_start else " (the old tokens stay)")
+
+    def _on_reload(self) -> None:
+        """After each SIGHUP reload (applied or refused): re-read the tokens, wake PUT/PATCH."""
+        cfg = self.worker.config
+        self._token_path = self._path(cfg, cfg.admin.token_file)
+        self.audit.path = self._path(cfg, cfg.admin.audit_log)
+        self._read_tokens()
+        self._reloaded.set()
+
+    def authorize(self, request: Request, creds: HTTPAuthorizationCredentials | None, role: Role, action: str | None) -> Caller:
+        ip = request.client.host if request.client else "-"
+        token = find_token(self.tokens, creds.credentials) if creds is not None else None
+        if token is None:
+            if action is not None:
+                log.warning("admin API: %s %s from %s: no valid token", request.method, sanitize(request.url.path, 100), ip)
+            error = ', error="invalid_token"' if creds is not None else ""
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": f'Bearer realm="mtaserver"{error}'})
+        caller = Caller(name=token.name, role=token.role.name.lower(), ip=ip)
+        if token.role < role:
+            if action is not None:
+                self.audit.write(caller.name, ip, action, None, {"status": 403, "role": caller.role})
+            log.warning("admin API: %s %s by %s (%s) from %s: needs role %s", request.method, sanitize(request.url.path, 100),
+                        caller.name, caller.role, ip, role.name.lower())  # fmt: skip
+            raise HTTPException(403, f"this needs role {role.name.lower()}; token {token.name} has role {caller.role}")
+        return caller
+
+    # -- queue -------------------------------------------------------------------------------
+
+    def ops(self) -> Any:
+        try:
+            from ..queue.ops import QueueOps
+        except ImportError:
+            raise HTTPException(503, "queue operations are not available in this build") from None
+        manager = getattr(self.worker, "manager", None)
+        if self._ops is None or self._ops.manager is not manager:
+            self._ops = QueueOps(self.worker.store, manager, config=lambda: self.worker.config)
+        return self._ops
+
+    # -- postscreen cache --------------------------------------------------------------------
+
+    def cache_store(self) -> Any:
+        rt = self.worker.runtime
+        if rt is not None and getattr(rt, "screener", None) is not None:
+            return rt.screener.store  # this worker screens clients: its own store
+        cfg = self.worker.config
+        key = (cfg.postscreen.cache, cfg.data_path)
+        if self._cache is None or self._cache[0] != key:
+            from ..postscreen.cache import open_store  # late: redis is imported only when configured
+
+            old, self._cache = self._cache, (key, open_store(cfg.postscreen.cache, cfg.data_path))
+            if old is not None:
+                asyncio.get_running_loop().create_task(old[1].close())
+        return self._cache[1]
+
+    async def _close_cache(self) -> None:
+        if self._cache is not None:
+            store, self._cache = self._cache[1], None
+            await store.close()
+
+    # -- services ----------------------------------------------------------------------------
+
+    async def services(self) -> list[dict[str, Any]]:
+        cfg = self.worker.config
+
+        async def spamd() -> dict[str, Any]:
+            ep = cfg.antispam.spamd.address
+            err = await _probe("spamd", probe_spamd(ep)) if cfg.antispam.enabled else ""
+            return {"name": "antispam", "engine": "spamd", "configured": cfg.antispam.enabled, "address": str(ep), "error": err}
+
+        async def clamd() -> dict[str, Any]:
+            ep = cfg.antivirus.clamd.address
+            err = await _probe("clamd", probe_clamd(ep)) if cfg.antivirus.enabled else ""
+            return {"name": "antivirus", "engine": "clamd", "configured": cfg.antivirus.enabled, "address": str(ep), "error": err}
+
+        async def auth() -> dict[str, Any]:
+            configured, detail, err = await probe_auth(cfg)
+            return {"name": "authentication", "engine": cfg.auth.backend, "configured": configured, "detail": detail, "error": err}
+
+        async def dkim() -> dict[str, Any]:
+            configured, keys, err = probe_dkim(cfg)
+            return {"name": "dkim", "engine": "dkimpy", "configured": configured, "verify": cfg.dkim.verify, "keys": keys, "error": err}
+
+        out = list(await asyncio.gather(spamd(), clamd(), auth(), dkim()))
+        now = time.time()
+        for s in out:
+            s["reachable"] = (not s["error"]) if s["configured"] else None  # null: not configured, not asked
+            if s["error"]:
+                self._last_errors[s["name"]] = {"time": now, "message": s["error"]}
+            s["last_error"] = self._last_errors.get(s["name"])
+        return out
+
+    # -- live configuration ------------------------------------------------------------------
+
+    async def change_config(self, caller: Caller, action: str, body: bytes, *, yaml_body: bool) -> JSONResponse:
+        selector = {"keys": patch_keys(body)} if action == "config.patch" else {"document": len(body)}
+        async with self._config_lock:  # one change at a time: each reads the file the last one wrote
+            path = Path(self.worker.path)
+            try:
+                current = path.read_text(encoding="utf-8")
+                if action == "config.put":
+                    text, _ = configfile.prepare_put(str(path), current, body, yaml_body=yaml_body)
+                else:
+                    text, _ = configfile.prepare_patch(str(path), current, body)
+            except configfile.DocumentError as exc:
+                self.audit.write(caller.name, caller.ip, action, selector, {"status": 422, "errors": exc.errors})
+                return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": exc.errors}, 422)
+            except OSError as exc:
+                raise HTTPException(500, f"cannot read {path}: {exc.strerror or exc}") from None
+            old = self.worker.config
+            await asyncio.to_thread(configfile.write_atomically, path, text)
+            applied = await self._reload()
+            if not applied:
+                await asyncio.to_thread(configfile.write_atomically, path, current, backup=False)
+                errors = ["(reload): the server refused the new file (see its log); the previous file was put back"]
+                self.audit.write(caller.name, caller.ip, action, selector, {"status": 409, "errors": errors})
+                return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 409)
+            changed = config_mod.diff(old, self.worker.config)
+            self.audit.write(caller.name, caller.ip, action, selector, {"status": 200, "changed": changed})
+            log.info("admin API: configuration %s by %s from %s: %s", action.removeprefix("config."), caller.name, caller.ip,
+                     f"changed {', '.join(changed)}" if changed else "no change")  # fmt: skip
+            return JSONResponse({"node": self.node, "applied": True, "changed": changed, "file": str(path), "backup": str(path) + ".bak"})
+
+    async def _reload(self) -> bool:
+        """Apply the file as SIGHUP does; True when this process took the new config."""
+        before = self.worker.config
+        if self.worker.sockets:  # the only process (workers: 1): reload here, now
+            self.worker.reload()
+            return self.worker.config is not before
+        # Several workers: the supervisor validates and forwards SIGHUP to each, this one too.
+        count = self.worker.reloads
+        self._reloaded.clear()
+        os.kill(os.getppid(), signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_WAIT
+        while self.worker.reloads == count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.error("admin API: no reload within %gs after SIGHUP to the supervisor (pid %d)", RELOAD_WAIT, os.getppid())
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reloaded.wait(), remaining)
+            self._reloaded.clear()
+        return self.worker.config is not before
+
+
+# ---------------------------------------------------------------------------------------------
+# The FastAPI application.
+
+
+def patch_keys(body: bytes) -> list[str]:
+    """The dotted key paths a merge patch sets or removes (for the audit log; not the values). Pure."""
+    try:
+        patch = configfile.parse_body(body)
+    except configfile.DocumentError:
+        return []
+    out: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif prefix:
+            out.append(prefix)
+
+    walk(patch, "")
+    return out[:100]
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise HTTPException(422, "not an IP address") from None
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise HTTPException(413, f"the body is larger than {MAX_BODY} bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise HTTPException(413, f"the body is larger than {MAX_BODY} bytes")
+    return bytes(data)
+
+
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
+_DOCUMENT = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object"}},
+    "application/yaml": {"schema": {"type": "string"}},
+}}}  # fmt: skip
+
+
+def build_app(admin: AdminServer) -> FastAPI:
+    app = FastAPI(
+        title="mtaserver admin API", version=VERSION, openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None,
+        description="Queue operations, services, the postscreen cache and the live configuration of one mtaserver node.",
+    )  # fmt: skip
+    bearer = HTTPBearer(auto_error=False, description="a token of admin.token_file")
+
+    def need(role: Role, action: str | None = None) -> Any:
+        # (Depends as a default, not inside Annotated: the annotation is a string, `bearer` a local name)
+        async def dependency(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+            return admin.authorize(request, creds, role, action)
+
+        return Depends(dependency)
+
+    def node(result: dict[str, Any]) -> dict[str, Any]:
+        return {"node": admin.node, **result}
+
+    # -- health ------------------------------------------------------------------------------
+
+    @app.get("/api/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    # /metrics (Prometheus text format) is served here by the metrics module when it lands:
+    # @app.get("/metrics") -- no bearer token (scrapers), on this same listener.
+
+    # -- queue -------------------------------------------------------------------------------
+
+    @app.get("/api/queue/stats", tags=["queue"])
+    async def queue_stats(caller: Caller = need(Role.READ)) -> dict[str, Any]:
+        return node(await asyncio.to_thread(admin.ops().stats))
+
+    @app.get("/api/queue/messages", tags=["queue"])
+    async def queue_list(
+        caller: Caller = need(Role.READ),
+        queue: str | None = None,
+        sender: Annotated[str | None, Query(alias="from")] = None,
+        recipient: Annotated[str | None, Query(alias="to")] = None,
+        older_than: str | None = None,
+        newer_than: str | None = None,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    ) -> dict[str, Any]:
+        from ..queue.ops import OpsError, Selector
+
+        try:
+            sel = Selector(queue=queue, sender=sender, recipient=recipient,
+                           older_than=parse_duration(older_than) if older_than else None,
+                           newer_than=parse_duration(newer_than) if newer_than else None)  # fmt: skip
+            return node(await asyncio.to_thread(admin.ops().list, queue, sel, after, limit))
+        except (OpsError, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    @app.get("/api/queue/messages/{queue_id}", tags=["queue"])
+    async def queue_show(queue_id: str, caller: Caller = need(Role.READ)) -> dict[str, Any]:
+        found = await asyncio.to_thread(admin.ops().show, queue_id)
+        if found is None:
+            raise HTTPException(404, "no such message")
+        return node(found)
+
+    @app.get("/api/queue/shape", tags=["queue"])
+    async def queue_shape(caller: Caller = need(Role.READ), queue: str | None = None) -> dict[str, Any]:
+        from ..queue.ops import OpsError
+
+        try:
+            return node(await asyncio.to_thread(admin.ops().shape, queue))
+        except (OpsError, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    async def act(action: str, body: ActionBody, caller: Caller) -> dict[str, Any]:
+        from ..queue.ops import OpsError, Selector
+
+        selector = body.model_dump(by_alias=True, exclude_defaults=True)
+        sel = Selector(ids=body.ids, all=body.all, queue=body.queue, sender=body.sender, recipient=body.recipient,
+                       older_than=body.older_than, newer_than=body.newer_than)  # fmt: skip
+        ops = admin.ops()
+        try:
+            if action == "delete":
+                result = await ops.delete(sel, dry_run=body.dry_run, bounce=body.bounce)
+            else:
+                result = await getattr(ops, action)(sel, dry_run=body.dry_run)
+        except (OpsError, ValueError) as exc:
+            admin.audit.write(caller.name, caller.ip, f"queue.{action}", selector, {"status": 400, "error": str(exc)})
+            raise HTTPException(400, str(exc)) from None
+        admin.audit.write(caller.name, caller.ip, f"queue.{action}", selector,
+                          {"status": 200, "count": result.get("count"), "dry_run": body.dry_run})  # fmt: skip
+        return node(result)
+
+    for name in ("hold", "release", "requeue", "delete"):
+
+        def route(name: str = name) -> None:
+            @app.post(f"/api/queue/{name}", tags=["queue"], name=f"queue_{name}")
+            async def endpoint(body: ActionBody, caller: Caller = need(Role.OPERATOR, f"queue.{name}")) -> dict[str, Any]:
+                return await act(name, body, caller)
+
+        route()
+
+    @app.post("/api/queue/flush", tags=["queue"])
+    async def queue_flush(request: Request, caller: Caller = need(Role.OPERATOR, "queue.flush")) -> dict[str, Any]:
+        from ..queue.ops import OpsError
+
+        try:
+            result = await admin.ops().flush()
+        except OpsError as exc:
+            admin.audit.write(caller.name, caller.ip, "queue.flush", {}, {"status": 400, "error": str(exc)})
+            raise HTTPException(400, str(exc)) from None
+        admin.audit.write(caller.name, caller.ip, "queue.flush", {}, {"status": 200, "count": result.get("count")})
+        return node(result)
+
+    # -- services ----------------------------------------------------------------------------
+
+    @app.get("/api/services", tags=["services"])
+    async def services(caller: Caller = need(Role.READ)) -> dict[str, Any]:
+        return node({"time": time.time(), "services": await admin.services()})
+
+    # -- postscreen cache --------------------------------------------------------------------
+
+    @app.get("/api/postscreen/{ip}", tags=["postscreen"])
+    async def postscreen_get(ip: str, caller: Caller = need(Role.READ)) -> dict[str, Any]:
+        from ..postscreen.checks import CACHED
+
+        addr = _ip(ip)
+        store = admin.cache_store()
+        stamps = await store.get(addr)
+        if stamps is None:
+            raise HTTPException(404, f"no postscreen cache record for {addr}")
+        return node({"ip": addr, "store": store.name, "record": stamps.encode(),
+                     "stamps": {c.value: stamps.get(c) for c in CACHED}})  # fmt: skip
+
+    @app.delete("/api/postscreen/{ip}", tags=["postscreen"])
+    async def postscreen_drop(ip: str, caller: Caller = need(Role.OPERATOR, "postscreen.drop")) -> dict[str, Any]:
+        addr = _ip(ip)
+        store = admin.cache_store()
+        try:
+            dropped = await store.delete(addr)
+        except Exception as exc:  # the store's own errors (sqlite3, redis, OSError)
+            admin.audit.write(caller.name, caller.ip, "postscreen.drop", {"ip": addr}, {"status": 503, "error": str(exc)})
+            raise HTTPException(503, f"postscreen cache {store.name}: {exc}") from None
+        admin.audit.write(caller.name, caller.ip, "postscreen.drop", {"ip": addr}, {"status": 200, "count": int(dropped)})
+        return node({"ip": addr, "store": store.name, "dropped": dropped})
+
+    # -- configuration -----------------------------------------------------------------------
+
+    @app.get("/api/config", tags=["config"])
+    async def config_get(caller: Caller = need(Role.READ)) -> dict[str, Any]:
+        cfg = admin.worker.config
+        return node({"file": cfg.source, "config": config_json(cfg)})
+
+    @app.get("/api/config/raw", tags=["config"], response_class=PlainTextResponse)
+    async def config_raw(caller: Caller = need(Role.READ)) -> PlainTextResponse:
+        try:
+            text = Path(admin.worker.path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise HTTPException(500, f"cannot read the configuration file: {exc.strerror or exc}") from None
+        return PlainTextResponse(text, media_type="application/yaml; charset=utf-8")
+
+    @app.put("/api/config", tags=["config"], openapi_extra=_DOCUMENT)
+    async def config_put(request: Request, caller: Caller = need(Role.ADMIN, "config.put")) -> JSONResponse:
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        return await admin.change_config(caller, "config.put", await _read_body(request), yaml_body=ctype in _YAML_TYPES)
+
+    @app.patch("/api/config", tags=["config"], openapi_extra={"requestBody": {"required": True, "content": {
+        "application/merge-patch+json": {"schema": {"type": "object"}}, "application/json": {"schema": {"type": "object"}}}}})
+    async def config_patch(request: Request, caller: Caller = need(Role.ADMIN, "config.patch")) -> JSONResponse:
+        return await admin.change_config(caller, "config.patch", await _read_body(request), yaml_body=False)
+
+    return app

@@ -246,6 +246,7 @@ class DefinitionsUpdater:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._run_now = False
+        self._last: tuple[float, bool] | None = None  # (attempt, failed) as known here, if the state file cannot say
         self._counts: dict[tuple[str, int, int], tuple[int | None, dict[str, Any]]] = {}  # (name, size, mtime_ns) -> count
 
     # -- schedule --
@@ -263,8 +264,10 @@ class DefinitionsUpdater:
             d = cfg.antivirus.definitions
             status = _read_json(self.state_path)
             now = self._clock()
-            failed = str(status.get("outcome", "ok")) != "ok"
-            due = now if self._run_now else next_run(_float(status.get("last_attempt")), now, d.update_frequency, failed=failed)
+            last, failed = _float(status.get("last_attempt")), str(status.get("outcome", "ok")) != "ok"
+            if self._last is not None and (last is None or self._last[0] > last):
+                last, failed = self._last  # the state file could not be written: never a busy loop
+            due = now if self._run_now else next_run(last, now, d.update_frequency, failed=failed)
             if not cfg.antivirus.enabled:
                 due = math.inf  # nothing to update for; a reload that enables it wakes us
             if due > now:
@@ -272,10 +275,13 @@ class DefinitionsUpdater:
                 continue
             self._run_now = False
             try:
-                await self.run_once()
+                result = await self.run_once()
+                self._last = (result.last_attempt, result.outcome != "ok")
             except Exception as exc:  # never let the schedule (or the queue manager's worker) die of it
+                self._last = (self._clock(), True)
                 log.exception("DEFINITIONS failed: %s", sanitize(repr(exc)))
-                self._write_status({**status, "last_attempt": self._clock(), "outcome": f"failed: {exc!r}"})
+                with contextlib.suppress(OSError):
+                    self._write_status({**status, "last_attempt": self._last[0], "outcome": f"failed: {_why(exc)}"})
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         self._wake.clear()

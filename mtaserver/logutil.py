@@ -100,7 +100,7 @@ def _open_log(path: str, owner: tuple[int, int] | None) -> TextIO:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
     if owner is not None and os.geteuid() == 0:
         os.fchown(fd, *owner)  # the workers, running as server.user, open it again on SIGUSR1
-    return open(fd, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 (the handler closes it)
+    return open(fd, "a", encoding="utf-8", errors="backslashreplace")  # the handler closes it
 
 
 class ReopeningFileHandler(logging.StreamHandler):

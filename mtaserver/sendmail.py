@@ -350,7 +350,8 @@ def submit(opts: Options, stdin: object) -> str:
         store.open()
     except PermissionError as exc:
         user = cfg.server.user or "root"
-        raise SendmailError(EX_NOPERM, f"cannot write the queue {cfg.queue_path}: {exc.strerror}; run as root or {user}") from None
+        why = f"cannot write the queue {cfg.queue_path}: {exc.strerror}; run as root or {user}"
+        raise SendmailError(EX_NOPERM, why) from None
     except OSError as exc:
         raise SendmailError(EX_TEMPFAIL, f"cannot open the queue {cfg.queue_path}: {exc}") from None
     try:

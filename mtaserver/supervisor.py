@@ -31,7 +31,8 @@ DESCRIPTION
     before it opens its event loop. The supervisor of `workers: N` stays root: it reads no
     client byte; it forks, forwards signals and restarts a dead worker on the same sockets.
     Everything a worker creates afterwards (queue files, status files, the postscreen cache,
-    maildirs, DKIM keys made by `mtaserver dkim keygen` run as that user) belongs to it.
+    maildirs) belongs to it; what root made in data_dir meanwhile (`mtaserver dkim keygen`, a
+    run as root before server.user was set) is given to it at the next start.
 
 SECURITY
     No client data here. The pid read from the lock file is only printed. `own_tree` never

@@ -37,8 +37,8 @@ def banner(port: int) -> str:
 
 
 def run_second(mta: Mta, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mtaserver", "run", "-c", str(mta.config_path)],
-                          capture_output=True, text=True, timeout=30, cwd=mta.tmp, **kw)  # type: ignore[call-overload]  # fmt: skip
+    argv = [sys.executable, "-m", "mtaserver", "run", "-c", str(mta.config_path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=mta.tmp, **kw)  # type: ignore[call-overload]
 
 
 def gone(pid: int) -> bool:

@@ -38,7 +38,8 @@ def test_t_with_bcc_f_and_dot_handling_lands_in_incoming(make_mta):
     assert out.returncode == 0, out.stderr
     env, content, _ = only_queued(mta)
     assert env.sender == "robot@example.test"
-    assert [r.address for r in env.recipients] == ["extra@remote.test", "ann@example.test", "cc@remote.test", "hidden@remote.test"]
+    want = ["extra@remote.test", "ann@example.test", "cc@remote.test", "hidden@remote.test"]
+    assert [r.address for r in env.recipients] == want
     assert env.client.protocol == "local" and env.size == len(content)
     login = pwd.getpwuid(os.getuid()).pw_name
     assert content.startswith(f"Received: by mx.example.test (mtaserver, from userid {os.getuid()} ({login}))\r\n"

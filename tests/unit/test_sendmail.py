@@ -74,7 +74,8 @@ def test_received_names_the_user_and_missing_headers_are_added():
 
 
 def test_existing_headers_are_kept_and_F_names_the_from():
-    msg, _, _ = build(sm.parse_args(["-F", "Cron Daemon", "a@x.test", "b@x.test"]), b"Subject: s\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\nb\n")
+    opts = sm.parse_args(["-F", "Cron Daemon", "a@x.test", "b@x.test"])
+    msg, _, _ = build(opts, b"Subject: s\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\nb\n")
     head = msg.split(b"\r\n\r\n")[0].decode()
     assert head.count("Date:") == 1 and "Date: Mon, 1 Jan 2024" in head
     assert '\tid 0ABCDEFGHJK012345; ' in head and "for <" not in head  # two recipients: no "for"

@@ -7,11 +7,18 @@ fails; a selector with no record is a permerror; a zone whose server answers SER
 server that never answers are temperrors within dkim.timeout; a message larger than
 VERIFY_ON_LOOP (hashed in a thread) passes and fails the same way; keygen's file modes, its
 refusal to overwrite, and the dkim.sign entry it prints passing check-config.
+
+Through a running server (make_mta, DNS on NSD): mail from a trusted client (127.0.0.1) for a
+signing domain is queued with both signatures, which verify; mail from an outsider (127.0.0.2)
+claiming that domain unsigned gets each policy (550 5.7.1, X-DKIM-Policy, accepted), with our
+Authentication-Results (dkim=none) in place of a forged one; signed mail passes, tampered fails.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -21,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dnsserver import Nsd, zone
+from smtpclient import TRUSTED, UNTRUSTED, Mta, Reply, SmtpClient, queue_id_of
 
 from mtaserver.config import DkimSign
 from mtaserver.filters import dkim as D
@@ -179,3 +187,70 @@ def test_keygen_force_and_check_config(tmp_path: Path) -> None:
     path.write_bytes(b"not a key\n")
     check = mtaserver("check-config", "-c", str(k.config))
     assert check.returncode == 1 and "dkim.sign" in check.stderr and "not a PEM private key" in check.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Through a running server (the content-filter chain, filters/dkim_filter.py)
+
+
+def headers(body: bytes) -> list[tuple[str, str]]:
+    head = body.split(b"\r\n\r\n", 1)[0].decode()
+    out = []
+    for line in re.sub(r"\r\n[ \t]", " ", head).split("\r\n"):
+        name, _, value = line.partition(":")
+        out.append((name, value.strip()))
+    return out
+
+
+def start(make_mta, keys: Keys, nsd: Nsd, dkim: dict) -> Mta:
+    """A server on NSD whose dkim.sign is example.org's published keys (copied into its data_dir)."""
+    sign = [{**keys.entries[n]} for n in ("rsa.example.org", "ed.example.org")]
+    dns = {"nameservers": [nsd.address], "timeout": "2s"}
+    mta = make_mta({"server": {"dns": dns}, "dkim": {"sign": sign, **dkim}}, start=False)
+    (mta.data_dir / "dkim").mkdir(parents=True, mode=0o700)
+    for entry in sign:
+        shutil.copy(keys.data_dir / entry["key"], mta.data_dir / entry["key"])
+    return mta.start()
+
+
+def send(mta: Mta, content: bytes, client: str, sender: str = "alice@example.org") -> Reply:
+    with SmtpClient(mta.port, client, timeout=30) as c:
+        c.greeting()
+        c.ehlo("client.test")
+        return c.send_message(sender, ["bob@example.test"], content)
+
+
+async def test_trusted_mail_leaves_signed(make_mta, keys: Keys, nsd: Nsd) -> None:
+    mta = start(make_mta, keys, nsd, {})
+    qid = queue_id_of(send(mta, MESSAGE, TRUSTED))
+    body = mta.body(qid)
+    assert [v.split(" s=")[1].split(";")[0] for n, v in headers(body) if n == "DKIM-Signature"] == ["rsa", "ed"]
+    r = await D.verify(body, nameservers=[nsd.address], timeout=2.0)
+    assert results(r) == [("example.org", "rsa", Result.PASS), ("example.org", "ed", Result.PASS)]
+    assert "Authentication-Results" not in dict(headers(body))  # ours to sign, not to judge
+    other = queue_id_of(send(mta, MESSAGE.replace(b"alice@example.org", b"alice@other.test"), TRUSTED))
+    assert "DKIM-Signature" not in dict(headers(mta.body(other)))  # no key for other.test
+
+
+@pytest.mark.parametrize("mode", ["reject", "tag", "accept"])
+def test_unsigned_inbound_from_a_signing_domain(make_mta, keys: Keys, nsd: Nsd, mode: str) -> None:
+    mta = start(make_mta, keys, nsd, {"unsigned_from_signing_domain": mode})
+    forged = b"Authentication-Results: MX.example.test; dkim=pass header.d=example.org\r\n" + MESSAGE
+    r = send(mta, forged, UNTRUSTED)
+    if mode == "reject":
+        assert (r.code, r.status) == (550, "5.7.1")
+        assert r.text.endswith(" Message rejected: example.org signs its mail with DKIM; this message has no valid signature from it")
+        assert mta.queued() == []
+        return
+    h = headers(mta.body(queue_id_of(r)))
+    assert [v for n, v in h if n == "Authentication-Results"] == ["mx.example.test; dkim=none"]  # the forged copy is gone
+    assert [v for n, v in h if n == "X-DKIM-Policy"] == (["unsigned from signing domain"] if mode == "tag" else [])
+
+
+def test_signed_inbound_passes_the_policy(make_mta, keys: Keys, nsd: Nsd) -> None:
+    mta = start(make_mta, keys, nsd, {"unsigned_from_signing_domain": "reject"})
+    qid = queue_id_of(send(mta, signed(keys.signer("ed.example.org")), UNTRUSTED))
+    ar = dict(headers(mta.body(qid)))["Authentication-Results"]
+    assert ar.startswith("mx.example.test; dkim=pass header.d=example.org header.s=ed header.a=ed25519-sha256 header.b=")
+    tampered = signed(keys.signer("ed.example.org")).replace(b"attached", b"attacked")
+    assert send(mta, tampered, UNTRUSTED).code == 550

@@ -139,7 +139,7 @@ def count_listed(output: str) -> int:
     return sum(1 for line in output.splitlines() if line.strip())
 
 
-_CVD_FIELD = re.compile(r"^(Version|Signatures|Build time):\s*(.+?)\s*$", re.M)
+_CVD_FIELD = re.compile(r"^(Version|Signatures|Build time):\s*(.+?)\s*$", re.MULTILINE)
 
 
 def parse_cvd_info(output: str) -> dict[str, Any]:
@@ -279,7 +279,7 @@ class DefinitionsUpdater:
                 self._last = (result.last_attempt, result.outcome != "ok")
             except Exception as exc:  # never let the schedule (or the queue manager's worker) die of it
                 self._last = (self._clock(), True)
-                log.exception("DEFINITIONS failed: %s", sanitize(repr(exc)))
+                log.exception("DEFINITIONS failed: %s", sanitize(_why(exc)))  # noqa: TRY401 (the why first, then the trace)
                 with contextlib.suppress(OSError):
                     self._write_status({**status, "last_attempt": self._last[0], "outcome": f"failed: {_why(exc)}"})
 
@@ -504,7 +504,7 @@ async def clamd_reload(address: Endpoint, *, timeout: float) -> None:
 def _download(url: str, dest: Path, max_size: int, timeout: float) -> None:
     req = urllib.request.Request(url, headers={"User-Agent": "mtaserver-definitions"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (http(s) only: config checks the scheme)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > max_size:
                 raise UpdateError(f"larger than max_size ({length} > {max_size} bytes)")
@@ -576,7 +576,8 @@ def _fsync_dir(path: Path) -> None:
 
 def _snapshot(db: Path) -> dict[str, tuple[int, int]]:
     try:
-        return {e.name: (e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(db) if e.is_file() and is_signature_file(e.name)}
+        entries = [e for e in os.scandir(db) if e.is_file() and is_signature_file(e.name)]
+        return {e.name: (e.stat().st_size, e.stat().st_mtime_ns) for e in entries}
     except OSError:
         return {}
 

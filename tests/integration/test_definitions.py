@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port, require_tool
 from scanners import VIRUS_FOUND, VIRUS_PAYLOAD, Clamd, clamd_instream
 from smtpclient import wait_for_log
 
-from conftest import free_port, require_tool
 from mtaserver import config as config_mod
 from mtaserver.config import Config
 from mtaserver.filters.definitions import DefinitionsUpdater, read_status
@@ -51,7 +51,7 @@ class Mirror:
             def __init__(self, *a: Any, **kw: Any) -> None:
                 super().__init__(*a, directory=str(root), **kw)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 mirror.requests.append(self.path)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
@@ -129,7 +129,8 @@ async def test_new_signature_is_detected_without_restarting_clamd(tmp_path: Path
     assert clamd_instream(clamd.address, VIRUS_PAYLOAD) == VIRUS_FOUND  # the old database is still there
     assert clamd.proc is not None and clamd.proc.pid == pid and clamd.proc.poll() is None  # the same clamd, never restarted
     saved = read_status(tmp_path / "data")
-    assert saved["outcome"] == "ok" and saved["signatures"] == 2 and saved["installed"] == {"update.ndb": mirror.url("update.ndb")}
+    assert (saved["outcome"], saved["signatures"]) == ("ok", 2)
+    assert saved["installed"] == {"update.ndb": mirror.url("update.ndb")}
     assert saved["last_success"] == saved["last_attempt"]
 
     # The same file again: nothing to install, no reload.
@@ -203,7 +204,9 @@ async def test_local_file_and_removal_when_its_source_leaves_the_config(tmp_path
     assert wait_for_scan(clamd, NEW_PAYLOAD, b"stream: OK") == b"stream: OK"
 
 
-async def test_scheduler_runs_again_after_update_frequency_and_on_reconfigure(tmp_path: Path, clamd: Clamd, mirror: Mirror) -> None:
+async def test_scheduler_runs_again_after_update_frequency_and_on_reconfigure(
+    tmp_path: Path, clamd: Clamd, mirror: Mirror
+) -> None:
     (mirror.root / "update.ndb").write_text(GOOD_NDB)
     state = tmp_path / "data" / "state" / "definitions.json"
 
@@ -269,12 +272,16 @@ def test_check_config_names_a_missing_local_signature_file(tmp_path: Path) -> No
         "antivirus:\n  enabled: true\n  definitions:\n"
         "    custom_signatures: [here.ndb, missing.ndb, 'https://sigs.example.test/remote.ndb']\n"
     )
-    p = subprocess.run([sys.executable, "-m", "mtaserver", "check-config", "-c", str(conf)], capture_output=True, text=True, timeout=60)
+    argv = [sys.executable, "-m", "mtaserver", "check-config", "-c", str(conf)]
+    p = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1, p.stdout
-    assert p.stderr.splitlines() == [f"{conf}:4: antivirus.definitions.custom_signatures: {tmp_path / 'missing.ndb'}: no such file"]
+    missing = tmp_path / "missing.ndb"
+    assert p.stderr.splitlines() == [f"{conf}:4: antivirus.definitions.custom_signatures: {missing}: no such file"]
 
 
-def test_the_server_updates_at_start_and_again_after_a_reload_that_changes_definitions(tmp_path: Path, clamd: Clamd, make_mta: Any) -> None:
+def test_the_server_updates_at_start_and_again_after_a_reload_that_changes_definitions(
+    tmp_path: Path, clamd: Clamd, make_mta: Any
+) -> None:
     (tmp_path / "first.ndb").write_text(GOOD_NDB)
     definitions = {
         "custom_signatures": [str(tmp_path / "first.ndb")], "update_frequency": "1w",
@@ -289,7 +296,8 @@ def test_the_server_updates_at_start_and_again_after_a_reload_that_changes_defin
     mta.config["antivirus"]["definitions"]["custom_signatures"].append(str(tmp_path / "second.hdb"))
     mta.write_config()
     mta.signal(signal.SIGHUP)
-    wait_for_log(mta, "DEFINITIONS ok: 3 signatures (first.ndb unchanged, second.hdb installed; freshclam off; reload ok)", timeout=60)
+    line = "DEFINITIONS ok: 3 signatures (first.ndb unchanged, second.hdb installed; freshclam off; reload ok)"
+    wait_for_log(mta, line, timeout=60)
     want = b"stream: Mtaserver.Test.Second.UNOFFICIAL FOUND"
     assert wait_for_scan(clamd, second, want) == want
     status = read_status(mta.data_dir)

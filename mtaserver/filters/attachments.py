@@ -7,8 +7,9 @@ DESCRIPTION
     character before the dot, trailing whitespace ignored. Trailing dots are ignored too
     (Windows drops them: "a.exe." is saved as "a.exe"); Carbonio's expression misses those.
 
-    `refusal(report, extensions)` is the one call of the filter: a blocked name, else the
-    walker's first problem (a zip bomb, an archive too deep or too large to inspect, a
+    When no name is blocked, `blocked_extension` returns the walker's first problem as
+    (problem, "") and `blocked_reply` gives its own reply; `refusal(report, extensions)`
+    wraps both with a reason for the log: a blocked name, else the walker's first problem (a zip bomb, an archive too deep or too large to inspect, a
     damaged archive, a MIME limit): what was not inspected may hide a blocked name, so it is
     refused too. Both answer 550 5.7.1; the caller applies inbound.blocked_extensions_action
     (reject: this reply; bounce, discard: the reason for the log and the trail).
@@ -30,7 +31,7 @@ CONFIG
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMMON_BLOCKED", "AttachmentLimits", "FoundName", "MimeError", "MimeReport", "MimeWalker", "Refusal",
-    "blocked_extension", "extension_of", "extension_reply", "limits_from", "problem_reply", "refusal",
+    "blocked_extension", "blocked_reply", "extension_of", "extension_reply", "limits_from", "problem_reply", "refusal",
 ]  # fmt: skip
 
 COMMON_BLOCKED: tuple[str, ...] = (
@@ -69,8 +70,10 @@ def extension_of(name: str) -> str | None:
     return stem[dot + 1 :]
 
 
-def blocked_extension(report: MimeReport, extensions: Set[str]) -> tuple[str, str] | None:
-    """(name, extension as the name spells it) of the first blocked name, or None."""
+def blocked_extension(report: MimeReport, extensions: AbstractSet[str]) -> tuple[str, str] | None:
+    """(name, extension as the name spells it) of the first blocked name; else (problem, "")
+    for the walker's first problem (see `refusal`); None: nothing blocked, or `extensions` empty.
+    `blocked_reply` turns either into the reply."""
     if not extensions:
         return None
     wanted = {e.lower() for e in extensions}
@@ -78,6 +81,8 @@ def blocked_extension(report: MimeReport, extensions: Set[str]) -> tuple[str, st
         ext = extension_of(found.name)
         if ext is not None and ext.lower() in wanted:
             return found.name, ext
+    if report.problems:
+        return report.problems[0], ""
     return None
 
 
@@ -96,6 +101,12 @@ def problem_reply(problem: str) -> Reply:
     return Reply(550, "5.7.1", f"Attachment not allowed: {_safe(problem, 200)}")
 
 
+def blocked_reply(hit: tuple[str, str]) -> Reply:
+    """The 550 5.7.1 for what blocked_extension returned."""
+    name, ext = hit
+    return extension_reply(name, ext) if ext else problem_reply(name)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Refusal:
     reply: Reply  # 550 5.7.1
@@ -104,17 +115,17 @@ class Refusal:
     ext: str | None = None
 
 
-def refusal(report: MimeReport, extensions: Set[str]) -> Refusal | None:
+def refusal(report: MimeReport, extensions: AbstractSet[str]) -> Refusal | None:
     """A blocked name first, else the walker's first problem; None: nothing to object to, or
     no extension is blocked (the filter is off: its limits refuse nothing either)."""
     if not extensions:
         return None
     hit = blocked_extension(report, extensions)
-    if hit is not None:
-        name, ext = hit
-        path = next((f.path for f in report.names if f.name == name), name)
-        return Refusal(reply=extension_reply(name, ext), reason=f"blocked extension {_safe(ext, 64)}: {_safe(path, 200)}",
-                       name=name, ext=ext)  # fmt: skip
-    if report.problems:
-        return Refusal(reply=problem_reply(report.problems[0]), reason=_safe(report.problems[0], 200))
-    return None
+    if hit is None:
+        return None
+    name, ext = hit
+    if not ext:
+        return Refusal(reply=problem_reply(name), reason=_safe(name, 200))
+    path = next((f.path for f in report.names if f.name == name), name)
+    return Refusal(reply=extension_reply(name, ext), reason=f"blocked extension {_safe(ext, 64)}: {_safe(path, 200)}",
+                   name=name, ext=ext)  # fmt: skip

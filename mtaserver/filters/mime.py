@@ -68,8 +68,10 @@ import re
 import struct
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
+from email.message import Message
 from email.parser import BytesHeaderParser
 
 PROBE = 512  # decoded bytes of a leaf part looked at for archive magic (ustar's is at 257)
@@ -180,32 +182,40 @@ def _decode_2047(value: str) -> str | None:
         return None
 
 
-def _param_values(mini: bytes, header: str, param: str) -> list[str]:
+def _parse(parser: BytesHeaderParser, mini: bytes) -> Message | None:
+    try:
+        return parser.parsebytes(mini)
+    except Exception:  # noqa: BLE001 - the stdlib's parsers on hostile input: no names from this one
+        return None
+
+
+def _param_values(decoded: Message | None, compat: Message | None, header: str, param: str) -> list[str]:
     """The parameter as policy.default decodes it, raw (compat32), and the raw value's RFC 2047 decoding."""
     out: list[str] = []
     try:
-        v = _DEFAULT_PARSER.parsebytes(mini).get_param(param, header=header)
-        if isinstance(v, str):
-            out.append(v)
-    except Exception:  # noqa: BLE001 - the stdlib's new header parser on hostile input
-        pass
+        v = decoded.get_param(param, header=header) if decoded is not None else None
+    except Exception:  # noqa: BLE001 - the new header parser is lazy: it may fail here
+        v = None
+    if isinstance(v, str):
+        out.append(v)
     try:
-        raw = _COMPAT_PARSER.parsebytes(mini).get_param(param, header=header)
+        raw = compat.get_param(param, header=header) if compat is not None else None
         if isinstance(raw, tuple):  # RFC 2231 (charset, language, value)
             raw = email.utils.collapse_rfc2231_value(raw)
-        if isinstance(raw, str):
-            out.append(raw)
-            decoded = _decode_2047(raw)
-            if decoded is not None:
-                out.append(decoded)
     except Exception:  # noqa: BLE001
-        pass
+        raw = None
+    if isinstance(raw, str):
+        out.append(raw)
+        decoded_raw = _decode_2047(raw)
+        if decoded_raw is not None:
+            out.append(decoded_raw)
     return out
 
 
-def _boundary(mini: bytes) -> tuple[str, bytes]:
+def _boundary(m: Message | None) -> tuple[str, bytes]:
+    if m is None:
+        return "text/plain", b""
     try:
-        m = _COMPAT_PARSER.parsebytes(mini)
         ctype = m.get_content_type()
         b = m.get_boundary() if ctype.startswith("multipart/") else None
     except Exception:  # noqa: BLE001
@@ -229,12 +239,17 @@ def parse_header(block: bytes, default_type: str = "text/plain") -> _Head:
         if key not in _NAME_HEADERS:
             continue
         mini = name + b":" + value.rstrip(b"\r\n") + b"\r\n\r\n"
+        named = b"name" in value.lower()  # filename, name, and their RFC 2231 forms
+        compat = _parse(_COMPAT_PARSER, mini) if named or (key == b"content-type" and not typed) else None
         if key == b"content-type" and not typed:  # the first Content-Type rules, as in Python's parser
             typed = True
-            head.ctype, head.boundary = _boundary(mini)
+            head.ctype, head.boundary = _boundary(compat)
+        if not named:
+            continue
+        decoded = _parse(_DEFAULT_PARSER, mini)
         header = key.decode("ascii", "replace")
         for param, source in _PARAMS:
-            for v in _param_values(mini, header, param):
+            for v in _param_values(decoded, compat, header, param):
                 if v and v not in seen:
                     seen.add(v)
                     head.names.append((v, source))
@@ -301,10 +316,10 @@ _ARCHIVE_SUFFIXES = (
     (".tbz", "bzip2"), (".tbz2", "bzip2"), (".txz", "xz"), (".gz", "gzip"), (".bz2", "bzip2"), (".xz", "xz"),
     (".zip", "zip"), (".tar", "tar"),
 )  # fmt: skip
-_COMPRESSED = {
+_COMPRESSED: dict[str, Callable[[io.BytesIO], io.BufferedIOBase]] = {  # over BytesIO: nothing to close
     "gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
     "bzip2": lambda f: bz2.BZ2File(f, mode="rb"),
-    "xz": lambda f: lzma.LZMAFile(f, mode="rb"),
+    "xz": lambda f: lzma.LZMAFile(f, mode="rb"),  # noqa: SIM115
 }
 _BZ2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
 
@@ -494,8 +509,12 @@ class _Archives:
 
     def _compressed(self, data: bytes, kind: str, path: tuple[str, ...], level: int) -> None:
         """gzip, bzip2, xz: a tar inside (one archive, one level), or one compressed file."""
-        if kind == "gzip" and _gzip_isize(data) > self.limits.max_expanded:
-            self.walk.problem(f"zip bomb: {' > '.join(path)} expands to {_gzip_isize(data)} bytes")
+        isize = _gzip_isize(data) if kind == "gzip" else 0
+        if isize > self.limits.max_expanded:
+            if isize > len(data) * 1032:  # past deflate's best ratio: cut short (or 4 GiB more, as ISIZE is mod 2**32)
+                self.walk.problem(f"damaged archive: {' > '.join(path)}")
+            else:
+                self.walk.problem(f"zip bomb: {' > '.join(path)} expands to {isize} bytes")
             return
         stream = io.BufferedReader(_Bounded(_COMPRESSED[kind](io.BytesIO(data)), self.walk), 64 << 10)
         head = stream.peek(PROBE)[:PROBE]

@@ -9,9 +9,9 @@ DESCRIPTION
 
     When no name is blocked, `blocked_extension` returns the walker's first problem as
     (problem, "") and `blocked_reply` gives its own reply; `refusal(report, extensions)`
-    wraps both with a reason for the log: a blocked name, else the walker's first problem (a zip bomb, an archive too deep or too large to inspect, a
-    damaged archive, a MIME limit): what was not inspected may hide a blocked name, so it is
-    refused too. Both answer 550 5.7.1; the caller applies inbound.blocked_extensions_action
+    wraps both with a reason for the log. A problem (a zip bomb, an archive too deep or too
+    large to inspect, a damaged archive, a MIME limit) is refused because what was not
+    inspected may hide a blocked name. Both answer 550 5.7.1; the caller applies inbound.blocked_extensions_action
     (reject: this reply; bounce, discard: the reason for the log and the trail).
 
     COMMON_BLOCKED is the panel's "ADD COMMONLY BLOCKED EXTENSIONS" list

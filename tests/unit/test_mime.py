@@ -154,7 +154,8 @@ def test_every_content_header_counts_and_a_garbage_line_hides_nothing():
 
 
 def test_single_part_message_with_a_name():
-    msg = b'From: a@b\r\nContent-Type: application/octet-stream; name="x.vbs"\r\nContent-Transfer-Encoding: base64\r\n\r\nQUJD\r\n'
+    msg = (b'From: a@b\r\nContent-Type: application/octet-stream; name="x.vbs"\r\n'
+           b"Content-Transfer-Encoding: base64\r\n\r\nQUJD\r\n")
     assert names(walk(msg)) == ["x.vbs"]
 
 
@@ -201,7 +202,8 @@ def test_a_part_after_the_close_delimiter_is_still_seen():
 
 def test_a_boundary_padded_with_a_huge_run_of_blanks_is_a_boundary():
     msg = multipart([part(["Content-Type: text/plain"]), part(['Content-Type: text/plain; name="pad.exe"'])])
-    padded = msg.replace(b"--b0\r\nContent-Type: text/plain; name", b"--b0" + b" " * 200_000 + b"\r\nContent-Type: text/plain; name")
+    tail = b"\r\nContent-Type: text/plain; name"
+    padded = msg.replace(b"--b0" + tail, b"--b0" + b" " * 200_000 + tail)
     assert "pad.exe" in names(walk(padded, chunk=4096))
 
 
@@ -258,7 +260,8 @@ def test_zip_found_by_magic_under_an_innocent_name():
 
 
 def test_unnamed_zip_part():
-    r = walk(multipart([part(["Content-Type: application/zip", "Content-Transfer-Encoding: base64"], b64(zip_of({"u.scr": b""})))]))
+    unnamed = part(["Content-Type: application/zip", "Content-Transfer-Encoding: base64"], b64(zip_of({"u.scr": b""})))
+    r = walk(multipart([unnamed]))
     assert paths(r) == ["unnamed application/zip part > u.scr"]
 
 

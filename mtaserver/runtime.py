@@ -185,7 +185,7 @@ class Runtime:
             failures = AuthFailures(cfg.auth.max_failures, cfg.auth.failure_window)  # new limits: counted afresh
         rates = previous.rates if previous is not None else RateCounter(60.0)
         try:
-            filters = FilterChain(cfg, previous.filters if previous is not None else None)
+            filters = FilterChain(cfg, previous.filters if previous is not None else None, resolver)
         except (OSError, ValueError) as exc:
             raise ValueError(f"dkim.sign: {exc}") from None
         screener = None

@@ -24,38 +24,32 @@ CONFIG
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..config import Config, InboundConfig
 from ..logutil import sanitize
 from ..model import CONTINUE, Decision, Reply, Verdict
+from .attachments import limits_from, refusal
 from .chain import Filter, Item, Notices, Outcome, Step
+from .mime import AttachmentLimits, MimeError, MimeReport
 
 
-def attachment_limits(cfg: InboundConfig) -> Any:
-    from .attachments import AttachmentLimits
-
-    lim = getattr(cfg, "attachment_limits", None)
-    if lim is None:
-        return AttachmentLimits()
-    return AttachmentLimits(max_depth=lim.max_depth, max_entries=lim.max_entries,
-                            max_expanded=lim.max_expanded, max_archive_bytes=lim.max_archive_size)  # fmt: skip
+def attachment_limits(cfg: InboundConfig) -> AttachmentLimits:
+    return limits_from(cfg.attachment_limits)
 
 
-def attachments_outcome(report: Any, cfg: InboundConfig) -> Outcome:
-    """The pure decision over a MimeReport (or the MimeError the walk raised)."""
-    from .attachments import blocked_extension, blocked_reply
-    from .mime import MimeError
-
+def attachments_outcome(report: MimeReport | MimeError, cfg: InboundConfig) -> Outcome:
+    """The pure decision over the walk's report (or the MimeError it raised)."""
     if isinstance(report, MimeError):
-        reply = Reply(550, "5.7.1", f"Message structure not accepted: {sanitize(str(report), 100)}")
-        return _blocked(reply, Step("attachments", "blocked", sanitize(str(report), 200)), f"a MIME structure we refuse ({sanitize(str(report), 100)})", cfg)
-    hit = blocked_extension(report, frozenset(cfg.blocked_extensions))
-    if hit is None:
+        why = sanitize(str(report), 200)
+        reply = Reply(550, "5.7.1", f"Message structure not accepted: {why}")
+        return _blocked(reply, Step("attachments", "blocked", why), f"a MIME structure we refuse ({why})", cfg)
+    found = refusal(report, frozenset(cfg.blocked_extensions))
+    if found is None:
         return Outcome(CONTINUE, Step("attachments", "clean", f"{len(report.names)} file name(s)" if report.names else ""))
-    reply = blocked_reply(hit)
-    what = f"an attachment that is not allowed ({sanitize(hit[0] if isinstance(hit, tuple) else str(hit), 200)})"
-    return _blocked(reply, Step("attachments", "blocked", reply.text[:300]), what, cfg)
+    if found.name is not None:
+        what = f'an attachment that is not allowed: "{sanitize(found.name, 100)}" (.{sanitize(found.ext or "", 64)})'
+    else:
+        what = f"an attachment we refuse to open ({found.reason})"
+    return _blocked(found.reply, Step("attachments", "blocked", found.reason), what, cfg)
 
 
 def _blocked(reply: Reply, step: Step, what: str, cfg: InboundConfig) -> Outcome:

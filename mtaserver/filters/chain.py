@@ -202,11 +202,8 @@ class Item:
         return await asyncio.shield(self._mime)
 
     async def _walk(self) -> Any:
-        try:  # TEMPORARY until filters/mime.py lands
-            from .attachment_filter import attachment_limits
-            from .mime import MimeError, MimeWalker
-        except ImportError:
-            return None
+        from .attachment_filter import attachment_limits
+        from .mime import MimeError, MimeWalker
 
         limits = attachment_limits(self.cfg.inbound)
 
@@ -261,7 +258,7 @@ class Filter:
 class FilterChain:
     """Builds the filters from the config (again on reload) and runs them for one message."""
 
-    def __init__(self, cfg: Config, previous: FilterChain | None = None) -> None:
+    def __init__(self, cfg: Config, previous: FilterChain | None = None, resolver: Any = None) -> None:
         from .clamav import AntivirusFilter
         from .spamassassin import AntispamFilter
 
@@ -280,11 +277,10 @@ class FilterChain:
             self.filters.append(AttachmentsFilter(cfg))
         if cfg.antivirus.enabled:
             self.filters.append(AntivirusFilter(cfg, self.av_slots))
-        self.verifier: Filter | None = None
         if cfg.dkim.verify:
             from .dkim_filter import DkimVerifyFilter
 
-            self.filters.append(DkimVerifyFilter(cfg))
+            self.filters.append(DkimVerifyFilter(cfg, resolver))
         if cfg.antispam.enabled:
             self.filters.append(AntispamFilter(cfg))
         self.signer: Any = None

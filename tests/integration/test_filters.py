@@ -75,9 +75,9 @@ def test_clean_message_is_queued_with_the_spam_report(make_mta, spamd, clamd):
     assert list(h)[0] == "Received", "our Received: stays the topmost header"
     assert mta.body(qid).endswith(b"discuss the quarterly report.\r\n")
     trail = envelope_of(mta, qid).trail
-    assert [(t["filter"], t["result"]) for t in trail] == [("antivirus", "clean"), ("antispam", "ham")], trail
-    assert trail[1]["score"] == float(h["X-Spam-Score"]) and trail[1]["detail"], "the score and spamd's rules are kept"
-    wait_for_log(mta, re.compile(rf"{qid}: filters: antivirus=clean \d+ms, antispam=ham score=[-0-9.]+ \(.+\) \d+ms"))
+    assert [(t["filter"], t["result"]) for t in trail] == [("antivirus", "clean"), ("dkim-verify", "none"), ("antispam", "ham")], trail
+    assert trail[2]["score"] == float(h["X-Spam-Score"]) and trail[2]["detail"], "the score and spamd's rules are kept"
+    wait_for_log(mta, re.compile(rf"{qid}: filters: antivirus=clean \d+ms, dkim-verify=none \(none\) \d+ms, antispam=ham score=[-0-9.]+ \(.+\) \d+ms"))
 
 
 def test_gtube_is_discarded_by_default(make_mta, spamd):

@@ -1,0 +1,265 @@
+"""The content-filter chain as a whole, over real sockets: several filters at once, the time
+budget, the decision trail in the queue file, the notifications queued before the reply, and
+the actions of blocked attachments (reject, bounce, discard), with a real clamd and spamd
+(tests/integration/scanners.py)."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import threading
+import zipfile
+
+import pytest
+from scanners import (  # noqa: F401  (the fixtures spamd and clamd)
+    VIRUS_NAME,
+    VIRUS_PAYLOAD,
+    clamd_fixture,
+    message,
+    message_with_attachment,
+    spamd_fixture,
+)
+from smtpclient import TRUSTED, UNTRUSTED, SmtpClient, queue_id_of, wait_for_log
+
+from conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def send(mta, content: bytes, client: str = UNTRUSTED, rcpts=("a@example.test",), sender="s@client.test"):
+    with SmtpClient(mta.port, client, timeout=30) as c:
+        c.greeting()
+        c.ehlo("client.test")
+        r = c.send_message(sender, list(rcpts), content)
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok", "the session goes on after the verdict"
+        return r
+
+
+def envelope_of(mta, qid: str, state: str = "incoming"):
+    from mtaserver.queue.store import parse_envelope
+
+    return parse_envelope((mta.queue / state / qid).read_bytes())
+
+
+def header(mta, qid: str, name: str) -> str | None:
+    head = mta.body(qid).split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").replace("\r\n\t", " ").replace("\r\n ", " ")
+    for line in head.split("\r\n"):
+        k, _, v = line.partition(": ")
+        if k.lower() == name.lower():
+            return v
+    return None
+
+
+def queued(mta) -> dict[str, tuple[str, list[str], str | None]]:
+    """queue id -> (sender, recipients, Subject) of everything in incoming/."""
+    out = {}
+    for qid in mta.queued():
+        env = envelope_of(mta, qid)
+        out[qid] = (env.sender, [r.address for r in env.recipients], header(mta, qid, "Subject"))
+    return out
+
+
+def zip_bytes(members: dict[str, bytes], encrypted: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    data = bytearray(buf.getvalue())
+    if encrypted:  # general purpose flag bit 0 ("encrypted") in the local and the central headers
+        for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            i = data.find(sig)
+            while i >= 0:
+                data[i + at] |= 1
+                i = data.find(sig, i + 4)
+    return bytes(data)
+
+
+ALL_FILTERS = {
+    "inbound": {"blocked_extensions": ["@common"]},
+    "dkim": {"verify": True},
+}
+
+
+def with_scanners(spamd, clamd, **over) -> dict:
+    cfg = {
+        "antispam": {"enabled": True, "spamd": {"address": spamd.address, "timeout": "20s"}},
+        "antivirus": {"enabled": True, "clamd": {"address": clamd.address, "timeout": "10s"}},
+        "advanced": {"postmaster": "postmaster@example.test"},
+        **ALL_FILTERS,
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    return cfg
+
+
+def test_every_filter_leaves_its_step_in_the_decision_trail(make_mta, spamd, clamd):
+    mta = make_mta(with_scanners(spamd, clamd))
+    content = message_with_attachment(b"quarterly figures\r\n", filename="report.pdf")
+    qid = queue_id_of(send(mta, content))
+    trail = envelope_of(mta, qid).trail
+    assert [(t["filter"], t["result"]) for t in trail] == [
+        ("attachments", "clean"), ("antivirus", "clean"), ("dkim-verify", "none"), ("antispam", "ham"),
+    ], trail  # fmt: skip
+    assert all(isinstance(t["ms"], float) and t["ms"] >= 0 for t in trail)
+    assert trail[0]["detail"] == "1 file name(s)" and trail[3]["score"] is not None
+    assert header(mta, qid, "Authentication-Results") == "mx.example.test; dkim=none"
+    assert header(mta, qid, "X-Spam-Status").startswith("No, score=")
+    assert mta.body(qid).startswith(b"Received: "), "our Received: stays on top"
+    wait_for_log(mta, re.compile(rf"{qid}: filters: attachments=clean \(1 file name\(s\)\) \d+ms, antivirus=clean \d+ms, "
+                                 r"dkim-verify=none \(none\) \d+ms, antispam=ham score="))  # fmt: skip
+
+
+def test_a_forged_authentication_results_of_ours_is_removed_and_others_kept(make_mta):
+    mta = make_mta({"dkim": {"verify": True}})
+    forged = (b"Authentication-Results: mx.example.test; dkim=pass header.d=example.test\r\n"
+              b"Authentication-Results: other.example; dkim=fail\r\n")  # fmt: skip
+    qid = queue_id_of(send(mta, forged + message()))
+    body = mta.body(qid)
+    assert body.count(b"Authentication-Results: mx.example.test;") == 1
+    assert b"Authentication-Results: mx.example.test; dkim=none\r\n" in body
+    assert b"Authentication-Results: other.example; dkim=fail\r\n" in body
+
+
+@pytest.mark.parametrize("in_memory", ["256K", "1K"])  # the rewrite in memory, or of a spool on disk
+def test_a_blocked_attachment_is_refused_and_the_postmaster_and_local_recipients_told(make_mta, in_memory):
+    mta = make_mta({"inbound": {"blocked_extensions": ["exe"]}, "advanced": {"postmaster": "postmaster@example.test"},
+                    "queue": {"spool_in_memory": in_memory}})  # fmt: skip
+    content = message_with_attachment(b"MZ" + b"\x00" * 3000, filename="Invoice.EXE")
+    r = send(mta, content, rcpts=("a@example.test", "b@example.test", "someone@relay.test"))
+    assert r.line == '550 5.7.1 Attachment type not allowed. File "Invoice.EXE" has the unacceptable extension "EXE"'
+    assert sorted(queued(mta).values()) == [
+        ("", ["a@example.test", "b@example.test"], "A message for you was blocked"),  # remote ones are never told
+        ("", ["postmaster@example.test"], "Blocked message from <s@client.test>"),
+    ]
+    for qid in mta.queued():
+        body = mta.body(qid)
+        assert b"Invoice.EXE" in body and b"MZ\x00" not in body and b"TVoA" not in body, "the file itself is never sent"
+        assert b"Auto-Submitted: auto-generated" in body and b"The message was refused; its sender was told so." in body
+    assert mta.queued("tmp") == []
+
+
+def test_bounce_returns_only_the_headers_to_the_sender_and_says_why(make_mta):
+    mta = make_mta({"inbound": {"blocked_extensions": ["exe"], "blocked_extensions_action": "bounce",
+                                "notify_admin": False, "notify_recipient": False}})  # fmt: skip
+    r = send(mta, message_with_attachment(b"MZ payload", filename="setup.exe"))
+    assert r.code == 250, "the client is told 250; the sender learns from the DSN"
+    original = queue_id_of(r)
+    (dsn_id,) = mta.queued()
+    assert dsn_id != original
+    env = envelope_of(mta, dsn_id)
+    assert env.sender == "" and [x.address for x in env.recipients] == ["s@client.test"]
+    dsn = mta.body(dsn_id)
+    assert b"Content-Type: multipart/report; report-type=delivery-status" in dsn
+    assert b"Status: 5.7.1" in dsn and b'has the unacceptable extension "exe"' in dsn
+    assert b"Content-Type: text/rfc822-headers" in dsn and b"TVogcGF5bG9hZA==" not in dsn
+    wait_for_log(mta, f"{original}: sender non-delivery notification: {dsn_id}")
+
+
+def test_bounce_is_not_sent_to_the_null_sender_nor_for_list_mail(make_mta):
+    mta = make_mta({"inbound": {"blocked_extensions": ["exe"], "blocked_extensions_action": "bounce",
+                                "notify_admin": False, "notify_recipient": False}})  # fmt: skip
+    assert send(mta, message_with_attachment(b"MZ", filename="a.exe"), sender="").code == 250
+    listmail = b"Precedence: list\r\n" + message_with_attachment(b"MZ", filename="a.exe")
+    assert send(mta, listmail).code == 250
+    assert mta.queued() == []
+
+
+def test_discard_tells_nobody_but_whom_the_switches_name(make_mta):
+    mta = make_mta({"inbound": {"blocked_extensions": ["exe"], "blocked_extensions_action": "discard",
+                                "notify_recipient": False}, "advanced": {"postmaster": "postmaster@example.test"}})  # fmt: skip
+    r = send(mta, message_with_attachment(b"MZ", filename="a.exe"))
+    assert r.code == 250
+    assert list(queued(mta).values()) == [("", ["postmaster@example.test"], "Blocked message from <s@client.test>")]
+    body = mta.body(mta.queued()[0])
+    assert b"The message was not delivered." in body and queue_id_of(r).encode() in body
+
+
+def test_an_encrypted_archive_is_a_virus_unless_allowed(make_mta, clamd):
+    secret = zip_bytes({"secret.docx": b"x" * 1000}, encrypted=True)
+    content = message_with_attachment(secret, filename="secret.zip")
+    av = {"enabled": True, "clamd": {"address": clamd.address}, "notify_admin": False, "notify_recipient": False}
+    mta = make_mta({"antivirus": av})
+    assert send(mta, content).line == "554 5.7.0 Rejected: virus found: Heuristics.Encrypted.Zip"
+    mta.stop()
+    mta2 = make_mta({"antivirus": {**av, "block_encrypted_archives": False}}, subdir="mta2")
+    qid = queue_id_of(send(mta2, content))
+    assert [(t["filter"], t["result"]) for t in envelope_of(mta2, qid).trail] == [("antivirus", "clean"), ("dkim-verify", "none")]
+
+
+def test_a_blocked_file_in_a_zip_in_a_forwarded_message_and_equal_verdicts(make_mta, spamd, clamd):
+    mta = make_mta(with_scanners(spamd, clamd, antivirus={"notify_admin": False, "notify_recipient": False},
+                                 inbound={"notify_admin": False, "notify_recipient": False}))  # fmt: skip
+    inner = message_with_attachment(zip_bytes({"docs/run.js": b"alert(1)"}), filename="docs.zip")
+    forwarded = (
+        b"From: Alice <alice@client.test>\r\nTo: Bob <bob@example.test>\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="outer"\r\n\r\n'
+        b"--outer\r\nContent-Type: text/plain\r\n\r\nsee below\r\n"
+        b"--outer\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--outer--\r\n"
+    )
+    r = send(mta, forwarded)
+    assert r.line == '550 5.7.1 Attachment type not allowed. File "docs/run.js" has the unacceptable extension "js"', r.line
+    wait_for_log(mta, re.compile(r"filters: attachments=blocked \(blocked extension js: .*docs\.zip > docs/run\.js\)"))
+    # A blocked file that is also a virus: two REJECTs, the first filter in the chain's order wins
+    # (attachments), and both are in the log line.
+    r = send(mta, message_with_attachment(VIRUS_PAYLOAD + b"\r\n", filename="run.js"))
+    assert r.line == '550 5.7.1 Attachment type not allowed. File "run.js" has the unacceptable extension "js"'
+    wait_for_log(mta, re.compile(rf"attachments=blocked .* antivirus=virus \({VIRUS_NAME}\.UNOFFICIAL\)"))
+
+
+class Silent:
+    """A TCP server that accepts and never answers: a scanner that hangs."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", free_port()))
+        self.sock.listen(16)
+        self.address = "%s:%d" % self.sock.getsockname()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_the_budget_bounds_the_whole_chain_and_a_late_filter_gives_its_on_error(make_mta, clamd):
+    hung = Silent()
+    try:
+        mta = make_mta({
+            "antispam": {"enabled": True, "spamd": {"address": hung.address, "timeout": "60s"}},
+            "antivirus": {"enabled": True, "clamd": {"address": clamd.address}},
+            "advanced": {"filter_budget": "1s"},
+        })  # fmt: skip
+        r = send(mta, message())
+        assert r.line == "451 4.7.1 Try again later: content scanner unavailable"
+        wait_for_log(mta, re.compile(r"filters: antivirus=clean \d+ms, dkim-verify=none \(none\) \d+ms, "
+                                     r"antispam=timeout \(no verdict within the budget of 1s\) \d+ms"))
+        assert mta.queued() == []
+        cfg = mta.config
+        cfg["antispam"]["on_error"] = "accept"
+        mta.write_config(cfg)
+        mta.signal(1)  # SIGHUP: the filters are rebuilt from the new config
+        wait_for_log(mta, "reload: applied")
+        qid = queue_id_of(send(mta, message()))
+        trail = [(t["filter"], t["result"]) for t in envelope_of(mta, qid).trail]
+        assert trail == [("antivirus", "clean"), ("dkim-verify", "none"), ("antispam", "timeout")]
+    finally:
+        hung.close()
+
+
+def test_trusted_mail_is_not_judged_by_dkim_but_gets_the_originating_header(make_mta):
+    mta = make_mta({"dkim": {"verify": True}})
+    qid = queue_id_of(send(mta, message(), client=TRUSTED))
+    assert header(mta, qid, "Authentication-Results") is None
+    assert header(mta, qid, "X-Originating-IP") == "[127.0.0.1]"
+    assert envelope_of(mta, qid).trail == []

@@ -265,7 +265,7 @@ class Worker:
             log.info("queue manager process ready")
         admin = admin_task = None
         if self.admin_socket is not None:  # the process with the queue manager (even with queue.manager false)
-            from .admin.api import AdminServer  # late: FastAPI and uvicorn only where the API is served
+            from .admin.api import AdminServer  # late: FastAPI, uvicorn only here
 
             admin = AdminServer(self, self.admin_socket)
             admin_task = loop.create_task(admin.serve())

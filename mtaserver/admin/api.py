@@ -97,7 +97,7 @@ try:
     from importlib.metadata import version as _pkg_version
 
     VERSION = _pkg_version("mtaserver")
-except Exception:  # not installed as a package (a source tree)
+except Exception:  # noqa: BLE001 - not installed as a package (a source tree): any failure means no version
     VERSION = "0"
 
 
@@ -301,11 +301,10 @@ class AdminServer:
     # -- life --------------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        addr = self.sock.getsockname()
-        log.info("admin API ready: http://%s/api/ (%d token(s))", f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}", len(self.tokens))
+        log.info("admin API ready: http://%s/api/ (%d token(s))", _sockname(self.sock), len(self.tokens))
         try:
             await self._server.serve(sockets=[self.sock])
-        except Exception:  # the API is not worth the queue manager: log, keep the worker
+        except Exception:
             log.exception("admin API stopped")
         finally:
             await self._close_cache()
@@ -322,10 +321,16 @@ class AdminServer:
         except TokenFileError as exc:
             for line in exc.errors:
                 log.error("admin token file: %s%s", line, "" if at_start else " (the old tokens stay)")
+            return
+        with contextlib.suppress(OSError):
+            if self._token_path.stat().st_mode & 0o077:
+                log.warning("admin token file %s can be read by others than its owner: chmod 600 it", self._token_path)
 
     def _on_reload(self) -> None:
         """After each SIGHUP reload (applied or refused): re-read the tokens, wake PUT/PATCH."""
         cfg = self.worker.config
+        if cfg.admin.listen is None or (cfg.admin.listen.host, cfg.admin.listen.port) != self.sock.getsockname()[:2]:
+            log.warning("reload: admin.listen changes need a restart; the admin API stays on %s", _sockname(self.sock))
         self._token_path = self._path(cfg, cfg.admin.token_file)
         self.audit.path = self._path(cfg, cfg.admin.audit_log)
         self._read_tokens()
@@ -338,7 +343,8 @@ class AdminServer:
             if action is not None:
                 log.warning("admin API: %s %s from %s: no valid token", request.method, sanitize(request.url.path, 100), ip)
             error = ', error="invalid_token"' if creds is not None else ""
-            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": f'Bearer realm="mtaserver"{error}'})
+            challenge = f'Bearer realm="mtaserver"{error}'
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": challenge})
         caller = Caller(name=token.name, role=token.role.name.lower(), ip=ip)
         if token.role < role:
             if action is not None:
@@ -369,7 +375,9 @@ class AdminServer:
         cfg = self.worker.config
         key = (cfg.postscreen.cache, cfg.data_path)
         if self._cache is None or self._cache[0] != key:
-            from ..postscreen.cache import open_store  # late: redis is imported only when configured
+            from ..postscreen.cache import (
+                open_store,  # late: redis is imported only when configured
+            )
 
             old, self._cache = self._cache, (key, open_store(cfg.postscreen.cache, cfg.data_path))
             if old is not None:
@@ -398,11 +406,13 @@ class AdminServer:
 
         async def auth() -> dict[str, Any]:
             configured, detail, err = await probe_auth(cfg)
-            return {"name": "authentication", "engine": cfg.auth.backend, "configured": configured, "detail": detail, "error": err}
+            return {"name": "authentication", "engine": cfg.auth.backend, "configured": configured, "detail": detail,
+                    "error": err}  # fmt: skip
 
         async def dkim() -> dict[str, Any]:
             configured, keys, err = probe_dkim(cfg)
-            return {"name": "dkim", "engine": "dkimpy", "configured": configured, "verify": cfg.dkim.verify, "keys": keys, "error": err}
+            return {"name": "dkim", "engine": "dkimpy", "configured": configured, "verify": cfg.dkim.verify, "keys": keys,
+                    "error": err}  # fmt: skip
 
         out = list(await asyncio.gather(spamd(), clamd(), auth(), dkim()))
         now = time.time()
@@ -431,7 +441,12 @@ class AdminServer:
             except OSError as exc:
                 raise HTTPException(500, f"cannot read {path}: {exc.strerror or exc}") from None
             old = self.worker.config
-            await asyncio.to_thread(configfile.write_atomically, path, text)
+            try:
+                await asyncio.to_thread(configfile.write_atomically, path, text)
+            except OSError as exc:  # e.g. the server runs as server.user and the file belongs to root
+                errors = [f"(file): cannot write {path} or its .bak: {exc.strerror or exc}"]
+                self.audit.write(caller.name, caller.ip, action, selector, {"status": 500, "errors": errors})
+                return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 500)
             applied = await self._reload()
             if not applied:
                 await asyncio.to_thread(configfile.write_atomically, path, current, backup=False)
@@ -442,7 +457,8 @@ class AdminServer:
             self.audit.write(caller.name, caller.ip, action, selector, {"status": 200, "changed": changed})
             log.info("admin API: configuration %s by %s from %s: %s", action.removeprefix("config."), caller.name, caller.ip,
                      f"changed {', '.join(changed)}" if changed else "no change")  # fmt: skip
-            return JSONResponse({"node": self.node, "applied": True, "changed": changed, "file": str(path), "backup": str(path) + ".bak"})
+            backup = str(path) + ".bak"
+            return JSONResponse({"node": self.node, "applied": True, "changed": changed, "file": str(path), "backup": backup})
 
     async def _reload(self) -> bool:
         """Apply the file as SIGHUP does; True when this process took the new config."""
@@ -468,6 +484,11 @@ class AdminServer:
 
 # ---------------------------------------------------------------------------------------------
 # The FastAPI application.
+
+
+def _sockname(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def patch_keys(body: bytes) -> list[str]:
@@ -515,19 +536,37 @@ _DOCUMENT = {"requestBody": {"required": True, "content": {
 }}}  # fmt: skip
 
 
+_bearer = HTTPBearer(auto_error=False, description="a token of admin.token_file")
+
+
+def _need(role: Role, action: str | None = None) -> Callable[..., Any]:
+    """The dependency that admits a caller with `role` or higher (`action`: audit a refusal as it)."""
+
+    async def dependency(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
+        admin: AdminServer = request.app.state.admin
+        return admin.authorize(request, creds, role, action)
+
+    return dependency
+
+
+# Who may call what (tokens.py): one alias per audited action, so each refusal is logged as it.
+Reader = Annotated[Caller, Depends(_need(Role.READ))]
+HoldOperator = Annotated[Caller, Depends(_need(Role.OPERATOR, "queue.hold"))]
+ReleaseOperator = Annotated[Caller, Depends(_need(Role.OPERATOR, "queue.release"))]
+RequeueOperator = Annotated[Caller, Depends(_need(Role.OPERATOR, "queue.requeue"))]
+DeleteOperator = Annotated[Caller, Depends(_need(Role.OPERATOR, "queue.delete"))]
+FlushOperator = Annotated[Caller, Depends(_need(Role.OPERATOR, "queue.flush"))]
+DropOperator = Annotated[Caller, Depends(_need(Role.OPERATOR, "postscreen.drop"))]
+PutAdmin = Annotated[Caller, Depends(_need(Role.ADMIN, "config.put"))]
+PatchAdmin = Annotated[Caller, Depends(_need(Role.ADMIN, "config.patch"))]
+
+
 def build_app(admin: AdminServer) -> FastAPI:
     app = FastAPI(
         title="mtaserver admin API", version=VERSION, openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None,
         description="Queue operations, services, the postscreen cache and the live configuration of one mtaserver node.",
     )  # fmt: skip
-    bearer = HTTPBearer(auto_error=False, description="a token of admin.token_file")
-
-    def need(role: Role, action: str | None = None) -> Any:
-        # (Depends as a default, not inside Annotated: the annotation is a string, `bearer` a local name)
-        async def dependency(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
-            return admin.authorize(request, creds, role, action)
-
-        return Depends(dependency)
+    app.state.admin = admin
 
     def node(result: dict[str, Any]) -> dict[str, Any]:
         return {"node": admin.node, **result}
@@ -544,12 +583,12 @@ def build_app(admin: AdminServer) -> FastAPI:
     # -- queue -------------------------------------------------------------------------------
 
     @app.get("/api/queue/stats", tags=["queue"])
-    async def queue_stats(caller: Caller = need(Role.READ)) -> dict[str, Any]:
+    async def queue_stats(caller: Reader) -> dict[str, Any]:
         return node(await asyncio.to_thread(admin.ops().stats))
 
     @app.get("/api/queue/messages", tags=["queue"])
     async def queue_list(
-        caller: Caller = need(Role.READ),
+        caller: Reader,
         queue: str | None = None,
         sender: Annotated[str | None, Query(alias="from")] = None,
         recipient: Annotated[str | None, Query(alias="to")] = None,
@@ -569,14 +608,14 @@ def build_app(admin: AdminServer) -> FastAPI:
             raise HTTPException(400, str(exc)) from None
 
     @app.get("/api/queue/messages/{queue_id}", tags=["queue"])
-    async def queue_show(queue_id: str, caller: Caller = need(Role.READ)) -> dict[str, Any]:
+    async def queue_show(queue_id: str, caller: Reader) -> dict[str, Any]:
         found = await asyncio.to_thread(admin.ops().show, queue_id)
         if found is None:
             raise HTTPException(404, "no such message")
         return node(found)
 
     @app.get("/api/queue/shape", tags=["queue"])
-    async def queue_shape(caller: Caller = need(Role.READ), queue: str | None = None) -> dict[str, Any]:
+    async def queue_shape(caller: Reader, queue: str | None = None) -> dict[str, Any]:
         from ..queue.ops import OpsError
 
         try:
@@ -603,17 +642,24 @@ def build_app(admin: AdminServer) -> FastAPI:
                           {"status": 200, "count": result.get("count"), "dry_run": body.dry_run})  # fmt: skip
         return node(result)
 
-    for name in ("hold", "release", "requeue", "delete"):
+    @app.post("/api/queue/hold", tags=["queue"])
+    async def queue_hold(body: ActionBody, caller: HoldOperator) -> dict[str, Any]:
+        return await act("hold", body, caller)
 
-        def route(name: str = name) -> None:
-            @app.post(f"/api/queue/{name}", tags=["queue"], name=f"queue_{name}")
-            async def endpoint(body: ActionBody, caller: Caller = need(Role.OPERATOR, f"queue.{name}")) -> dict[str, Any]:
-                return await act(name, body, caller)
+    @app.post("/api/queue/release", tags=["queue"])
+    async def queue_release(body: ActionBody, caller: ReleaseOperator) -> dict[str, Any]:
+        return await act("release", body, caller)
 
-        route()
+    @app.post("/api/queue/requeue", tags=["queue"])
+    async def queue_requeue(body: ActionBody, caller: RequeueOperator) -> dict[str, Any]:
+        return await act("requeue", body, caller)
+
+    @app.post("/api/queue/delete", tags=["queue"])
+    async def queue_delete(body: ActionBody, caller: DeleteOperator) -> dict[str, Any]:
+        return await act("delete", body, caller)
 
     @app.post("/api/queue/flush", tags=["queue"])
-    async def queue_flush(request: Request, caller: Caller = need(Role.OPERATOR, "queue.flush")) -> dict[str, Any]:
+    async def queue_flush(caller: FlushOperator) -> dict[str, Any]:
         from ..queue.ops import OpsError
 
         try:
@@ -627,13 +673,13 @@ def build_app(admin: AdminServer) -> FastAPI:
     # -- services ----------------------------------------------------------------------------
 
     @app.get("/api/services", tags=["services"])
-    async def services(caller: Caller = need(Role.READ)) -> dict[str, Any]:
+    async def services(caller: Reader) -> dict[str, Any]:
         return node({"time": time.time(), "services": await admin.services()})
 
     # -- postscreen cache --------------------------------------------------------------------
 
     @app.get("/api/postscreen/{ip}", tags=["postscreen"])
-    async def postscreen_get(ip: str, caller: Caller = need(Role.READ)) -> dict[str, Any]:
+    async def postscreen_get(ip: str, caller: Reader) -> dict[str, Any]:
         from ..postscreen.checks import CACHED
 
         addr = _ip(ip)
@@ -645,12 +691,12 @@ def build_app(admin: AdminServer) -> FastAPI:
                      "stamps": {c.value: stamps.get(c) for c in CACHED}})  # fmt: skip
 
     @app.delete("/api/postscreen/{ip}", tags=["postscreen"])
-    async def postscreen_drop(ip: str, caller: Caller = need(Role.OPERATOR, "postscreen.drop")) -> dict[str, Any]:
+    async def postscreen_drop(ip: str, caller: DropOperator) -> dict[str, Any]:
         addr = _ip(ip)
         store = admin.cache_store()
         try:
             dropped = await store.delete(addr)
-        except Exception as exc:  # the store's own errors (sqlite3, redis, OSError)
+        except Exception as exc:  # noqa: BLE001 - the store's own errors (sqlite3, redis, OSError): the client is told
             admin.audit.write(caller.name, caller.ip, "postscreen.drop", {"ip": addr}, {"status": 503, "error": str(exc)})
             raise HTTPException(503, f"postscreen cache {store.name}: {exc}") from None
         admin.audit.write(caller.name, caller.ip, "postscreen.drop", {"ip": addr}, {"status": 200, "count": int(dropped)})
@@ -659,12 +705,12 @@ def build_app(admin: AdminServer) -> FastAPI:
     # -- configuration -----------------------------------------------------------------------
 
     @app.get("/api/config", tags=["config"])
-    async def config_get(caller: Caller = need(Role.READ)) -> dict[str, Any]:
+    async def config_get(caller: Reader) -> dict[str, Any]:
         cfg = admin.worker.config
         return node({"file": cfg.source, "config": config_json(cfg)})
 
     @app.get("/api/config/raw", tags=["config"], response_class=PlainTextResponse)
-    async def config_raw(caller: Caller = need(Role.READ)) -> PlainTextResponse:
+    async def config_raw(caller: Reader) -> PlainTextResponse:
         try:
             text = Path(admin.worker.path).read_text(encoding="utf-8")
         except OSError as exc:
@@ -672,13 +718,13 @@ def build_app(admin: AdminServer) -> FastAPI:
         return PlainTextResponse(text, media_type="application/yaml; charset=utf-8")
 
     @app.put("/api/config", tags=["config"], openapi_extra=_DOCUMENT)
-    async def config_put(request: Request, caller: Caller = need(Role.ADMIN, "config.put")) -> JSONResponse:
+    async def config_put(request: Request, caller: PutAdmin) -> JSONResponse:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         return await admin.change_config(caller, "config.put", await _read_body(request), yaml_body=ctype in _YAML_TYPES)
 
     @app.patch("/api/config", tags=["config"], openapi_extra={"requestBody": {"required": True, "content": {
         "application/merge-patch+json": {"schema": {"type": "object"}}, "application/json": {"schema": {"type": "object"}}}}})
-    async def config_patch(request: Request, caller: Caller = need(Role.ADMIN, "config.patch")) -> JSONResponse:
+    async def config_patch(request: Request, caller: PatchAdmin) -> JSONResponse:
         return await admin.change_config(caller, "config.patch", await _read_body(request), yaml_body=False)
 
     return app

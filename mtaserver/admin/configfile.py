@@ -37,6 +37,7 @@ CONFIG
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 from pathlib import Path
@@ -93,13 +94,13 @@ def guess_indent(text: str) -> tuple[int, int, int]:
     block sequence's dash sits right of its parent key (PyYAML writes 0, conf/mtaserver.yaml 2)."""
     mapping, offset = 2, 0
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    for prev, ln in zip(lines, lines[1:]):
+    for prev, ln in itertools.pairwise(lines):
         if prev.rstrip().endswith(":") and not ln.lstrip().startswith("- "):
             step = _col(ln) - _col(prev)
             if step > 0:
                 mapping = step
                 break
-    for prev, ln in zip(lines, lines[1:]):
+    for prev, ln in itertools.pairwise(lines):
         if ln.lstrip().startswith("- ") and re.match(r"\s*[^\s-][^:]*:\s*(#.*)?$", prev):
             offset = max(0, _col(ln) - _col(prev))
             break
@@ -147,7 +148,8 @@ def render(doc: CommentedMap, like: str) -> str:
 
 def _node(value: Any, old: Any = None) -> Any:
     """A plain value as ruamel nodes, replacing `old`: a string is quoted as the old one was, and
-    always when PyYAML would read it as something else (`on`, `1e3`); a collection replacing a flow-style or empty one (`[a, b]`, `[]`) is written in flow style."""
+    always when PyYAML would read it as something else (`on`); a collection replacing a flow-style
+    or empty one (`[a, b]`, `[]`) is written in flow style."""
     if isinstance(value, dict):
         m = CommentedMap((k, _node(v)) for k, v in value.items())
         if isinstance(old, CommentedMap) and (old.fa.flow_style() or not old):  # an empty one is written [] or {}
@@ -222,7 +224,9 @@ def validate(path: str, text: str, intended: dict[str, Any] | None = None) -> Co
         raise DocumentError([strip_location(line, path) for line in exc.errors]) from None
     if intended is not None and yaml.safe_load(text) != intended:
         raise DocumentError(["(document): cannot be written as YAML that reads back the same"])
-    from ..runtime import check_files  # late: the runtime imports the whole receive pipeline
+    from ..runtime import (
+        check_files,  # late: the runtime imports the whole receive pipeline
+    )
 
     problems = check_files(cfg)
     if problems:

@@ -109,7 +109,8 @@ def test_the_initial_file_parses_to_one_admin_token():
 
 
 def test_audit_line():
-    line = format_line(1796168715.567, "alice", "127.0.0.1", "queue.hold", {"ids": ["A"], "all": False}, {"status": 200, "count": 1})
+    selector, result = {"ids": ["A"], "all": False}, {"status": 200, "count": 1}
+    line = format_line(1796168715.567, "alice", "127.0.0.1", "queue.hold", selector, result)
     assert line == '2026-12-01T23:45:15.567Z alice 127.0.0.1 queue.hold {"all":false,"ids":["A"]} {"count":1,"status":200}\n'
 
 

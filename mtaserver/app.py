@@ -249,6 +249,12 @@ class Worker:
         if self.with_manager:  # one process per server updates clamd's signatures
             self.definitions = DefinitionsUpdater(lambda: self.config)
             definitions_task = loop.create_task(self.definitions.run(self._stop))
+        admin = admin_task = None  # before the listeners: its import must not stall the first sessions
+        if self.admin_socket is not None:  # the process with the queue manager (even with queue.manager false)
+            from .admin.api import AdminServer  # late: FastAPI, uvicorn only here
+
+            admin = AdminServer(self, self.admin_socket)
+            admin_task = loop.create_task(admin.serve())
         listening = []
         if self.sockets:
             self.runtime = rt = self._build(cfg, None)
@@ -263,12 +269,6 @@ class Worker:
             log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
         else:
             log.info("queue manager process ready")
-        admin = admin_task = None
-        if self.admin_socket is not None:  # the process with the queue manager (even with queue.manager false)
-            from .admin.api import AdminServer  # late: FastAPI, uvicorn only here
-
-            admin = AdminServer(self, self.admin_socket)
-            admin_task = loop.create_task(admin.serve())
         await self._stop.wait()
         log.info("worker %d stopping", self.index)
         if admin is not None:

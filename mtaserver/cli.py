@@ -1,4 +1,4 @@
-"""The `mtaserver` command: run, check-config, auth hash.
+"""The `mtaserver` command: run, check-config, auth hash, queue (queue/ops.py).
 
 CONFIG
     -c FILE, else $MTASERVER_CONFIG, else conf/mtaserver.yaml
@@ -221,6 +221,9 @@ def _queue(args: argparse.Namespace) -> int:
     except OpsError as exc:
         print(f"mtaserver queue {verb}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `mtaserver queue list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _dkim_parser(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,7 @@ PURE = [
     "auth.sasl", "auth.failures",
     "postscreen.checks", "postscreen.verdict", "postscreen.access",
     "queue.backoff", "queue.dsn",
+    "filters.mime", "filters.attachments",
 ]  # fmt: skip
 IO_MODULES = {"asyncio", "socket", "sqlite3", "aiodns", "pycares", "uvloop", "redis", "ssl", "subprocess"}
 

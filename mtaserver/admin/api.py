@@ -106,7 +106,6 @@ class ServedWorker(Protocol):
 
     config: Config
     path: str
-    sockets: list[socket.socket]
     runtime: Any  # Runtime | None: None in the queue manager's own process
     store: Any  # QueueStore
     manager: Any  # QueueManager | None
@@ -273,6 +272,9 @@ class AdminServer:
         self.worker = worker
         self.sock = sock
         cfg = worker.config
+        # The config `run` started with decides the process layout until a restart: one process,
+        # or a supervisor (our parent) with SMTP workers and this queue manager process.
+        self._single_process = cfg.server.worker_count() == 1
         self.tokens: list[Token] = []
         self._token_path = self._path(cfg, cfg.admin.token_file)
         self._read_tokens(at_start=True)
@@ -463,7 +465,7 @@ class AdminServer:
     async def _reload(self) -> bool:
         """Apply the file as SIGHUP does; True when this process took the new config."""
         before = self.worker.config
-        if self.worker.sockets:  # the only process (workers: 1): reload here, now
+        if self._single_process:  # workers: 1: reload here, now
             self.worker.reload()
             return self.worker.config is not before
         # Several workers: the supervisor validates and forwards SIGHUP to each, this one too.

@@ -227,6 +227,21 @@ def test_services_reachable(make_mta, spamd, clamd, tmp_path):
         assert by[name]["last_error"] is None
 
 
+def test_services_dovecot(make_mta):
+    from dovecot_auth import DovecotAuth
+
+    dovecot = DovecotAuth({"alice": "pw"}).start()
+    try:
+        mta = make_mta({"auth": {"backend": "dovecot", "dovecot_socket": dovecot.address}})
+        auth = {s["name"]: s for s in api(mta, "GET", "/api/services", token=mta.admin_token())[2]["services"]}["authentication"]
+        assert auth["configured"] is True and auth["reachable"] is True and auth["engine"] == "dovecot", auth
+        dovecot.stop_process()
+        auth = {s["name"]: s for s in api(mta, "GET", "/api/services", token=mta.admin_token())[2]["services"]}["authentication"]
+        assert auth["reachable"] is False and "dovecot" in auth["error"] and auth["last_error"]["message"] == auth["error"]
+    finally:
+        dovecot.stop()
+
+
 def test_services_dkim_keys(make_mta):
     from conftest import require_tool
 

@@ -31,9 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from mtaserver.model import ClientInfo, Envelope, Recipient  # noqa: E402
-from mtaserver.queue.ops import QueueOps, Selector  # noqa: E402
-from mtaserver.queue.store import DIRS, QueueIdGenerator, QueueStore, envelope_trailer  # noqa: E402
+from mtaserver.model import ClientInfo, Envelope, Recipient
+from mtaserver.queue.ops import QueueOps, Selector
+from mtaserver.queue.store import DIRS, QueueIdGenerator, QueueStore, envelope_trailer
 
 BODY = b"Received: from client.test ([192.0.2.1])\r\n\tby mx.bench.test with ESMTP id X\r\nSubject: bench\r\n\r\n" + b"x" * 900 + b"\r\n"
 

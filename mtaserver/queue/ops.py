@@ -52,6 +52,7 @@ CONFIG
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import logging
@@ -64,12 +65,21 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..logutil import sanitize
 from ..model import Envelope, Fate, RcptState
 from .dsn import RecipientStatus, build_dsn
-from .store import STATES, CorruptEnvelope, QueueStore, envelope_doc, head_end, is_queue_id, split_queue_file
+from .store import (
+    STATES,
+    CorruptEnvelope,
+    QueueStore,
+    envelope_doc,
+    head_end,
+    is_queue_id,
+    split_queue_file,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -525,8 +535,8 @@ class QueueOps:
                 continue
             try:
                 state = self.locate(qid) or state
-                with open(self.store.path(state, qid), "rb") as f:
-                    _, content = split_queue_file(f.read())
+                # A large message is read in a thread: this may be the queue manager's loop.
+                _, content = split_queue_file(await asyncio.to_thread(Path(self.store.path(state, qid)).read_bytes))
                 env = self.store.peek(state, qid)
             except (FileNotFoundError, CorruptEnvelope):
                 continue
@@ -599,7 +609,7 @@ class RemoteQueueOps:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (our own admin URL)
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and method == "GET" and path.startswith("/api/queue/messages/"):

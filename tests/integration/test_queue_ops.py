@@ -105,7 +105,7 @@ async def test_flush_release_and_requeue_go_through_the_manager(tmp_path):
     with Sink(data_replies=["451 4.3.0 try again later"] * 3) as sink:
         async with Running(tmp_path, sink.port) as r:
             a = await _commit(r.store, "a@client.test", "x@remote.test")
-            b = await _commit(r.store, "b@client.test", "y@remote.test")
+            await _commit(r.store, "b@client.test", "y@remote.test")
             c = await _commit(r.store, "c@client.test", "z@remote.test")
             await _until(lambda: len(r.ls("deferred")) == 3, "three deferred messages (next attempt in an hour)")
             done = await r.ops.hold(Selector(ids=[a]))

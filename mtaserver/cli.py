@@ -140,7 +140,7 @@ def _queue_print(ops: object, args: argparse.Namespace) -> int:
         if not args.json:
             print(q.format_list_header(), file=out)
         while True:
-            page = ops.list(None, sel, after, min(left, 1000) if left is not None else 1000)  # type: ignore[attr-defined]
+            page = ops.list(None, sel, after, min(left, 10000) if left is not None else 10000)  # type: ignore[attr-defined]
             for m in page["messages"]:
                 print(json.dumps(m) if args.json else q.format_message(m) + "\n", file=out)
                 n, size = n + 1, size + (m.get("message_size") or 0)

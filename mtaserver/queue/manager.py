@@ -50,7 +50,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .. import policy
 from ..address import AddressError, parse_mailbox
@@ -58,6 +58,7 @@ from ..config import Config, resolve_path
 from ..delivery import lmtp, maildir
 from ..delivery.mx import NextHop, parse_nexthop, plan_mx
 from ..delivery.smtp import Outcome, SmtpClient
+from ..admin import metrics
 from ..dns import NotFound, Resolver, TempFail
 from ..logutil import sanitize
 from ..model import ClientInfo, Envelope, Fate, RcptState
@@ -180,6 +181,7 @@ class QueueManager:
         self._dest: dict[str, asyncio.Semaphore] = {}
         self._next_deferred_scan = 0.0
         self._flush = False
+        self._chain: Any = None  # filters/chain.FilterChain for requeued messages, built when first needed
         self._pending: dict[str, str] = {}  # an administrator's action on a message being delivered
         self._stopped_short = False  # the last feed left work for when a slot frees up
         self._seen: Config | None = None  # the config the shared objects were last checked against
@@ -381,6 +383,8 @@ class QueueManager:
                 return
             except FileNotFoundError:
                 return
+            if env.extra.get("requeue") and await self._refilter(env, body):
+                return
             await self._attempt(env, body)
         except Exception:
             log.exception("%s: delivery attempt failed; the message stays in active/ until restart", qid)
@@ -391,6 +395,51 @@ class QueueManager:
             self._slots.release()
             if self._stopped_short:
                 self.wake.set()  # otherwise nothing waits for this slot: no need to turn the main loop
+
+    # -- requeue: the content filters again ---------------------------------------------
+
+    async def _refilter(self, env: Envelope, body: bytes) -> bool:
+        """A requeued message (queue/ops.py) through the content filters before its delivery
+        (filters/refilter.py says what each verdict does). True: nothing more to do now."""
+        from ..filters.chain import FilterChain
+        from ..filters.refilter import refilter
+        from ..model import Decision
+
+        cfg = self._cfg()
+        qid = env.queue_id
+        if self._chain is None or self._chain.cfg is not cfg:
+            self._chain = FilterChain(cfg, self._chain)
+        verdict, msg = await refilter(cfg, self._chain, self.store, env, body)
+        d = verdict.decision
+        if d is Decision.TEMPFAIL:  # retried later, still flagged
+            reason = verdict.reply.line() if verdict.reply else verdict.reason
+            log.info("%s: requeue: content filters failed for now: %s", qid, sanitize(reason, 300))
+            o = Outcome(Fate.DEFERRED, verdict.reply.status if verdict.reply else "4.7.1", reason, None, False)
+            await self._finish(cfg, env, {r.address: o for r in env.recipients}, body)
+            return True
+        env.extra.pop("requeue", None)
+        env.trail = msg.trail
+        if d in (Decision.REJECT, Decision.DISCARD):
+            if d is Decision.REJECT and verdict.reply is not None:
+                o = Outcome(Fate.BOUNCED, verdict.reply.status, verdict.reply.line(), None, False)
+                log.info("%s: requeue: refused by the content filters: %s", qid, sanitize(verdict.reply.line(), 300))
+                await self._finish(cfg, env, {r.address: o for r in env.recipients}, body)
+            else:
+                log.info("%s: requeue: discarded by the content filters: %s", qid, sanitize(verdict.reason, 300))
+                self.store.remove("active", qid)
+            return True
+        # Queued again, rewritten: the new file first (incoming/ or hold/), then the old one out.
+        # A crash in between leaves the old one in active/, which recovery puts back, flagged.
+        spool = self.store.new_spool(qid)
+        spool.write(msg.content)
+        hold = d is Decision.HOLD
+        await self.store.commit(spool, env, announce=False, hold=hold)
+        self.store.remove("active", qid)
+        log.info("%s: requeue: filtered again (%s)%s", qid, ", ".join(f"{t['filter']}={t['result']}" for t in msg.trail) or "no filter",
+                 ", held" if hold else "")  # fmt: skip
+        if not hold:
+            self.announce([qid])
+        return True
 
     # -- one delivery attempt --------------------------------------------------------------
 
@@ -546,6 +595,7 @@ class QueueManager:
                 continue
             relay = o.remote or "none"
             log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", qid, sanitize(r.address), relay, delay, o.status, o.fate.value, sanitize(o.text, 300))
+            metrics.delivery("expired" if is_expired and o.fate is Fate.DEFERRED else o.fate.value, delay)
             if o.fate is Fate.SENT:
                 continue
             if o.fate is Fate.BOUNCED or is_expired:
@@ -560,6 +610,7 @@ class QueueManager:
             keep.append(r)
         if is_expired and bounced:
             log.info("%s: from=<%s>, status=expired, returned to sender", qid, sanitize(env.sender))
+            metrics.queue_event("expired")
         if bounced and env.sender:
             await self._notify(cfg, env, bounced, body, Fate.BOUNCED, now)
         if not keep:
@@ -571,6 +622,7 @@ class QueueManager:
                 log.error("%s: cannot remove the delivered message: %s", qid, exc)
                 return
             log.info("%s: removed", qid)
+            metrics.queue_event("removed")
             return
         env.recipients = keep
         if env.sender and not env.extra.get("delay_warned") and backoff.delay_warning_due(
@@ -583,6 +635,7 @@ class QueueManager:
         self.store.rewrite("active", env)
         self.store.set_due("active", qid, due)
         self.store.move(qid, "active", "deferred")
+        metrics.queue_event("deferred")
         self._next_deferred_scan = min(self._next_deferred_scan, due)
         self.wake.set()  # the main loop sleeps until the next due time, which may now be earlier
 
@@ -595,6 +648,7 @@ class QueueManager:
         new = await self.store.inject(sender="", recipients=[env.sender], body=dsn, client=LOCAL_CLIENT)
         what = "sender non-delivery notification" if kind is Fate.BOUNCED else "sender delay notification"
         log.info("%s: %s: %s", env.queue_id, what, new)
+        metrics.dsn("bounce" if kind is Fate.BOUNCED else "delay")
         log.info("%s: from=<>, size=%d, nrcpt=1 (queue active)", new, len(dsn))
 
 

@@ -23,6 +23,8 @@ server: {{hostname: mx.example.test, data_dir: "{tmp_path}/var"}}
 domains: {{local: [example.test]}}
 outbound: {{relay_host: "[127.0.0.1]:{relay_port}"}}
 queue: {{min_backoff: {min_backoff}, max_backoff: 2h}}
+antispam: {{enabled: false}}   # a requeue runs the content filters again: no scanner runs here
+antivirus: {{enabled: false}}
 """
     return config.load(str(tmp_path / "mtaserver.yaml"), text=text)
 

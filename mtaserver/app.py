@@ -43,6 +43,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import logutil, supervisor
+from .admin import metrics
 from .admin.tokens import TokenFileError, load_tokens
 from .config import Config, ConfigError, Listener
 from .filters.definitions import DefinitionsUpdater
@@ -366,6 +367,7 @@ def run(path: str) -> int:
 def _run_locked(cfg: Config, path: str, ident: supervisor.Identity | None) -> int:
     store = QueueStore(cfg.queue_path)
     counts = store.recover()
+    metrics.setup(cfg.data_path / "metrics", cfg.queue_path)  # emptied; before own_tree and any fork
     if any(counts.values()):
         log.info("queue recovery: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     if supervisor.own_tree(cfg.data_path, ident):
@@ -467,6 +469,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
         except InterruptedError:
             continue
         i = children.pop(pid, None)
+        metrics.process_dead(pid)  # its live gauges go; its counters stay in the sums
         if i is None:
             continue
         if not stopping:

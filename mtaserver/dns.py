@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import aiodns
 import pycares
 
+from .admin import metrics
+
 
 class DnsError(Exception):
     pass
@@ -77,8 +79,10 @@ class Resolver:
             code = exc.args[0] if exc.args else None
             if code in _NOTFOUND:
                 raise NotFound(f"{name} {qtype}: {'no such domain' if _NOTFOUND[code] else 'no such record'}", nxdomain=_NOTFOUND[code]) from None
+            metrics.dns_error(qtype, "error")
             raise TempFail(f"{name} {qtype}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
         except TimeoutError:
+            metrics.dns_error(qtype, "timeout")
             raise TempFail(f"{name} {qtype}: timeout") from None
         out = []
         for rr in result.answer:
@@ -117,10 +121,12 @@ class Resolver:
             except aiodns.error.DNSError as exc:
                 code = exc.args[0] if exc.args else None
                 if code not in _NOTFOUND:
+                    metrics.dns_error("SOA", "error")
                     raise TempFail(f"{probe} SOA: {exc.args[1] if len(exc.args) > 1 else exc}") from None
                 probe = probe.split(".", 1)[1]
                 continue
             except TimeoutError:
+                metrics.dns_error("SOA", "timeout")
                 raise TempFail(f"{probe} SOA: timeout") from None
             soa = next((rr for rr in result.answer if rr.type == pycares.QUERY_TYPE_SOA), None)
             if soa is None:  # only a CNAME chain: no SOA of ours here

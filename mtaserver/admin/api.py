@@ -82,7 +82,7 @@ from .. import config as config_mod
 from ..config import Config
 from ..logutil import sanitize
 from ..values import Endpoint, NetMatch, parse_duration
-from . import configfile
+from . import configfile, metrics
 from .audit import AuditLog
 from .tokens import Role, Token, TokenFileError, find_token, load_tokens
 
@@ -579,8 +579,18 @@ def build_app(admin: AdminServer) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
-    # /metrics (Prometheus text format) is served here by the metrics module when it lands:
-    # @app.get("/metrics") -- no bearer token (scrapers), on this same listener.
+    # -- metrics -----------------------------------------------------------------------------
+
+    @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
+    async def metrics_text(
+        request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> PlainTextResponse:
+        """Prometheus text format, every process summed (metrics.py). Numbers only: no token when
+        admin.listen is a loopback address; on any other address the read role."""
+        if not ipaddress.ip_address(admin.sock.getsockname()[0]).is_loopback:
+            admin.authorize(request, creds, Role.READ, None)
+        body = await asyncio.to_thread(metrics.render, admin.worker.store.root)
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # -- queue -------------------------------------------------------------------------------
 

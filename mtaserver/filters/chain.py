@@ -53,6 +53,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..admin import metrics
 from ..config import Config
 from ..logutil import sanitize
 from ..model import CONTINUE, SCANNER_TEMPFAIL, TEMPFAIL_INTERNAL, Decision, Verdict
@@ -249,6 +250,7 @@ class Filter:
     def failed(self, result: str, why: str, ms: float) -> Outcome:
         """This filter gave no verdict: its on_error decides."""
         step = Step(self.name, result, sanitize(why, 200), None, ms)
+        metrics.filter_error(self.name, result)
         if self.on_error == "tempfail":
             return Outcome(Verdict(Decision.TEMPFAIL, SCANNER_TEMPFAIL, f"{self.name} unavailable: {step.detail}"), step)
         log.warning("%s unavailable, message accepted unchecked (on_error: accept): %s", self.name, step.detail)
@@ -313,6 +315,7 @@ class FilterChain:
             outcomes.append(orig)
         result = combine(outcomes)
         msg.trail = [o.step.doc() for o in outcomes if o.step is not None]
+        metrics.filter_steps(msg.trail)
         if outcomes and any(o.step is not None for o in outcomes):
             log.info("%s: filters: %s", msg.queue_id, ", ".join(o.step.text() for o in outcomes if o.step is not None))
         verdict = result.verdict

@@ -78,6 +78,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from ..admin import metrics
 from ..dns import Resolver
 from ..model import CONTINUE, Decision, Reply, Verdict
 from ..pipeline import Connection, Context, Hook, Stage
@@ -129,6 +130,7 @@ class Screener:
     def count(self, check: Check | str, outcome: str) -> None:
         name = check.value if isinstance(check, Check) else check
         self.counters[f"{name}.{outcome}"] += 1
+        metrics.postscreen(name, outcome)
 
     def start_cleanup(self) -> None:
         """Run the periodic cache cleanup in this process (one worker is enough)."""

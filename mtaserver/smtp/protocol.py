@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import model as R
+from ..admin import metrics
 from ..datastream import BareNewline, DataProblem, DataScanner
 from ..logutil import sanitize
 from ..model import ClientInfo, Decision, Envelope, Recipient, Reply, Verdict
@@ -161,6 +162,7 @@ class Session(asyncio.Protocol):
         self.ctx: Context | None = None
         self._view: SessionView | None = None
         self._hold: tuple[object, str] | None = None  # (transaction, reason): a MAIL/RCPT hook said HOLD
+        self.sasl_method = ""  # the AUTH mechanism that logged in (metrics: postfix's sasl_method)
 
     # -- transport life cycle ----------------------------------------------------------------
 
@@ -171,6 +173,8 @@ class Session(asyncio.Protocol):
         # TCP_NODELAY: uvloop (and asyncio) set it on every TCP transport already.
         self.server.sessions.add(self)
         self.server.store.receiving += 1
+        self._listener = self.server.listener  # the one counted in (a reload may swap the server's)
+        metrics.connected(self._listener, transport)
         self._task = self.loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -386,6 +390,7 @@ class Session(asyncio.Protocol):
                 log.info("connect from %s", self._label())
             if too_many:
                 log.warning("NOQUEUE: reject: CONNECT from %s: too many connections", self._label())
+                metrics.rejected("connect", 421, "too many connections")
                 self.close(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {ip}"))
                 return
             if srv.shutting_down:
@@ -398,6 +403,7 @@ class Session(asyncio.Protocol):
                 if verdict.decision is Decision.DISCARD:
                     return  # the hook dealt with the connection (postscreen drop, hangup)
                 if verdict.reply is not None:
+                    metrics.rejected("connect", verdict.reply.code, verdict.reason)
                     self.close(verdict.reply)
                     return
             if self.mynetworks and self.cfg.inbound.bare_newline_exclude_mynetworks and self.engine.bare_newline is BareNewline.REJECT:
@@ -427,6 +433,7 @@ class Session(asyncio.Protocol):
                 del srv.per_ip[ip]
             srv.sessions.discard(self)
             srv.store.receiving -= 1
+            metrics.disconnected(self._listener)
             if not self._closing:
                 self._close()
             log.info("disconnect from %s%s", self._label(), self.engine.stats())
@@ -492,6 +499,7 @@ class Session(asyncio.Protocol):
                     await self._auth(ev)
                 case E.AuthRefused():
                     self.rt.auth_failures.failed(self.peer_ip, time.monotonic())
+                    metrics.auth(ev.mechanism, "failure")
                     log.warning("%s: SASL %s authentication failed: %s", self._label(), ev.mechanism, ev.why)
                 case E.Observe():
                     e.observed(self.rt.observe(self, ev))
@@ -508,6 +516,7 @@ class Session(asyncio.Protocol):
         else:
             verdict = R.CONTINUE if reply is None else Verdict.reject(reply)
         if verdict.reply is not None and verdict.reply.is_error:
+            metrics.rejected("mail", verdict.reply.code, verdict.reason if reply is None else "no_space")
             log.info(
                 "NOQUEUE: reject: MAIL from %s: %s; from=<%s> proto=%s helo=<%s>",
                 self._label(), verdict.reply.line(), sanitize(str(ev.sender)), self.engine.proto, sanitize(self.engine.helo or ""),
@@ -531,6 +540,8 @@ class Session(asyncio.Protocol):
         ctx = self._context()
         ctx.rcpt = ev.recipient
         verdict = await run_stage(self.pipeline, Stage.RCPT, ctx)
+        if verdict.reply is not None and verdict.reply.is_error:
+            metrics.rejected("rcpt", verdict.reply.code, verdict.reason)
         self.engine.resolve(verdict)
         if verdict.decision is Decision.HOLD:
             self._hold = (self.engine.tx, verdict.reason or "RCPT hook")
@@ -563,6 +574,7 @@ class Session(asyncio.Protocol):
             if scanner.problems:
                 problem = scanner.problems[0]
                 log.warning("%s: reject: DATA from %s: %s", qid, self._label(), problem.value)
+                metrics.rejected("data", E.DATA_REPLIES[problem].code, "data_format")  # 552: too big
                 # Postfix: a bare newline gets its reply, then the connection closes
                 e.data_done(E.DATA_REPLIES[problem], close=problem in (DataProblem.BARE_LF, DataProblem.BARE_CR))
                 return
@@ -603,9 +615,11 @@ class Session(asyncio.Protocol):
                     await asyncio.shield(store.commit(spool, env, announce=False, hold=hold))
             except QueueWriteError as exc:
                 log.error("%s: queue file write error: %s", qid, exc)
+                metrics.rejected("data", exc.reply.code, "queue_error")
                 e.data_done(exc.reply)
                 return
             committed = True
+            metrics.accepted(self.sasl_method if e.login else "")
             e.data_done(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
             try:
                 await self._flush()  # the client waits for this; the wake-up and the log can wait
@@ -649,6 +663,7 @@ class Session(asyncio.Protocol):
         else:
             assert verdict.reply is not None
             log.info("%s: filter-reject: %s: %s (%s); %s", qid, where, verdict.reply.line(), verdict.reason, envelope)
+            metrics.rejected("data", verdict.reply.code, verdict.reason)
             self.engine.data_done(verdict.reply)
         return False
 
@@ -737,6 +752,7 @@ class Session(asyncio.Protocol):
         self._eof = False
         self.engine.tls_started()
         ssl_obj = new.get_extra_info("ssl_object")
+        metrics.tls_established(self._listener.name, ssl_obj)
         log.info("TLS connection established from %s: %s with cipher %s", self._label(),
                  ssl_obj.version() if ssl_obj else "?", ssl_obj.cipher()[0] if ssl_obj else "?")  # fmt: skip
 
@@ -771,12 +787,16 @@ class Session(asyncio.Protocol):
                     self.engine.auth_done(None, verdict.reply)
                     return
             log.info("%s: sasl_method=%s, sasl_username=%s", self._label(), ev.mechanism, sanitize(login, 100))
+            self.sasl_method = ev.mechanism
+            metrics.auth(ev.mechanism, "success")
             self.engine.auth_done(login, R.AUTH_OK)
             return
         if result.temporary:
             log.warning("%s: SASL %s authentication temporarily failed: %s", self._label(), ev.mechanism, sanitize(result.reason, 200))
+            metrics.auth(ev.mechanism, "tempfail")
             self.engine.auth_done(None, R.AUTH_TEMPFAIL)
             return
         rt.auth_failures.failed(self.peer_ip, now)
+        metrics.auth(ev.mechanism, "failure")
         log.warning("%s: SASL %s authentication failed: %s", self._label(), ev.mechanism, sanitize(result.reason or "bad credentials", 200))
         self.engine.auth_done(None, R.AUTH_FAILED)

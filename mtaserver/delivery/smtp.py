@@ -141,9 +141,11 @@ class SmtpClient:
         username: str | None = None,
         password: str | None = None,
         max_idle_per_host: int = 20,
+        tls_log_level: int = 1,
     ) -> None:
         self.helo_name = helo_name
         self.tls = tls
+        self.tls_log_level = tls_log_level  # advanced.tls_log_level: 0 no TLS lines, 1 a summary per handshake
         self.username = username
         self.password = password
         self.max_idle = max_idle_per_host
@@ -320,7 +322,7 @@ class SmtpClient:
                     why = sanitize(getattr(exc, "reason", None) or str(exc) or type(exc).__name__, 200)
                     raise _Failed(Outcome(Fate.DEFERRED, "4.7.5", f"Cannot start TLS with {remote}: handshake failure ({why})", remote, False), polite=False) from None
                 info = conn.tls_info
-                if info:
+                if info and self.tls_log_level >= 1:
                     log.info("Untrusted TLS connection established to %s: %s with cipher %s", remote, *info)
                 await self._ehlo(conn)  # RFC 3207 4.2: forget what was said in plain text
             elif self.tls == "encrypt":

@@ -124,7 +124,7 @@ def _client_slice(cfg: Config) -> object:
     a changed password with an unchanged path is a change too (the value is never logged)."""
     out = cfg.outbound
     password = _read_secret(cfg, out.relay_auth.password_file)
-    return (out.helo_name or cfg.server.hostname, out.tls, out.relay_auth.username, password)
+    return (out.helo_name or cfg.server.hostname, out.tls, out.relay_auth.username, password, cfg.advanced.tls_log_level)
 
 
 def wakeup_path(queue_root: Path) -> Path:
@@ -217,9 +217,9 @@ class QueueManager:
                 log.info("reload: server.dns changed: new resolver for the next attempts")
         key = _client_slice(cfg)
         if self._client is None or self._client.key != key:
-            helo, tls, username, password = key  # type: ignore[misc]
+            helo, tls, username, password, tls_log_level = key  # type: ignore[misc]
             client = SmtpClient(helo_name=helo, tls=tls, username=username, password=password,
-                                max_idle_per_host=cfg.queue.destination_concurrency)  # fmt: skip
+                                max_idle_per_host=cfg.queue.destination_concurrency, tls_log_level=tls_log_level)  # fmt: skip
             if self._client is not None:
                 self._client.retire()
             self._client = _Shared(client, key, SmtpClient.close_idle)

@@ -412,6 +412,8 @@ class Session(asyncio.Protocol):
             await self._flush()
             if greet_first:
                 log.info("connect from %s", self._label())
+            if self.engine.tls and self.transport is not None:  # tls: implicit: the handshake came first
+                self._log_tls(self.transport.get_extra_info("ssl_object"))
             self.rt.session_started(self)
             await self._loop()
             await self._flush()
@@ -753,8 +755,23 @@ class Session(asyncio.Protocol):
         self.engine.tls_started()
         ssl_obj = new.get_extra_info("ssl_object")
         metrics.tls_established(self._listener.name, ssl_obj)
-        log.info("TLS connection established from %s: %s with cipher %s", self._label(),
-                 ssl_obj.version() if ssl_obj else "?", ssl_obj.cipher()[0] if ssl_obj else "?")  # fmt: skip
+        self._log_tls(ssl_obj)
+
+    def _log_tls(self, ssl_obj: ssl.SSLObject | None) -> None:
+        """advanced.tls_log_level (Postfix smtpd_tls_loglevel): 0 nothing; 1 one summary line per
+        handshake; 2 and more also whether the session was resumed and its compression
+        (3 and 4, Postfix's hex dumps of the negotiation, log as 2: OpenSSL's debug callback is
+        not reachable from Python's ssl module)."""
+        level = self.cfg.advanced.tls_log_level
+        if level < 1:
+            return
+        version = ssl_obj.version() if ssl_obj else "?"
+        cipher = ssl_obj.cipher() if ssl_obj else None
+        log.info("TLS connection established from %s: %s with cipher %s (%s/%s bits)", self._label(), version,
+                 cipher[0] if cipher else "?", cipher[2] if cipher else "?", cipher[2] if cipher else "?")  # fmt: skip
+        if level >= 2 and ssl_obj is not None:
+            log.info("%s: TLS session %s, compression %s", self._label(), "reused" if ssl_obj.session_reused else "new",
+                     ssl_obj.compression() or "none")  # fmt: skip
 
     async def _auth(self, ev: E.AuthLogin) -> None:
         rt = self.rt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import smtplib
 import ssl
 import re
@@ -283,3 +284,32 @@ def test_implicit_tls_needs_a_certificate(tmp_path):
     p.write_text("server:\n  listeners:\n    - {name: smtps, address: '127.0.0.1:4650', tls: implicit}\n")
     out = subprocess.run([sys.executable, "-m", "mtaserver", "check-config", "-c", str(p)], capture_output=True, text=True)
     assert out.returncode == 1 and "tls implicit needs server.tls.cert" in out.stderr
+
+
+def test_tls_log_level_0_1_2_and_implicit_tls(make_mta, cert):
+    """advanced.tls_log_level: 0 no TLS line, 1 the summary (Postfix's wording, bits), 2 also the
+    session line; an implicit-TLS (port 465 style) session logs its handshake too."""
+    crt, key = cert
+    tls = {"server": {"tls": {"cert": str(crt), "key": str(key)}}}
+    quiet = make_mta({**tls, "advanced": {"tls_log_level": 0}}, subdir="quiet")
+    with tls_session(quiet, crt) as c:
+        c.ehlo("client.test")
+        c.expect("QUIT", 221)
+    wait_for_log(quiet, "disconnect from unknown[127.0.0.2]")
+    assert "TLS connection established" not in quiet.log()
+    verbose = make_mta({**tls, "advanced": {"tls_log_level": 2}}, subdir="verbose")
+    with tls_session(verbose, crt) as c:
+        c.ehlo("client.test")
+        c.expect("QUIT", 221)
+    wait_for_log(verbose, re.compile(r"TLS connection established from unknown\[127\.0\.0\.2\]: TLSv1\.[23] with cipher \S+ \((\d+)/\1 bits\)"))
+    wait_for_log(verbose, "unknown[127.0.0.2]: TLS session new, compression none")
+    implicit = make_mta(tls, start=False, subdir="implicit")
+    implicit.config["server"]["listeners"] = [{"name": "smtps", "address": f"127.0.0.1:{implicit.port}", "tls": "implicit"}]
+    implicit.write_config()
+    implicit.start()
+    raw = socket.create_connection(("127.0.0.1", implicit.port), source_address=(UNTRUSTED, 0))
+    with verifying_context(crt).wrap_socket(raw, server_hostname="mx.example.test") as s:
+        assert s.recv(512).startswith(b"220 ")
+        s.sendall(b"QUIT\r\n")
+        s.recv(512)
+    wait_for_log(implicit, re.compile(r"TLS connection established from unknown\[127\.0\.0\.2\]: TLSv1\.[23] with cipher"))

@@ -90,6 +90,7 @@ class SmtpLimits(Strict):
     command_line: int = Field(512, ge=64, le=65536)  # RFC 5321 4.5.3.1.4 -> 500 5.5.2
     text_line: int = Field(2048, ge=1000, le=1048576)  # RFC 5321 4.5.3.1.6 says 1000 -> drain, 500 5.5.2
     recipients: int = Field(1000, ge=1)  # Postfix smtpd_recipient_limit -> 452 4.5.3
+    recipient_overshoot: int = Field(1000, ge=0)  # Postfix smtpd_recipient_overshoot_limit: 452s that are no errors
     header_size: Size = 102400  # Postfix header_size_limit -> drain, 552 5.3.4
     command_timeout: Duration = 300.0  # Postfix smtpd_timeout -> 421 4.4.2 and close
     data_timeout: Duration = 300.0  # no progress within DATA for this long -> 421 4.4.2

@@ -293,6 +293,7 @@ def _engine_settings(cfg: Config, lst: Listener, tls: ssl.SSLContext | None, aut
         hostname=cfg.server.hostname,
         command_line=lim.command_line,
         recipients=lim.recipients,
+        recipient_overshoot=lim.recipient_overshoot,
         soft_error_limit=lim.soft_error_limit,
         hard_error_limit=lim.hard_error_limit,
         error_sleep=lim.error_sleep,

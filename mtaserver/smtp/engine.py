@@ -81,6 +81,7 @@ JUNK_LIMIT = 100  # Postfix smtpd_junk_command_limit
 INPUT_LIMIT = 1 << 16  # bytes held unread; past it the shell stops reading until commands are consumed
 OUTPUT_BATCH = 64  # replies held while pipelined commands wait (RFC 2920); then they are written
 _XTEXT = re.compile(r"<>|(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")  # RFC 3461 4: xtext
+_TOO_MANY_RCPT = R.TOO_MANY_RCPT.encode()
 BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})  # allowed before STARTTLS when TLS is required
 
 
@@ -91,6 +92,7 @@ class Settings:
     hostname: str
     command_line: int = 512
     recipients: int = 1000
+    recipient_overshoot: int = 1000  # 452s past `recipients` that do not count as errors (Postfix smtpd_recipient_overshoot_limit)
     soft_error_limit: int = 10
     hard_error_limit: int = 20
     error_sleep: float = 1.0
@@ -228,6 +230,7 @@ class Engine:
         self.tx: Transaction | None = None
         self.errors = 0
         self.junk = 0
+        self.overshoot = 0  # RCPTs refused for the recipient limit this session
         self.last_command = "CONNECT"
         self.counts: dict[str, list[int]] = {}
         self.hide_pipelining = False  # postscreen's pipelining test runs: PIPELINING not offered
@@ -703,7 +706,13 @@ class Engine:
             # RFC 5321 4.5.1: <postmaster> without a domain must be accepted.
             queued = Mailbox(rcpt.local, self.s.postmaster_domain or self.s.hostname)
         if len(tx.recipients) >= self.s.recipients:
-            self.reply(R.TOO_MANY_RCPT)
+            # A pipelining client cannot see the limit coming: its first overshooting RCPTs
+            # get 452 and no error is counted, so the accepted recipients stay (Postfix).
+            self.overshoot += 1
+            if self.overshoot <= self.s.recipient_overshoot:
+                self._out.append(_TOO_MANY_RCPT)
+            else:
+                self.reply(R.TOO_MANY_RCPT)
             return None
         return Rcpt(rcpt, params, queued)
 

@@ -171,6 +171,22 @@ def test_recipient_limit():
     assert codes(out)[-1] == "452 4.5.3 Error: too many recipients"
 
 
+def test_recipient_overshoot_is_no_error_and_the_transaction_stays():
+    """A pipelining client past the recipient limit: 452 for the extra ones, counted as no
+    error until the overshoot limit (Postfix smtpd_recipient_overshoot_limit), so the accepted
+    recipients stay and DATA goes on."""
+    rcpts = b"".join(b"RCPT TO:<u%d@example.test>\r\n" % i for i in range(6))
+    script = b"EHLO c\r\nMAIL FROM:<>\r\n" + rcpts + b"DATA\r\n"
+    out, events = same_at_every_split(lambda: E.Engine(settings(recipients=2, hard_error_limit=3)), script)
+    assert codes(out)[-5:] == ["452 4.5.3 Error: too many recipients"] * 4 + ["354 End data with <CR><LF>.<CR><LF>"]
+    assert events == ["Helo", "Mail", "Rcpt", "Rcpt", "Data"]
+    # past the overshoot limit each 452 counts: the hard error limit ends the session
+    e = E.Engine(settings(recipients=2, hard_error_limit=3, recipient_overshoot=1))
+    out, events = run(e, [script])
+    assert codes(out)[-1] == f"421 4.7.0 {HOST} Error: too many errors" and events[-1] == "Close"
+    assert codes(out).count("452 4.5.3 Error: too many recipients") == 4
+
+
 # -- line limits, bare newlines, the error budget ---------------------------------------------------
 
 

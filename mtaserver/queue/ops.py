@@ -591,6 +591,13 @@ SCAN_TOKEN = "!deferred"
 # The same operations over the admin HTTP API (the CLI, while the server runs).
 
 
+def _seconds(value: float | None) -> str | None:
+    """A duration as parse_duration reads it back: `1036800s`, `1.5s` (never `1.0368e+06s`)."""
+    if value is None:
+        return None
+    return f"{int(value)}s" if value == int(value) else f"{value:.6f}".rstrip("0") + "s"
+
+
 class RemoteQueueOps:
     """QueueOps's methods as calls to a running server's admin API. Blocking (urllib): for the
     CLI, which has nothing else to do meanwhile."""
@@ -628,8 +635,7 @@ class RemoteQueueOps:
         if sel is None:
             return {}
         out = {"queue": sel.queue, "from": sel.sender, "to": sel.recipient,
-               "older_than": f"{sel.older_than:g}s" if sel.older_than is not None else None,
-               "newer_than": f"{sel.newer_than:g}s" if sel.newer_than is not None else None}  # fmt: skip
+               "older_than": _seconds(sel.older_than), "newer_than": _seconds(sel.newer_than)}  # fmt: skip
         return {k: v for k, v in out.items() if v is not None}
 
     def stats(self) -> dict:

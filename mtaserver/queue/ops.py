@@ -215,6 +215,8 @@ def sources(action: str, queue: str | None) -> tuple[str, ...]:
 def check_selector(sel: Selector) -> None:
     if sel.queue is not None and sel.queue not in STATES:
         raise OpsError(f"unknown queue {sel.queue!r} (one of: {', '.join(STATES)})")
+    if sel.all and sel.ids:
+        raise OpsError("ALL and queue ids together: name the messages one way")
     bad = [q for q in sel.ids if not is_queue_id(q)]
     if bad:
         raise OpsError(f"not a queue id: {sanitize(bad[0], 40)}")
@@ -399,18 +401,26 @@ class QueueOps:
         out: list[dict] = []
         more = False
         first = None if wanted or sel.needs_envelope else limit + 1  # else read on until the page is full
-        for qid, state in self._scan(queues, AgeWindow.of(sel, self.clock()), after, first):
-            if wanted and qid not in wanted:
-                continue
-            if len(out) == limit:
-                more = True
+        window = AgeWindow.of(sel, self.clock())
+        cursor = after
+        while True:
+            batch = self._scan(queues, window, cursor, first)
+            for qid, state in batch:
+                if wanted and qid not in wanted:
+                    continue
+                if len(out) == limit:
+                    more = True
+                    break
+                state, env, st, error = self._envelope(state, qid)
+                if error == "gone":  # delivered or removed since the listing
+                    continue
+                if sel.needs_envelope and (env is None or not envelope_matches(sel, env)):
+                    continue
+                out.append(summary(state, qid, env, st, error))
+            # A short page from a truncated scan (messages went meanwhile): scan on after it.
+            if more or first is None or len(batch) < first:
                 break
-            state, env, st, error = self._envelope(state, qid)
-            if error == "gone":
-                continue
-            if sel.needs_envelope and (env is None or not envelope_matches(sel, env)):
-                continue
-            out.append(summary(state, qid, env, st, error))
+            cursor = batch[-1][0]
         return {"messages": out, "next": out[-1]["queue_id"] if more else None}
 
     def show(self, queue_id: str) -> dict | None:

@@ -388,6 +388,13 @@ class AntispamConfig(Strict):
     check_outbound: bool = True
     on_error: Literal["tempfail", "accept"] = "tempfail"
 
+    @field_validator("subject_tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        if len(v) > 64 or any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("at most 64 characters, no control characters (a line break would make a header)")
+        return v
+
     @field_validator("delivery_tolerance", "blocking_tolerance")
     @classmethod
     def _tolerance(cls, v: Tolerance) -> Tolerance:

@@ -187,7 +187,7 @@ class Runtime:
         try:
             filters = FilterChain(cfg, previous.filters if previous is not None else None, resolver)
         except (OSError, ValueError) as exc:
-            raise ValueError(f"dkim.sign: {exc}") from None
+            raise ValueError(f"content filters (dkim.sign keys): {exc}") from None
         screener = None
         if any(lst.postscreen for lst in (cfg.server.listeners if listeners is None else listeners)):
             if previous is not None and previous.screener is not None and same("postscreen") and same("server", "dns") and same("server", "data_dir") and same("outbound", "mynetworks"):

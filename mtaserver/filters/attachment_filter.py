@@ -9,7 +9,10 @@ DESCRIPTION
 
       reject    550 5.7.1 Attachment type not allowed. File "<name>" has the unacceptable
                 extension "<ext>" at the end of DATA (Carbonio's header_checks text)
-      bounce    250 to the client, not delivered, a DSN to the sender (filters/notify.py)
+      bounce    250 to the client, not delivered, a DSN to the sender (filters/notify.py),
+                for trusted clients (mynetworks, authenticated); an outsider's message is
+                refused as with reject: its envelope sender may be forged, and a bounce to it
+                would be backscatter
       discard   250 to the client, not delivered
 
     and the notices of inbound.notify_admin / notify_recipient. An archive we refuse to open
@@ -36,12 +39,13 @@ def attachment_limits(cfg: InboundConfig) -> AttachmentLimits:
     return limits_from(cfg.attachment_limits)
 
 
-def attachments_outcome(report: MimeReport | MimeError, cfg: InboundConfig) -> Outcome:
-    """The pure decision over the walk's report (or the MimeError it raised)."""
+def attachments_outcome(report: MimeReport | MimeError, cfg: InboundConfig, trusted: bool = True) -> Outcome:
+    """The pure decision over the walk's report (or the MimeError it raised). `trusted`: the
+    client is in mynetworks or authenticated (a bounce goes only to such a sender)."""
     if isinstance(report, MimeError):
         why = sanitize(str(report), 200)
         reply = Reply(550, "5.7.1", f"Message structure not accepted: {why}")
-        return _blocked(reply, Step("attachments", "blocked", why), f"a MIME structure we refuse ({why})", cfg)
+        return _blocked(reply, Step("attachments", "blocked", why), f"a MIME structure we refuse ({why})", cfg, trusted)
     found = refusal(report, frozenset(cfg.blocked_extensions))
     if found is None:
         return Outcome(CONTINUE, Step("attachments", "clean", f"{len(report.names)} file name(s)" if report.names else ""))
@@ -49,11 +53,15 @@ def attachments_outcome(report: MimeReport | MimeError, cfg: InboundConfig) -> O
         what = f'an attachment that is not allowed: "{sanitize(found.name, 100)}" (.{sanitize(found.ext or "", 64)})'
     else:
         what = f"an attachment we refuse to open ({found.reason})"
-    return _blocked(found.reply, Step("attachments", "blocked", found.reason), what, cfg)
+    return _blocked(found.reply, Step("attachments", "blocked", found.reason), what, cfg, trusted)
 
 
-def _blocked(reply: Reply, step: Step, what: str, cfg: InboundConfig) -> Outcome:
+def _blocked(reply: Reply, step: Step, what: str, cfg: InboundConfig, trusted: bool) -> Outcome:
     action = cfg.blocked_extensions_action
+    if action == "bounce" and not trusted:
+        # The envelope sender of an outsider's mail may be forged: a bounce would go to a
+        # bystander (backscatter). Refused in DATA instead, the sending MTA tells its own sender.
+        action = "reject"
     notices = Notices(what, admin=cfg.notify_admin, recipients=cfg.notify_recipient,
                       bounce=reply.text if action == "bounce" else "", status=reply.status)  # fmt: skip
     if action == "reject":
@@ -69,4 +77,4 @@ class AttachmentsFilter(Filter):
         self.cfg = cfg.inbound
 
     async def run(self, item: Item) -> Outcome:
-        return attachments_outcome(await item.mime(), self.cfg)
+        return attachments_outcome(await item.mime(), self.cfg, item.trusted)

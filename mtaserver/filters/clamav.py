@@ -8,9 +8,11 @@ DESCRIPTION
     antivirus.block_encrypted_archives: an archive member that is encrypted cannot be
     scanned, so it is treated as a virus named Heuristics.Encrypted.Zip (the name clamd
     gives with AlertEncryptedArchive). We find them ourselves in the MIME walk
-    (filters/mime.py), so this works whatever clamd's own configuration says; and a
-    Heuristics.Encrypted.* verdict from a clamd configured to give one is ignored when the
-    switch is off.
+    (filters/mime.py, run at the same time as clamd), so this works whatever clamd's own
+    configuration says. What the walk could not open (an archive nested too deep, a zip
+    bomb, a damaged archive, too many parts) could hide one, so it is blocked the same way,
+    as Heuristics.Limits.Exceeded. A Heuristics.Encrypted.* or Heuristics.Limits.* verdict
+    from a clamd configured to give one is ignored when the switch is off.
 
     `antivirus_outcome` is the pure decision:
       a virus        antivirus.action: reject -> REJECT 554 5.7.0 Rejected: virus found: <name>,
@@ -37,17 +39,37 @@ from ..config import AntivirusConfig, Config
 from ..logutil import sanitize
 from ..model import CONTINUE, Decision, Reply, Verdict
 from .chain import Filter, Item, Notices, Outcome, Step
-from .scanners import ScannerError, clamd_scan
+from .scanners import AvResult, ScannerError, clamd_scan
 
 ENCRYPTED = "Heuristics.Encrypted.Zip"
 
 
-def antivirus_outcome(virus: str | None, encrypted: Sequence[str], cfg: AntivirusConfig) -> Outcome:
-    if virus is not None and virus.startswith("Heuristics.Encrypted.") and not cfg.block_encrypted_archives:
+LIMITS = "Heuristics.Limits.Exceeded"  # clamd's name for "not scanned whole" (AlertExceedsMax)
+
+
+def unopened(report: object) -> list[str]:
+    """What the MIME walk could not look into (filters/mime.py): its problems (an archive too
+    deep, a zip bomb, a damaged archive, too many parts), or the error it stopped with."""
+    from .mime import MimeError
+
+    if isinstance(report, MimeError):
+        return [str(report) or "MIME structure"]
+    return list(getattr(report, "problems", ()))
+
+
+def antivirus_outcome(virus: str | None, encrypted: Sequence[str], cfg: AntivirusConfig,
+                      unscanned: Sequence[str] = ()) -> Outcome:  # fmt: skip
+    """clamd's verdict, the encrypted members and what could not be opened, as one outcome."""
+    if virus is not None and virus.startswith(("Heuristics.Encrypted.", "Heuristics.Limits.")) and not cfg.block_encrypted_archives:
         virus = None
     if virus is None and encrypted and cfg.block_encrypted_archives:
         virus = ENCRYPTED
         detail = f"{ENCRYPTED}: {sanitize(encrypted[0], 100)}"
+    elif virus is None and unscanned and cfg.block_encrypted_archives:
+        # An encrypted member could hide behind what the walk did not open (an archive one
+        # level too deep, after a zip bomb): not scanned whole is not clean.
+        virus = LIMITS
+        detail = f"{LIMITS}: {sanitize(unscanned[0], 200)}"
     else:
         detail = sanitize(virus or "", 100)
     if virus is None:
@@ -70,15 +92,18 @@ class AntivirusFilter(Filter):
 
     async def run(self, item: Item) -> Outcome:
         av = self.cfg
-        encrypted: Sequence[str] = ()
-        if av.block_encrypted_archives:
-            report = await item.mime()
-            encrypted = getattr(report, "encrypted", ())
+        walk = asyncio.ensure_future(item.mime()) if av.block_encrypted_archives else None
         try:
-            async with self.slots:
-                result = await clamd_scan(av.clamd.address, item.chunks(), av.clamd.timeout)
+            async with self.slots:  # clamd and the walk at the same time
+                result: AvResult | ScannerError = await clamd_scan(av.clamd.address, item.chunks(), av.clamd.timeout)
         except ScannerError as exc:
-            if encrypted:  # definitive without clamd
-                return antivirus_outcome(None, encrypted, av)
-            return self.failed("error", str(exc), 0.0)
-        return antivirus_outcome(result.virus, encrypted, av)
+            result = exc
+        finally:
+            report = await walk if walk is not None else None
+        encrypted: Sequence[str] = getattr(report, "encrypted", ())
+        unscanned = unopened(report) if report is not None else []
+        if isinstance(result, ScannerError):
+            if encrypted or unscanned:  # definitive without clamd
+                return antivirus_outcome(None, encrypted, av, unscanned)
+            return self.failed("error", str(result), 0.0)
+        return antivirus_outcome(result.virus, encrypted, av, unscanned)

@@ -5,8 +5,9 @@ DESCRIPTION
     mynetworks and authenticated clients is ours to sign, not to judge):
       - every DKIM-Signature checked (filters/dkim.py verify, key records through the
         worker's resolver on server.dns.nameservers, within dkim.timeout);
-      - Authentication-Results: <server.hostname>; dkim=... added (RFC 8601), and every
-        copy of that header naming our hostname that came with the message removed;
+      - Authentication-Results: <server.hostname>; dkim=... added (RFC 8601); every copy of
+        that header naming our hostname that came with a message is removed by the chain, from
+        every client, trusted ones too (filters/chain.py FilterChain.strips);
       - dkim.unsigned_from_signing_domain: a From in a dkim.sign domain without a valid
         aligned signature -> reject (550 5.7.1; 451 4.7.5 while the key lookup fails), tag
         (X-DKIM-Policy) or accept;
@@ -27,20 +28,18 @@ from dataclasses import replace
 
 from ..config import Config
 from ..dns import Resolver
-from .chain import Filter, Item, Outcome, Step
+from .chain import HEAD_MAX, Filter, Item, Outcome, Step
 from .dkim import (
     Signer,
     authentication_results,
     from_claims,
     from_domain,
     policy,
-    strip_forged,
     verify,
 )
 
 __all__ = ["DkimVerifyFilter", "from_domain", "load_signer"]
 
-HEAD_MAX = 256 * 1024  # the header section we read From in
 
 
 def _head(content: bytes) -> bytes:
@@ -76,7 +75,7 @@ class DkimVerifyFilter(Filter):
         if any(s.result.value == "pass" for s in result.signatures):
             top = "pass"
         detail = result.summary() + (f"; {judged.reason}" if judged.reason else "")
-        return Outcome(verdict, Step(self.name, top, detail), strip=lambda h: strip_forged(h, hostname))
+        return Outcome(verdict, Step(self.name, top, detail))  # forged A-R: removed by the chain for every client
 
 
 def load_signer(cfg: Config) -> Signer:

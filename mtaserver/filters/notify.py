@@ -15,7 +15,14 @@ DESCRIPTION
       bounce      inbound.blocked_extensions_action: bounce: the sender gets a DSN (RFC 3464,
                   queue/dsn.py) with the reason and only the original's headers (the blocked
                   attachment is not sent back). Not for the null sender, nor for list mail
-                  (Precedence: bulk, list, junk), as Amavis does.
+                  (Precedence: bulk, list, junk) or automatic mail (Auto-Submitted other than
+                  "no"), as Amavis and RFC 3834 say; and only for trusted clients (the chain
+                  refuses an untrusted client's message in DATA instead: no backscatter to a
+                  forged sender, filters/attachment_filter.py).
+
+    Each notification is its own commit: if a later one fails (a full disk), the client gets
+    451 and, when it sends again, the ones already queued are queued again (a duplicate notice,
+    never a lost one).
 
     Every notification is sent with the null reverse-path and `Auto-Submitted:
     auto-generated` (RFC 3834), so it never causes another, and is committed into our own
@@ -55,7 +62,7 @@ log = logging.getLogger("filter")
 
 LOCAL = ClientInfo(ip="127.0.0.1", port=0, name="localhost", helo="localhost", protocol="local", trusted=True)
 _SUBJECT = re.compile(rb"(?im)^subject:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)")
-_BULK = re.compile(rb"(?im)^precedence:[ \t]*(bulk|list|junk)\b")
+_BULK = re.compile(rb"(?im)^(precedence:[ \t]*(bulk|list|junk)\b|auto-submitted:[ \t]*(?!no\b)\S)")
 
 
 def notice_message(*, hostname: str, to: str, about: str, what: str, done: str, sender: str,
@@ -103,6 +110,16 @@ def subject_of(head: bytes) -> str:
     return sanitize(raw, 200)
 
 
+async def _head(msg: object, limit: int = 256 * 1024) -> bytes:
+    """The header section of the message, read no further than it (never the whole message)."""
+    got = b""
+    async for chunk in msg.chunks():  # type: ignore[attr-defined]
+        got += chunk
+        if b"\r\n\r\n" in got or len(got) >= limit:
+            break
+    return split_header(got[:limit])
+
+
 async def send_notices(msg: object, item: Item, notices: Notices, verdict: Verdict) -> None:
     """Queue the notifications `notices` asks for (raises OSError when the queue cannot take them)."""
     cfg = item.cfg
@@ -111,8 +128,7 @@ async def send_notices(msg: object, item: Item, notices: Notices, verdict: Verdi
     hostname = cfg.server.hostname
     sender = str(item.tx.sender)
     recipients = [str(r) for r in item.tx.recipients]
-    content = await msg.whole()  # type: ignore[attr-defined]
-    head = split_header(content[: 256 * 1024])
+    head = await _head(msg)
     subject = subject_of(head)
     now = time.time()
     if verdict.decision is Decision.REJECT:

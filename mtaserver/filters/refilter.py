@@ -17,9 +17,11 @@ DESCRIPTION
       TEMPFAIL                 left as it is (deferred, retried; the flag stays)
 
     What our chain added the first time is removed before (`strip_ours`), so the message does
-    not collect a second set: the DKIM-Signature fields above our Received:, the block of our
-    headers right below it (X-Spam-*, Authentication-Results, X-DKIM-Policy,
-    X-Originating-IP, X-Authenticated-User), and the subject tag in front of the Subject.
+    not collect a second set. The chain records it in Envelope.extra (`added_fields`,
+    `added_tag`, `signatures`): that many DKIM-Signature fields above our Received:, that many
+    of our header fields right below it (X-Spam-*, Authentication-Results, X-DKIM-Policy,
+    X-Originating-IP, X-Authenticated-User: nothing of another name is taken), and that tag in
+    front of the Subject. A message without a record loses nothing.
 
     A crash between the new file and the removal of the old one leaves both in the queue;
     recovery moves active/ back over incoming/, so the old one wins, still flagged: the
@@ -44,7 +46,7 @@ from ..config import Config
 from ..model import Envelope, Verdict
 from ..pipeline import Context, SessionView, TxView
 from ..queue.store import head_end
-from .chain import FilterChain
+from .chain import FilterChain, encode_tag
 
 OURS = frozenset(
     b"x-spam-flag x-spam-score x-spam-level x-spam-status authentication-results x-dkim-policy x-originating-ip x-authenticated-user".split()
@@ -64,24 +66,28 @@ def _fields(head: bytes) -> list[tuple[bytes, int, int]]:
     return out
 
 
-def strip_ours(content: bytes, subject_tag: str, limit: int = 256 * 1024) -> bytes:
-    """`content` without what the chain added at the end of DATA (pure; see DESCRIPTION)."""
+ADDED = ("added_fields", "added_tag", "signatures")  # Envelope.extra keys: what the chain added
+
+
+def strip_ours(content: bytes, fields: int, tag: str, signatures: int, limit: int = 256 * 1024) -> bytes:
+    """`content` without what the chain added at the end of DATA, as Envelope.extra recorded it:
+    `signatures` DKIM-Signature fields above our Received:, `fields` header fields right below
+    it (only if they bear the names the chain uses), and `tag` in front of the Subject (pure)."""
     end = head_end(content, limit)
     head, body = content[:end], content[end:]
-    fields = _fields(head)
+    found = _fields(head)
     i = 0
-    while i < len(fields) and fields[i][0] == b"dkim-signature":
+    while i < signatures and i < len(found) and found[i][0] == b"dkim-signature":
         i += 1
-    if i >= len(fields) or fields[i][0] != b"received":
-        return content  # not a message as we queue them: leave it alone
-    keep = [head[fields[i][1] : fields[i][2]]]
+    if i >= len(found) or found[i][0] != b"received":
+        return content  # not as we queued it: leave it alone
+    keep = [head[found[i][1] : found[i][2]]]
     j = i + 1
-    while j < len(fields) and fields[j][0] in OURS:
+    while j < len(found) and j - i - 1 < fields and found[j][0] in OURS:
         j += 1
-    rest = head[fields[j][1] if j < len(fields) else fields[j - 1][2] :]
-    if subject_tag:
-        tag = re.escape(subject_tag.encode("utf-8", "replace"))
-        rest = re.sub(rb"(?im)^(subject:[ \t]*)" + tag + rb" ?", rb"\1", rest, count=1)
+    rest = head[found[j][1] if j < len(found) else found[j - 1][2] :]
+    if tag:
+        rest = re.sub(rb"(?im)^(subject:[ \t]*)" + re.escape(encode_tag(tag)) + rb" ?", rb"\1", rest, count=1)
     return b"".join(keep) + rest + body
 
 
@@ -101,6 +107,7 @@ class QueuedMessage:
         self.header_limit = header_limit
         self.header_offset = received_end(content)
         self.trail: list[dict[str, Any]] = []
+        self.extra: dict[str, str] = {}
 
     @property
     def size(self) -> int:
@@ -129,7 +136,13 @@ async def refilter(cfg: Config, chain: FilterChain, store: Any, env: Envelope, c
         login=login, mynetworks=bool(c.trusted and login is None),
     )  # fmt: skip
     tx = TxView(env.sender, {}, [r.address for r in env.recipients])  # type: ignore[arg-type]
-    msg = QueuedMessage(env.queue_id, strip_ours(content, cfg.antispam.subject_tag), store, cfg.server.limits.header_size)
+    x = env.extra
+    try:
+        fields, signatures = int(x.get("added_fields", 0)), int(x.get("signatures", 0))
+    except ValueError:
+        fields = signatures = 0
+    bare = strip_ours(content, fields, x.get("added_tag", ""), signatures)
+    msg = QueuedMessage(env.queue_id, bare, store, cfg.server.limits.header_size)
     ctx = Context(session=session, conn=None, tx=tx)  # type: ignore[arg-type]
     ctx.message = msg
     return await chain.run(ctx), msg

@@ -402,14 +402,18 @@ class QueueManager:
         """A requeued message (queue/ops.py) through the content filters before its delivery
         (filters/refilter.py says what each verdict does). True: nothing more to do now."""
         from ..filters.chain import FilterChain
-        from ..filters.refilter import refilter
-        from ..model import Decision
+        from ..filters.refilter import ADDED, refilter
+        from ..model import TEMPFAIL_INTERNAL, Decision, Verdict
 
         cfg = self._cfg()
         qid = env.queue_id
-        if self._chain is None or self._chain.cfg is not cfg:
-            self._chain = FilterChain(cfg, self._chain)
-        verdict, msg = await refilter(cfg, self._chain, self.store, env, body)
+        try:
+            if self._chain is None or self._chain.cfg is not cfg:
+                self._chain = FilterChain(cfg, self._chain)
+            verdict, msg = await refilter(cfg, self._chain, self.store, env, body)
+        except Exception as exc:  # a bug, an unusable dkim.sign key: retried later, still flagged, never stranded in active/
+            log.exception("%s: requeue: the content filters failed", qid)
+            verdict, msg = Verdict(Decision.TEMPFAIL, TEMPFAIL_INTERNAL, f"internal error: {type(exc).__name__}"), None
         d = verdict.decision
         if d is Decision.TEMPFAIL:  # retried later, still flagged
             reason = verdict.reply.line() if verdict.reply else verdict.reason
@@ -417,7 +421,11 @@ class QueueManager:
             o = Outcome(Fate.DEFERRED, verdict.reply.status if verdict.reply else "4.7.1", reason, None, False)
             await self._finish(cfg, env, {r.address: o for r in env.recipients}, body)
             return True
+        assert msg is not None
         env.extra.pop("requeue", None)
+        for key in ADDED:
+            env.extra.pop(key, None)
+        env.extra.update(msg.extra)
         env.trail = msg.trail
         if d in (Decision.REJECT, Decision.DISCARD):
             if d is Decision.REJECT and verdict.reply is not None:

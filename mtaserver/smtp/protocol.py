@@ -107,6 +107,7 @@ class Message:
     header_offset: int  # where the client's content starts (after our Received:)
     header_limit: int  # server.limits.header_size: how much of the header section an edit sees
     trail: list[dict[str, Any]] = field(default_factory=list)  # the content filters' decision trail
+    extra: dict[str, str] = field(default_factory=dict)  # for Envelope.extra (what the chain added)
 
     @property
     def size(self) -> int:
@@ -602,6 +603,7 @@ class Session(asyncio.Protocol):
                 body_type=(tx.params.get("BODY") or "").upper() or None,
                 smtputf8="SMTPUTF8" in tx.params,
                 trail=ctx.message.trail if ctx is not None else [],
+                extra=ctx.message.extra if ctx is not None else {},
             )
             # HOLD from any hook of this transaction: queued in hold/, delivered once released
             held = verdict.reason or "DATA-END hook" if verdict.decision is Decision.HOLD else None

@@ -142,7 +142,7 @@ def test_a_blocked_attachment_is_refused_and_the_postmaster_and_local_recipients
 def test_bounce_returns_only_the_headers_to_the_sender_and_says_why(make_mta):
     mta = make_mta({"inbound": {"blocked_extensions": ["exe"], "blocked_extensions_action": "bounce",
                                 "notify_admin": False, "notify_recipient": False}})  # fmt: skip
-    r = send(mta, message_with_attachment(b"MZ payload", filename="setup.exe"))
+    r = send(mta, message_with_attachment(b"MZ payload", filename="setup.exe"), client=TRUSTED)
     assert r.code == 250, "the client is told 250; the sender learns from the DSN"
     original = queue_id_of(r)
     (dsn_id,) = mta.queued()
@@ -156,12 +156,14 @@ def test_bounce_returns_only_the_headers_to_the_sender_and_says_why(make_mta):
     wait_for_log(mta, f"{original}: sender non-delivery notification: {dsn_id}")
 
 
-def test_bounce_is_not_sent_to_the_null_sender_nor_for_list_mail(make_mta):
+def test_bounce_is_not_sent_to_the_null_sender_nor_for_list_or_automatic_mail(make_mta):
     mta = make_mta({"inbound": {"blocked_extensions": ["exe"], "blocked_extensions_action": "bounce",
                                 "notify_admin": False, "notify_recipient": False}})  # fmt: skip
-    assert send(mta, message_with_attachment(b"MZ", filename="a.exe"), sender="").code == 250
+    assert send(mta, message_with_attachment(b"MZ", filename="a.exe"), sender="", client=TRUSTED).code == 250
     listmail = b"Precedence: list\r\n" + message_with_attachment(b"MZ", filename="a.exe")
-    assert send(mta, listmail).code == 250
+    assert send(mta, listmail, client=TRUSTED).code == 250
+    automatic = b"Auto-Submitted: auto-generated\r\n" + message_with_attachment(b"MZ", filename="a.exe")
+    assert send(mta, automatic, client=TRUSTED).code == 250
     assert mta.queued() == []
 
 
@@ -263,3 +265,33 @@ def test_trusted_mail_is_not_judged_by_dkim_but_gets_the_originating_header(make
     assert header(mta, qid, "Authentication-Results") is None
     assert header(mta, qid, "X-Originating-IP") == "[127.0.0.1]"
     assert envelope_of(mta, qid).trail == []
+
+
+def test_forged_authentication_results_and_client_spam_headers_go_from_trusted_clients_too(make_mta, spamd):
+    mta = make_mta({"dkim": {"verify": True}, "antispam": {"enabled": True, "spamd": {"address": spamd.address},
+                                                            "check_outbound": False}})  # fmt: skip
+    forged = (b"Authentication-Results: mx.example.test; dkim=pass header.d=bank.example\r\n"
+              b"X-Spam-Status: No, score=-100\r\nX-Spam-Flag: NO\r\n")  # fmt: skip
+    qid = queue_id_of(send(mta, forged + message(), client=TRUSTED))  # trusted: neither verified nor spam-checked
+    body = mta.body(qid)
+    assert b"Authentication-Results" not in body and b"X-Spam-" not in body
+    assert b"Subject: test\r\n" in body
+
+
+def test_an_encrypted_member_one_level_too_deep_is_still_blocked(make_mta, clamd):
+    inner = zip_bytes({"secret.exe": b"MZ" * 100}, encrypted=True)
+    for level in range(4):  # zip in zip in zip in zip: the walker opens 3 levels
+        inner = zip_bytes({f"level{level}.zip": inner})
+    mta = make_mta({"antivirus": {"enabled": True, "clamd": {"address": clamd.address}, "notify_admin": False,
+                                  "notify_recipient": False}})  # fmt: skip
+    r = send(mta, message_with_attachment(inner, filename="nested.zip"))
+    assert r.line == "554 5.7.0 Rejected: virus found: Heuristics.Limits.Exceeded"
+    wait_for_log(mta, re.compile(r"antivirus=virus \(Heuristics\.Limits\.Exceeded: archive too deep"))
+
+
+def test_bounce_for_an_outsider_is_a_reject_in_data(make_mta):
+    mta = make_mta({"inbound": {"blocked_extensions": ["exe"], "blocked_extensions_action": "bounce",
+                                "notify_admin": False, "notify_recipient": False}})  # fmt: skip
+    r = send(mta, message_with_attachment(b"MZ", filename="a.exe"), client=UNTRUSTED)
+    assert r.line == '550 5.7.1 Attachment type not allowed. File "a.exe" has the unacceptable extension "exe"'
+    assert mta.queued() == [], "no bounce to a sender who may be forged"

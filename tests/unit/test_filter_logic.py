@@ -168,3 +168,50 @@ def test_rewrite_message():
     out = rewrite_message(no_subject, len(received), (), "[SPAM]")
     assert out == received + b"Subject: [SPAM]\r\nFrom: x@y\r\n\r\nSubject: in the body\r\n"
     assert rewrite_message(content, len(received), (), "") == content
+
+
+def test_walker_problems_block_when_encrypted_archives_are_blocked():
+    o = antivirus_outcome(None, (), AV, ["archive too deep: a.zip > b.zip > c.zip > d.zip"])
+    assert o.verdict.reply.line() == "554 5.7.0 Rejected: virus found: Heuristics.Limits.Exceeded"
+    assert o.step.detail.startswith("Heuristics.Limits.Exceeded: archive too deep")
+    assert antivirus_outcome(None, (), AntivirusConfig(block_encrypted_archives=False), ["archive too deep"]).verdict.decision is Decision.CONTINUE
+    assert antivirus_outcome("Heuristics.Limits.Exceeded", (), AntivirusConfig(block_encrypted_archives=False)).verdict.decision is Decision.CONTINUE
+
+
+def test_strip_fields_takes_whole_fields_and_nothing_after_a_broken_line():
+    from mtaserver.filters.chain import SPAM_HEADERS, strip_fields
+
+    head = b"X-Spam-Status: No,\r\n\ttests=[A]\r\nSubject: hi\r\nx-spam-FLAG: YES\r\n"
+    assert strip_fields(head, SPAM_HEADERS) == b"Subject: hi\r\n"
+    assert strip_fields(b"Subject: hi\r\n", SPAM_HEADERS) == b"Subject: hi\r\n"
+    broken = b"Subject: hi\r\nnot a field\r\nX-Spam-Flag: YES\r\n"
+    assert strip_fields(broken, SPAM_HEADERS) == broken, "after a line that is not a field nothing is judged"
+
+
+def test_a_non_ascii_subject_tag_is_an_encoded_word_and_a_tag_cannot_break_a_header():
+    from pydantic import ValidationError
+
+    from mtaserver.filters.chain import encode_tag
+
+    received = b"Received: by mx\r\n"
+    out = rewrite_message(received + b"Subject: offer\r\n\r\n", len(received), (), "[SPAMÉ]")
+    assert out == received + b"Subject: =?utf-8?b?W1NQQU3DiV0=?= offer\r\n\r\n"
+    assert encode_tag("[SPAM]") == b"[SPAM]"
+    with pytest.raises(ValidationError, match="no control characters"):
+        AntispamConfig(subject_tag="[SPAM]\r\nBcc: x@example.org")
+
+
+def test_bounce_is_only_for_trusted_clients():
+    from mtaserver.config import InboundConfig
+    from mtaserver.filters.attachment_filter import attachments_outcome
+    from mtaserver.filters.mime import MimeWalker
+
+    w = MimeWalker()
+    w.feed(b'Content-Type: application/octet-stream; name="a.exe"\r\n\r\nMZ\r\n')
+    report = w.close()
+    cfg = InboundConfig(blocked_extensions=["exe"], blocked_extensions_action="bounce")
+    trusted = attachments_outcome(report, cfg, trusted=True)
+    assert trusted.verdict.decision is Decision.DISCARD and trusted.notices.bounce
+    outsider = attachments_outcome(report, cfg, trusted=False)
+    assert outsider.verdict.decision is Decision.REJECT and not outsider.notices.bounce
+    assert outsider.verdict.reply.line() == '550 5.7.1 Attachment type not allowed. File "a.exe" has the unacceptable extension "exe"'

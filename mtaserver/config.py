@@ -92,6 +92,7 @@ class SmtpLimits(Strict):
     recipients: int = Field(1000, ge=1)  # Postfix smtpd_recipient_limit -> 452 4.5.3
     recipient_overshoot: int = Field(1000, ge=0)  # Postfix smtpd_recipient_overshoot_limit: 452s that are no errors
     header_size: Size = 102400  # Postfix header_size_limit -> drain, 552 5.3.4
+    hop_count: int = Field(50, ge=2, le=1000)  # Postfix hopcount_limit: Received: headers -> 554 5.4.0 after DATA
     command_timeout: Duration = 300.0  # Postfix smtpd_timeout -> 421 4.4.2 and close
     data_timeout: Duration = 300.0  # no progress within DATA for this long -> 421 4.4.2
     soft_error_limit: int = Field(10, ge=0)  # past it, each error reply is delayed by error_sleep

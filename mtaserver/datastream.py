@@ -19,7 +19,9 @@ DESCRIPTION
       note       as normalize, and the session logs that it happened
 
     Limits are found while reading and reported after the end of data, once the client is
-    listening again ("drain, then reply"): over-long lines, size, header size.
+    listening again ("drain, then reply"): over-long lines, size, header size, and the
+    Received: header fields counted as the header streams by (a mail loop: Postfix
+    hopcount_limit), so a looping message is refused, never queued and bounced.
 
 SECURITY
     Reads untrusted bytes. Memory is bounded: at most one unfinished line (capped at the
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 _ANY_EOL = re.compile(rb"\r\n|\n|\r")
+_RECEIVED = re.compile(rb"(?im)^received[ \t]*:")  # a Received: header field's start (RFC 5322 3.6.7)
 
 
 class BareNewline(str, Enum):
@@ -50,6 +53,7 @@ class DataProblem(str, Enum):
     LINE_TOO_LONG = "line too long"
     TOO_BIG = "message too big"
     HEADER_TOO_BIG = "header too big"
+    TOO_MANY_HOPS = "too many hops"
 
 
 @dataclass(slots=True)
@@ -67,11 +71,14 @@ class DataScanner:
         max_line: int = 1000,
         max_size: int = 0,
         max_header: int = 0,
+        max_received: int = -1,
     ) -> None:
         self._policy = bare_newline
         self._max_line = max_line
         self._max_size = max_size
         self._max_header = max_header
+        self._max_received = max_received  # more Received: headers than this: TOO_MANY_HOPS; -1: not counted
+        self.received = 0  # Received: header fields seen in the header section
         self._pending = b""  # an unfinished line
         self._crlf_start = True  # the next byte starts a line after a CRLF (or starts DATA)
         self._line_start_after_bare = False  # normalize/note: the last line ended in a bare LF
@@ -159,5 +166,14 @@ class DataScanner:
             self._header_bytes += end
         else:
             self._header_bytes += len(seg)
+        if self._max_received >= 0:
+            head = seg if end < 0 else seg[:end]
+            if b":" in head:
+                n = len(_RECEIVED.findall(head))
+                if n and not at_line_start and _RECEIVED.match(head):
+                    n -= 1  # the rest of a line that began in an earlier piece
+                self.received += n
+                if self.received > self._max_received:
+                    self._problem(DataProblem.TOO_MANY_HOPS)
         if self._max_header and self._header_bytes > self._max_header:
             self._problem(DataProblem.HEADER_TOO_BIG)

@@ -231,6 +231,7 @@ DATA_BARE_CR = Reply(550, "5.5.2", "Error: bare <CR> received")
 DATA_LINE_TOO_LONG = Reply(500, "5.5.2", "Error: message line too long")
 DATA_TOO_BIG = Reply(552, "5.3.4", "Error: message file too big")
 DATA_HEADER_TOO_BIG = Reply(552, "5.3.4", "Error: message header too big")
+DATA_TOO_MANY_HOPS = Reply(554, "5.4.0", "Error: too many hops")  # a mail loop; refused, so no bounce is made
 # the commit (queue/store.py)
 QUEUE_WRITE_ERROR = Reply(451, "4.3.0", "Error: queue file write error")
 # the content filters (filters/chain.py)

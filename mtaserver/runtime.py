@@ -300,6 +300,7 @@ def _engine_settings(cfg: Config, lst: Listener, tls: ssl.SSLContext | None, aut
         max_message_size=cfg.advanced.max_message_size,
         text_line=lim.text_line,
         header_size=lim.header_size,
+        hop_count=lim.hop_count,
         bare_newline=BareNewline(cfg.inbound.bare_newline),
         starttls=tls is not None and lst.tls == "starttls",
         implicit_tls=lst.tls == "implicit",

@@ -99,6 +99,7 @@ class Settings:
     max_message_size: int = 10240000
     text_line: int = 2048
     header_size: int = 102400
+    hop_count: int = 50  # Received: headers, ours included, that make a mail loop (Postfix hopcount_limit)
     bare_newline: BareNewline = BareNewline.REJECT
     starttls: bool = False  # a TLS context exists for STARTTLS on this listener
     implicit_tls: bool = False  # the connection is TLS from its first byte
@@ -544,6 +545,7 @@ class Engine:
         return DataScanner(
             bare_newline=self.bare_newline, max_line=self.s.text_line,
             max_size=self.s.max_message_size, max_header=self.s.header_size,
+            max_received=self.s.hop_count - 2,  # ours is added: the client's plus ours reach the limit
         )  # fmt: skip
 
     def data_done(self, reply: Reply, *, close: bool = False) -> None:
@@ -849,4 +851,5 @@ DATA_REPLIES = {
     DataProblem.LINE_TOO_LONG: R.DATA_LINE_TOO_LONG,
     DataProblem.TOO_BIG: R.DATA_TOO_BIG,
     DataProblem.HEADER_TOO_BIG: R.DATA_HEADER_TOO_BIG,
+    DataProblem.TOO_MANY_HOPS: R.DATA_TOO_MANY_HOPS,
 }

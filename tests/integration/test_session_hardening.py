@@ -8,7 +8,7 @@ from smtpclient import UNTRUSTED, Mta, SmtpClient, queue_id_of
 
 from mtaserver.queue.store import parse_envelope
 
-LIMITS = {"server": {"limits": {"recipients": 3, "hard_error_limit": 4}}}
+LIMITS = {"server": {"limits": {"recipients": 3, "hard_error_limit": 4, "hop_count": 5}}}
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +38,22 @@ def test_pipelined_recipients_past_the_limit_keep_the_transaction(srv):
         qid = queue_id_of(c.reply())
         assert c.cmd("QUIT").code == 221
     assert [r.address for r in envelope(srv, qid).recipients] == [f"r{i}@example.test" for i in range(3)]
+
+
+def _hops(n: int) -> bytes:
+    return b"".join(b"Received: from h%d.test by h%d.test; Mon, 1 Jan 2026 00:00:00 +0000\r\n" % (i, i + 1) for i in range(n))
+
+
+def test_too_many_hops_is_refused_at_the_end_of_data(srv):
+    """hop_count 5: with ours, 4 Received: headers of the client make 5, a loop: 554 5.4.0 after
+    DATA and nothing queued (so no bounce); 3 are fine."""
+    before = set(srv.queued())
+    with SmtpClient(srv.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        reply = c.send_message("s@client.test", ["a@example.test"], _hops(4) + b"Subject: loop\r\n\r\nx\r\n")
+        assert reply.line == "554 5.4.0 Error: too many hops"
+        assert set(srv.queued()) == before and srv.queued("tmp") == []
+        qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], _hops(3) + b"Subject: ok\r\n\r\nx\r\n"))
+        assert c.cmd("QUIT").code == 221
+    assert srv.body(qid).count(b"\r\nReceived: ") == 3 and srv.body(qid).startswith(b"Received: from client.test")

@@ -86,3 +86,17 @@ def test_header_limit():
     assert s.problems == [DataProblem.HEADER_TOO_BIG]
     s, _, _ = run(b"Subject: a\r\n\r\n" + b"b" * 5000 + b"\r\n.\r\n", 33, max_header=1000, max_line=10000)
     assert not s.problems
+
+
+@pytest.mark.parametrize("chunks", [None, 1, 5, 13])
+def test_received_headers_are_counted_in_the_header_only(chunks):
+    """A mail loop: more Received: header fields than max_received is TOO_MANY_HOPS, found as
+    the header streams by; the same lines in the body, or folded, do not count."""
+    hops = b"".join(b"Received: from h%d by h%d; Mon, 1 Jan 2026 00:00:00 +0000\r\n" % (i, i + 1) for i in range(4))
+    msg = hops + b"RECEIVED : odd case\r\nX-Note: x\r\n\treceived: folded, not a field\r\n\r\n" + hops + b".\r\n"
+    s, _, _ = run(msg, chunks, max_received=5)
+    assert s.received == 5 and not s.problems
+    s, _, _ = run(msg, chunks, max_received=4)
+    assert s.problems == [DataProblem.TOO_MANY_HOPS]
+    s, _, _ = run(msg, chunks)  # not counted unless asked
+    assert not s.problems

@@ -187,6 +187,15 @@ def test_recipient_overshoot_is_no_error_and_the_transaction_stays():
     assert codes(out).count("452 4.5.3 Error: too many recipients") == 4
 
 
+def test_hop_count_counts_our_received_header():
+    """Postfix hopcount_limit: the Received: headers with the one we add reach the limit -> 554 5.4.0."""
+    hops = b"Received: from a by b; Mon, 1 Jan 2026 00:00:00 +0000\r\n"
+    for n, refused in ((3, False), (4, True)):
+        scanner = E.Engine(settings(hop_count=5)).data_scanner()
+        scanner.feed(hops * n + b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        assert [E.DATA_REPLIES[p].line() for p in scanner.problems] == (["554 5.4.0 Error: too many hops"] if refused else [])
+
+
 # -- line limits, bare newlines, the error budget ---------------------------------------------------
 
 

@@ -23,13 +23,80 @@ def _check_config(path: str) -> int:
         return 1
     from .runtime import check_files
 
-    problems = check_files(cfg)
+    problems = _file_problems(cfg)
+    tls_named = any(key.startswith("server.tls.") for key, _ in problems)
+    problems += [(k, m) for k, m in check_files(cfg) if not (tls_named and k == "server.tls")]  # said more precisely above
     for key, message in problems:
         print(f"{path}:{config_mod.key_line(path, key)}: {key}: {message}", file=sys.stderr)
     if problems:
         return 1
     print("ok")
     return 0
+
+
+def _file_problems(cfg: config_mod.Config) -> list[tuple[str, str]]:
+    """The TLS certificate and key (there, a regular file, readable by us and by server.user, who
+    reads them again on reload) and the admin token file's lines: (key, message) pairs."""
+    import os
+
+    from .admin.tokens import TokenFileError, parse_tokens
+
+    problems = []
+    for key, name in (("server.tls.cert", cfg.server.tls.cert), ("server.tls.key", cfg.server.tls.key)):
+        if name:
+            path = config_mod.resolve_path(cfg.source, name)
+            why = _unusable(path, cfg.server.user, cfg.server.group)
+            if why:
+                problems.append((key, f"{path}: {why}"))
+    token_path = cfg.data_path / cfg.admin.token_file  # made on first start when missing: only a file that is there
+    if os.path.lexists(token_path):
+        try:
+            parse_tokens(token_path.read_text(encoding="utf-8"), str(token_path))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(("admin.token_file", f"{token_path}: cannot read the token file: {getattr(exc, 'strerror', None) or exc}"))
+        except TokenFileError as exc:
+            problems += [("admin.token_file", line) for line in exc.errors]  # file:line: message, never a token
+    return problems
+
+
+def _unusable(path: object, user: str | None, group: str | None) -> str | None:
+    """Why a file the server reads cannot be read: missing, not a regular file, not readable (by us,
+    or by server.user / server.group judged by the mode bits); None when it can."""
+    import grp
+    import os
+    import pwd
+    import stat
+
+    try:
+        st = os.stat(path)  # type: ignore[arg-type]
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    try:
+        with open(path, "rb"):  # type: ignore[call-overload]
+            pass
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if user is None:
+        return None
+    try:
+        pw = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+    except KeyError:
+        return None  # the config's own check names the unknown user or group
+    if pw.pw_uid == 0:
+        return None
+    groups = {gid, *os.getgrouplist(user, gid)}
+    if st.st_uid == pw.pw_uid:
+        ok = bool(st.st_mode & stat.S_IRUSR)
+    elif st.st_gid in groups:
+        ok = bool(st.st_mode & stat.S_IRGRP)
+    else:
+        ok = bool(st.st_mode & stat.S_IROTH)
+    return None if ok else f"not readable by server.user {user} (mode {stat.S_IMODE(st.st_mode):04o}; a reload reads it after the drop)"
 
 
 def _auth_hash() -> int:

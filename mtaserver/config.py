@@ -27,7 +27,9 @@ from pydantic import (
     BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 
-from .values import Endpoint, NetMatch, check_domain, parse_duration, parse_endpoint, parse_network, parse_size
+from .values import (
+    Endpoint, NetMatch, check_domain, check_nexthop, parse_duration, parse_endpoint, parse_network, parse_size,
+)
 
 
 class ConfigError(Exception):
@@ -368,6 +370,11 @@ class OutboundConfig(Strict):
     tls: Literal["none", "may", "encrypt"] = "may"
     helo_name: str | None = None
     smtp_port: int = Field(25, ge=1, le=65535)  # port of MX hosts (Postfix smtp_tcp_port)
+
+    @field_validator("relay_host", "fallback_relay_host")
+    @classmethod
+    def _nexthop(cls, v: str | None) -> str | None:
+        return None if v is None else check_nexthop(v)  # "[foo" would be read as [foo]: ValueError names the forms
 
 
 Tolerance = str | float

@@ -6,9 +6,12 @@ DESCRIPTION
     another module of the package, so any module may import it.
 
       parse_duration   "20ms", "6s", "5m", "1h", "30d", "2w" or a number -> seconds
-      parse_size       "10240000", "500K", "10M", "1G" -> bytes (K = 1024)
+      parse_size       "10240000", "500K", "10M", "1G" -> bytes (K = 1024, M = 1024 * 1024, G = 1024 ** 3);
+                       "10MB", "10Mb", "10 MiB", "1.5M" are refused as ambiguous (bytes or bits? 1000 or 1024?)
       parse_endpoint   "host:port", "[v6]:port", "unix:/path" -> Endpoint
-      parse_network    "192.0.2.0/24", "[::1]/128", "!10.0.0.1" -> NetMatch (mynetworks entry)
+      check_nexthop    "host", "host:port", "[host]", "[host]:port" (Postfix relayhost; [] = no MX lookup)
+      parse_network    "192.0.2.0/24", "[::1]/128", "!10.0.0.1" -> NetMatch (mynetworks entry); host bits
+                       set ("10.0.0.1/8") are refused with the network meant ("10.0.0.0/8")
       in_networks      Postfix mynetworks lookup: first matching entry wins, "!" excludes
       domain_matches   "example.test" matches itself, ".example.test" its subdomains
 """
@@ -40,14 +43,16 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration like 30s, 5m, 1h, 7d, not {value!r}")
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)\s*$")
 _SIZE_UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE_FORMS = "a number of bytes (10240000) or K, M, G for 1024, 1024*1024, 1024**3 bytes (500K, 10M, 1G)"
 
 
 def parse_size(value: Any) -> int:
-    """`10240000`, `500K`, `10M`, `1G` -> bytes (K = 1024)."""
+    """`10240000`, `500K`, `10M`, `1G` -> bytes (K = 1024). `10MB`, `10Mb`, `10 MiB`, `1.5M`: ValueError
+    (ambiguous: bytes or bits, 1000 or 1024), so a size is never read other than as it was meant."""
     if isinstance(value, bool):
-        raise ValueError("expected a size like 10240000 or 10M")
+        raise ValueError(f"expected a size: {_SIZE_FORMS}")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size cannot be negative")
@@ -56,7 +61,9 @@ def parse_size(value: Any) -> int:
         m = _SIZE.match(value)
         if m:
             return int(m.group(1)) * _SIZE_UNIT[m.group(2).lower()]
-    raise ValueError(f"expected a size like 10240000 or 10M, not {value!r}")
+        if re.match(r"^\s*\d+(\.\d+)?\s*([kKmMgGtT]?i?[bB]|[kKmMgG]\s*$)", value):
+            raise ValueError(f"{value!r} is ambiguous: write {_SIZE_FORMS}; no B, MB, MiB, no fractions")
+    raise ValueError(f"expected a size: {_SIZE_FORMS}; not {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,29 @@ def parse_endpoint(value: Any, *, default_port: int | None = None) -> Endpoint:
     return Endpoint(host, port_n)
 
 
+def check_nexthop(value: str) -> str:
+    """A Postfix relayhost: `host`, `host:port` (MX lookup) or `[host]`, `[host]:port` (no MX lookup;
+    host may be an IP address, `[2001:db8::1]`). Returns it stripped; ValueError names the problem."""
+    text = value.strip()
+    forms = "expected host, host:port, [host] or [host]:port ([...]: no MX lookup)"
+    m = re.fullmatch(r"\[([^\[\]\s]+)\](?::(\d{1,5}))?", text) or re.fullmatch(r"([^:\[\]\s]+)(?::(\d{1,5}))?", text)
+    if not m:
+        raise ValueError(f"{forms}, not {value!r}")
+    host, port = m.group(1), m.group(2)
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValueError(f"port out of range in {value!r}")
+    try:
+        ipaddress.ip_address(host)  # an IPv6 address only in brackets: the second form has no ':' in host
+    except ValueError:
+        if host.startswith(".") or host.endswith(".."):
+            raise ValueError(f"{forms}, not {value!r}") from None
+        try:
+            check_domain(host)
+        except ValueError:
+            raise ValueError(f"{forms}; {host!r} is neither a host name nor an IP address") from None
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class NetMatch:
     """One `mynetworks` entry: a network, possibly negated with `!`."""
@@ -118,8 +148,11 @@ def parse_network(value: Any) -> NetMatch:
         text = text[1:].strip()
     text = re.sub(r"^\[([^\]]+)\]", r"\1", text)  # Postfix writes IPv6 as [::1]/128
     try:
-        return NetMatch(ipaddress.ip_network(text, strict=False), negate)
+        return NetMatch(ipaddress.ip_network(text, strict=True), negate)
     except ValueError as exc:
+        if "host bits set" in str(exc):  # 10.0.0.1/8: a typo for 10.0.0.0/8 or for 10.0.0.1/32? say so, guess nothing
+            meant = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"{value!r} has host bits set (did you mean {meant}?)") from None
         raise ValueError(f"not a network: {value!r}") from exc
 
 

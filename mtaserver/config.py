@@ -97,6 +97,7 @@ class SmtpLimits(Strict):
     hop_count: int = Field(50, ge=2, le=1000)  # Postfix hopcount_limit: Received: headers -> 554 5.4.0 after DATA
     command_timeout: Duration = 300.0  # Postfix smtpd_timeout -> 421 4.4.2 and close
     data_timeout: Duration = 300.0  # no progress within DATA for this long -> 421 4.4.2
+    min_data_rate: int = Field(500, ge=0)  # Postfix smtpd_min_data_rate: bytes/s inside DATA after the first data_timeout
     soft_error_limit: int = Field(10, ge=0)  # past it, each error reply is delayed by error_sleep
     hard_error_limit: int = Field(20, ge=1)  # -> 421 4.7.0 Error: too many errors, and close
     error_sleep: Duration = 1.0

@@ -23,12 +23,22 @@ DESCRIPTION
     Received: header fields counted as the header streams by (a mail loop: Postfix
     hopcount_limit), so a looping message is refused, never queued and bounced.
 
+    `DataDeadline` is the slow-sender rule (Postfix smtpd_per_request_deadline with
+    smtpd_min_data_rate): DATA starts with a deadline one timeout ahead; every N bytes read
+    push it N / min_rate seconds later, never more than one timeout ahead of now. A client
+    trickling a byte every few seconds therefore reaches it after about one timeout, while
+    any sender faster than min_rate never does. The shell's timer waits for `at`.
+
 SECURITY
     Reads untrusted bytes. Memory is bounded: at most one unfinished line (capped at the
     line limit) is kept between chunks; content is handed out as it is scanned.
 
 STANDARDS
     RFC 5321 4.1.1.4 (DATA), 4.5.2 (transparency), 4.5.3.1.6 (text line length), 2.3.8 (CRLF).
+
+CONFIG
+    none directly; the session passes inbound.bare_newline, server.limits.{text_line,header_size,
+    hop_count,data_timeout,min_data_rate}, advanced.max_message_size
 """
 
 from __future__ import annotations
@@ -54,6 +64,30 @@ class DataProblem(str, Enum):
     TOO_BIG = "message too big"
     HEADER_TOO_BIG = "header too big"
     TOO_MANY_HOPS = "too many hops"
+
+
+class DataDeadline:
+    """When a DATA transfer times out, by bytes read and `now` (a monotonic clock)."""
+
+    __slots__ = ("at", "_timeout", "_rate")
+
+    def __init__(self, now: float, timeout: float, min_rate: int) -> None:
+        self._timeout = timeout
+        self._rate = min_rate  # bytes/s; 0: every read starts a new timeout (no rate asked)
+        self.at = now + timeout
+
+    def progress(self, n: int, now: float) -> float:
+        """`n` bytes were read at `now`: the new deadline."""
+        if self._rate:
+            at = self.at + n / self._rate
+            limit = now + self._timeout
+            self.at = at if at < limit else limit
+        else:
+            self.at = now + self._timeout
+        return self.at
+
+    def expired(self, now: float) -> bool:
+        return now >= self.at
 
 
 @dataclass(slots=True)

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import model as R
 from ..admin import metrics
-from ..datastream import BareNewline, DataProblem, DataScanner
+from ..datastream import BareNewline, DataDeadline, DataProblem, DataScanner
 from ..logutil import sanitize
 from ..model import ClientInfo, Decision, Envelope, Recipient, Reply, Verdict
 from ..pipeline import Context, SessionView, Stage, TxView, run_stage
@@ -674,13 +674,15 @@ class Session(asyncio.Protocol):
     async def _receive(self, spool: Spool, scanner: DataScanner) -> DataScanner | None:
         chunks = self._data
         assert chunks is not None
-        timeout = self.limits.data_timeout
+        loop = self.loop
+        # server.limits.min_data_rate: a slow sender's reads buy it less time than they take
+        deadline = DataDeadline(loop.time(), self.limits.data_timeout, self.limits.min_data_rate)
         while True:
             if not chunks:
                 if self._eof or self._closing:
                     log.info("lost connection after DATA (%d bytes) from %s", scanner.size, self._label())
                     return None
-                self._arm(timeout)
+                self._arm(deadline.at - loop.time())
                 try:
                     await self._wait_input()
                 finally:
@@ -691,6 +693,7 @@ class Session(asyncio.Protocol):
             chunk = chunks.pop() if len(chunks) == 1 else b"".join(chunks)
             chunks.clear()
             self._data_bytes -= len(chunk)
+            deadline.progress(len(chunk), loop.time())
             if self._reading_paused and self._data_bytes < DATA_BUFFER // 2 and self.transport is not None:
                 self._reading_paused = False
                 self.transport.resume_reading()

@@ -4,7 +4,7 @@ recipient overshoot, slow senders, hop count, and the DSN and CHUNKING extension
 from __future__ import annotations
 
 import pytest
-from smtpclient import UNTRUSTED, Mta, SmtpClient, queue_id_of
+from smtpclient import UNTRUSTED, Mta, SmtpClient, queue_id_of, wait_for_log
 
 from mtaserver.queue.store import parse_envelope
 
@@ -57,3 +57,29 @@ def test_too_many_hops_is_refused_at_the_end_of_data(srv):
         qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], _hops(3) + b"Subject: ok\r\n\r\nx\r\n"))
         assert c.cmd("QUIT").code == 221
     assert srv.body(qid).count(b"\r\nReceived: ") == 3 and srv.body(qid).startswith(b"Received: from client.test")
+
+
+def test_a_trickling_sender_is_cut_off_inside_data(make_mta):
+    """server.limits.min_data_rate: a byte every 0.25 s, every gap well inside data_timeout (1 s),
+    used to hold the session for ever; now the DATA deadline is met after about one timeout:
+    421 4.4.2 and the connection closed, nothing queued."""
+    mta = make_mta({"server": {"limits": {"data_timeout": "1s", "min_data_rate": 500}}})
+    with SmtpClient(mta.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        c.expect("DATA", 354)
+        got = b""
+        for _ in range(40):  # 10 s at most; the old rule never ends it
+            try:
+                c.send(b"x")
+            except OSError:
+                break
+            got += c.pending(0.25)
+            if got:
+                break
+        assert got.startswith(b"421 4.4.2 mx.example.test Error: timeout exceeded\r\n"), got
+        assert c.closed_by_server(2)
+    wait_for_log(mta, "timeout after DATA from unknown[127.0.0.2]")
+    assert mta.queued() == [] and mta.queued("tmp") == []

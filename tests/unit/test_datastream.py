@@ -1,6 +1,6 @@
 import pytest
 
-from mtaserver.datastream import BareNewline, DataProblem, DataScanner
+from mtaserver.datastream import BareNewline, DataDeadline, DataProblem, DataScanner
 
 
 def run(data: bytes, chunks: int | None = None, **kw):
@@ -100,3 +100,29 @@ def test_received_headers_are_counted_in_the_header_only(chunks):
     assert s.problems == [DataProblem.TOO_MANY_HOPS]
     s, _, _ = run(msg, chunks)  # not counted unless asked
     assert not s.problems
+
+
+def _first_expiry(deadline: DataDeadline, gap: float, size: int, until: float) -> float | None:
+    """A sender writing `size` bytes every `gap` seconds: when it first finds the deadline passed."""
+    now = 0.0
+    while now < until:
+        now += gap
+        if deadline.expired(now):
+            return now
+        deadline.progress(size, now)
+    return None
+
+
+def test_a_trickling_sender_meets_the_data_deadline():
+    """Postfix smtpd_min_data_rate 500: one byte every two seconds gets about one timeout
+    (300 s) however long it goes on; every read used to restart the timeout."""
+    assert _first_expiry(DataDeadline(0.0, 300.0, 500), 2.0, 1, 10_000) == pytest.approx(302, abs=2)
+    assert _first_expiry(DataDeadline(0.0, 300.0, 0), 2.0, 1, 10_000) is None  # 0: the old rule
+
+
+def test_a_sender_at_the_minimum_rate_never_meets_it():
+    assert _first_expiry(DataDeadline(0.0, 300.0, 500), 1.0, 500, 100_000) is None
+    assert _first_expiry(DataDeadline(0.0, 300.0, 500), 10.0, 5000, 100_000) is None
+    # a fast burst buys no more than one timeout: then silence times out after data_timeout
+    d = DataDeadline(0.0, 300.0, 500)
+    assert d.progress(10_000_000, 1.0) == 301.0 and not d.expired(300.9) and d.expired(301.0)

@@ -368,7 +368,9 @@ def submit(opts: Options, stdin: object) -> str:
             queue_id=qid, sender=sender, recipients=[Recipient(address=r) for r in recipients], arrival=now,
             client=ClientInfo(ip="127.0.0.1", port=0, name="localhost", protocol="local", trusted=True),
             body_type="8BITMIME" if any(b > 127 for b in content) else None, smtputf8=utf8,
-            extra={"uid": str(who.uid)},
+            # "pickup": the queue manager runs the content filters (DKIM signing, the scanners)
+            # before the first delivery, as Postfix's pickup -> cleanup -> non_smtpd_milters do.
+            extra={"uid": str(who.uid), "pickup": "1"},
         )  # fmt: skip
         try:
             asyncio.run(store.commit(spool, env, announce=False))

@@ -383,7 +383,9 @@ class QueueManager:
                 return
             except FileNotFoundError:
                 return
-            if env.extra.get("requeue") and await self._refilter(env, body):
+            # requeue (queue/ops.py) and mail from `mtaserver sendmail` (pickup): the content
+            # filters run here, as the end of DATA runs them for SMTP
+            if (env.extra.get("requeue") or env.extra.get("pickup")) and await self._refilter(env, body):
                 return
             await self._attempt(env, body)
         except Exception:
@@ -423,6 +425,7 @@ class QueueManager:
             return True
         assert msg is not None
         env.extra.pop("requeue", None)
+        env.extra.pop("pickup", None)
         for key in ADDED:
             env.extra.pop(key, None)
         env.extra.update(msg.extra)

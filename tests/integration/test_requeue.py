@@ -56,3 +56,33 @@ def test_requeue_applies_the_filters_of_now(make_mta):
         assert b'has the unacceptable extension "exe"' in bounce and b"Status: 5.7.1" in bounce
     finally:
         sink.controller.stop()
+
+
+def test_mail_from_sendmail_goes_through_the_filters_before_delivery(make_mta):
+    """Postfix's pickup -> cleanup -> non_smtpd_milters: local mail is signed (and scanned) too."""
+    import subprocess
+    import sys
+
+    from mtaserver.filters.dkim import new_key, write_key
+
+    sink = Sink()
+    sink.controller.start()
+    try:
+        over = deep_merge(delivering(relay=sink.port), {
+            "dkim": {"sign": [{"domain": "example.test", "selector": "s1", "key": "dkim/example.test.s1.key"}]},
+            "inbound": {"blocked_extensions": ["exe"]},
+        })  # fmt: skip
+        mta = make_mta(over, start=False)
+        write_key(mta.data_dir / "dkim" / "example.test.s1.key", new_key("rsa"))
+        mta.start()
+        text = b"From: Cron <cron@example.test>\nTo: ops@remote.test\nSubject: nightly\n\nall good\n"
+        out = subprocess.run([sys.executable, "-m", "mtaserver", "sendmail", "-C", str(mta.config_path), "-f",
+                              "cron@example.test", "ops@remote.test"], input=text, capture_output=True, timeout=30)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: sink.messages, what="delivery to the sink")
+        content = sink.messages[0][2]
+        assert content.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test;")
+        assert b"Received: by mx.example.test (mtaserver, from userid " in content
+        wait_for_log(mta, re.compile(r"requeue: filtered again \(attachments=clean, dkim-sign=signed\)"))
+    finally:
+        sink.controller.stop()

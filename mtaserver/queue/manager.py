@@ -48,7 +48,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -70,6 +70,7 @@ from .store import CorruptEnvelope, QueueStore, is_queue_id
 log = logging.getLogger("qmgr")
 
 MAX_ACTIVE = 200  # messages in active/ at once (Postfix qmgr_message_active_limit is 20000)
+CONTROL_BATCH = 256  # messages an administrator's action moves between two turns of the event loop
 SCAN_INTERVAL = 60.0  # at most this long between looks at deferred/ (Postfix queue_run_delay)
 INCOMING_SCAN = 1.0  # a full listing of incoming/ at least this often (a lost wake-up costs at most this)
 RESCAN = "*"  # a wake-up that asks for a full listing (the sender lost some of its earlier ones)
@@ -182,7 +183,9 @@ class QueueManager:
         self._next_deferred_scan = 0.0
         self._flush = False
         self._chain: Any = None  # filters/chain.FilterChain for requeued messages, built when first needed
-        self._pending: dict[str, str] = {}  # an administrator's action on a message being delivered
+        # An administrator's action on a message being delivered: (action, what runs first: delete --bounce).
+        self._pending: dict[str, tuple[str, Callable[[str], Awaitable[Any]] | None]] = {}
+        self._reserved: set[str] = set()  # ids an administrator's action works on now: not taken meanwhile
         self._stopped_short = False  # the last feed left work for when a slot frees up
         self._seen: Config | None = None  # the config the shared objects were last checked against
         self._resolver: _Shared[Resolver] | None = None
@@ -248,37 +251,60 @@ class QueueManager:
         self._flush = True
         self.wake.set()
 
-    async def control(self, action: str, queue_ids: list[str]) -> tuple[list[str], list[str]]:
+    async def control(
+        self, action: str, queue_ids: list[str], *, before: Callable[[str], Awaitable[Any]] | None = None
+    ) -> tuple[list[str], list[str], dict[str, str]]:
         """An administrator's hold, release, requeue or delete (queue/ops.py), in step with the
-        deliveries: a message not being delivered is moved now (in this loop, so the manager
-        cannot take it meanwhile); one being delivered gets the action when its attempt ends
+        deliveries: a message not being delivered is moved now (the manager does not take it
+        meanwhile: it is reserved); one being delivered gets the action when its attempt ends
         (a hold then leaves it in hold/, a delete removes it; no file is touched under a
-        running attempt). Returns (done now, done when the attempt ends)."""
-        done, later = [], []
-        now = self._clock()
-        for qid in queue_ids:
+        running attempt). `before(qid)` runs first for each message (delete --bounce queues
+        the notification: at the end of an attempt it names the recipients left). The loop
+        turns every CONTROL_BATCH messages. Returns (done now, done when the attempt ends,
+        {queue id: error} of the messages an error left where they were)."""
+        done, later, errors = [], [], {}
+        free = []
+        for qid in dict.fromkeys(queue_ids):
             if qid in self._active:
-                self._pending[qid] = action  # the last request wins
+                self._pending[qid] = (action, before)  # the last request wins
                 later.append(qid)
-            elif apply(self.store, action, qid, now=now) is not None:
-                done.append(qid)
+            elif qid not in self._reserved:
+                free.append(qid)
+        self._reserved.update(free)
+        try:
+            for i, qid in enumerate(free):
+                if i and i % CONTROL_BATCH == 0:
+                    await asyncio.sleep(0)
+                try:
+                    if before is not None:
+                        await before(qid)
+                    if apply(self.store, action, qid, now=self._clock()) is not None:
+                        done.append(qid)
+                except OSError as exc:
+                    errors[qid] = exc.strerror or str(exc)
+                    log.error("%s: %s failed: %s", qid, action, errors[qid])
+        finally:
+            self._reserved.difference_update(free)
         if action == "requeue" and done:
             self.announce(done)
         elif action == "release" and done:
             self._next_deferred_scan = 0.0
             self.wake.set()
-        return done, later
+        return done, later, errors
 
-    def _after_attempt(self, qid: str) -> None:
+    async def _after_attempt(self, qid: str) -> None:
         """The action asked for while the message was being delivered (control), now that its
         attempt is over: the message is in deferred/, or still in active/ after an error, or gone."""
-        action = self._pending.pop(qid, None)
-        if action is None:
+        pending = self._pending.pop(qid, None)
+        if pending is None:
             return
+        action, before = pending
         try:
+            if before is not None:
+                await before(qid)
             if apply(self.store, action, qid, now=self._clock()) is not None and action == "requeue":
                 self.announce([qid])
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - an OSError, a damaged file: logged, the message stays
             log.error("%s: %s after the delivery attempt failed: %s", qid, action, exc)
 
     async def run(self, stop: asyncio.Event, *, listen: bool = True) -> None:
@@ -359,9 +385,13 @@ class QueueManager:
         order = []
         for i in range(max(len(incoming), len(deferred))):
             order += [("incoming", q) for q in incoming[i : i + 1]] + [("deferred", q) for q in deferred[i : i + 1]]
-        for state, qid in order:
+        for n, (state, qid) in enumerate(order):
+            if qid in self._reserved:
+                continue  # an administrator's action moves it now
             if self._slots.locked():
                 self._next_incoming_scan = 0.0  # what was not taken now is found by a full scan
+                if any(st == "deferred" for st, _ in order[n:]):
+                    self._next_deferred_scan = 0.0  # due (or flushed) deferred mail too: their mtime says due
                 self._stopped_short = True
                 return  # a finished delivery frees a slot and wakes us
             await self._slots.acquire()
@@ -391,12 +421,14 @@ class QueueManager:
         except Exception:
             log.exception("%s: delivery attempt failed; the message stays in active/ until restart", qid)
         finally:
-            self._active.discard(qid)
-            if self._pending:
-                self._after_attempt(qid)
-            self._slots.release()
-            if self._stopped_short:
-                self.wake.set()  # otherwise nothing waits for this slot: no need to turn the main loop
+            try:
+                if qid in self._pending:  # still ours (in _active) until the administrator's action is done
+                    await self._after_attempt(qid)
+            finally:
+                self._active.discard(qid)
+                self._slots.release()
+                if self._stopped_short:
+                    self.wake.set()  # otherwise nothing waits for this slot: no need to turn the main loop
 
     # -- requeue: the content filters again ---------------------------------------------
 

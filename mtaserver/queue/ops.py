@@ -510,7 +510,8 @@ class QueueOps:
         return await self._act("delete", selector, dry_run, bounce=bounce)
 
     async def _act(self, action: str, selector: Selector, dry_run: bool, *, bounce: bool = False) -> dict:
-        chosen, missing = self.select(action, selector)
+        # Reading names and envelopes (100,000 with --from) in a thread: this may be the manager's loop.
+        chosen, missing = await asyncio.to_thread(self.select, action, selector)
         ids = [qid for qid, _ in chosen]
         out: dict[str, Any] = {"action": action, "count": len(ids), "ids": ids, "dry_run": dry_run}
         if missing:
@@ -519,61 +520,82 @@ class QueueOps:
             out["bounce"] = True
         if dry_run or not ids:
             return out
-        if bounce:
-            out["bounced"] = await self._bounce(chosen)
+        bounced: list[str] = []
+
+        async def notify_sender(qid: str) -> None:
+            new = await self._bounce(qid)
+            if new is not None:
+                bounced.append(new)
+
+        before = notify_sender if bounce else None
         if self.manager is not None:
-            done, pending = await self.manager.control(action, ids)
+            done, pending, errors = await self.manager.control(action, ids, before=before)
         else:
             now = self.clock()
-            done, pending = [q for q in ids if apply(self.store, action, q, now=now) is not None], []
+            done, pending, errors = [], [], {}
+            for qid in ids:
+                try:
+                    if before is not None:
+                        await before(qid)
+                    if apply(self.store, action, qid, now=now) is not None:
+                        done.append(qid)
+                except OSError as exc:
+                    errors[qid] = exc.strerror or str(exc)
+                    log.error("%s: %s failed: %s", qid, action, errors[qid])
             if action in ("release", "requeue") and done:
                 self._poke(done if action == "requeue" else [SCAN_TOKEN])
         out.update(count=len(done) + len(pending), ids=done + pending)
+        if bounce:
+            out["bounced"] = bounced
         if pending:
-            out["pending"] = pending  # being delivered: done when the attempt ends
+            out["pending"] = pending  # being delivered: done when the attempt ends (a bounce then too)
+        if errors:
+            out["errors"] = errors  # left where they were
         return out
 
-    async def _bounce(self, chosen: list[tuple[str, str]]) -> list[str]:
-        """Queue a non-delivery notification to each message's sender (before the message goes:
-        a crash in between may duplicate a notification, never lose one). Returns their ids."""
-        made = []
-        now = self.clock()
+    async def _bounce(self, qid: str) -> str | None:
+        """Queue a non-delivery notification to the sender of a message about to be deleted,
+        naming the recipients it still has (before the message goes: a crash in between may
+        duplicate a notification, never lose one). Returns its queue id, None when none is due."""
         cfg = self._config() if self._config is not None else None
         hostname = cfg.server.hostname if cfg is not None else socket.getfqdn()
-        for qid, state in chosen:
-            if state == "corrupt":
-                continue
-            try:
-                state = self.locate(qid) or state
-                # A large message is read in a thread: this may be the queue manager's loop.
-                _, content = split_queue_file(await asyncio.to_thread(Path(self.store.path(state, qid)).read_bytes))
-                env = self.store.peek(state, qid)
-            except (FileNotFoundError, CorruptEnvelope):
-                continue
-            if not env.sender:
-                continue  # never a notification about a notification
-            rcpts = [RecipientStatus(address=r.address, status="5.0.0", diagnostic=DELETED_REASON, smtp_diagnostic=False)
-                     for r in env.recipients]  # fmt: skip
-            dsn = build_dsn(kind=Fate.BOUNCED, hostname=hostname, queue_id=qid, sender=env.sender, arrival=env.arrival,
-                            recipients=rcpts, original=bytes(content), now=now)  # fmt: skip
-            from .manager import LOCAL_CLIENT
+        state = self.locate(qid)
+        if state is None or state == "corrupt":
+            return None
+        try:
+            # A large message is read in a thread: this may be the queue manager's loop.
+            _, content = split_queue_file(await asyncio.to_thread(Path(self.store.path(state, qid)).read_bytes))
+            env = self.store.peek(state, qid)
+        except (FileNotFoundError, CorruptEnvelope):
+            return None
+        if not env.sender or not env.recipients:
+            return None  # never a notification about a notification; nobody left
+        rcpts = [RecipientStatus(address=r.address, status="5.0.0", diagnostic=DELETED_REASON, smtp_diagnostic=False)
+                 for r in env.recipients]  # fmt: skip
+        dsn = build_dsn(kind=Fate.BOUNCED, hostname=hostname, queue_id=qid, sender=env.sender, arrival=env.arrival,
+                        recipients=rcpts, original=bytes(content), now=self.clock())  # fmt: skip
+        from .manager import LOCAL_CLIENT
 
-            new = await self.store.inject(sender="", recipients=[env.sender], body=dsn, client=LOCAL_CLIENT)
-            log.info("%s: sender non-delivery notification: %s", qid, new)
-            made.append(new)
-        return made
+        new = await self.store.inject(sender="", recipients=[env.sender], body=dsn, client=LOCAL_CLIENT)
+        log.info("%s: sender non-delivery notification: %s", qid, new)
+        return new
+
+    def _all_due(self, ids: list[str]) -> None:
+        now = self.clock()
+        for qid in ids:
+            try:
+                self.store.set_due("deferred", qid, now)
+            except FileNotFoundError:
+                pass
 
     async def flush(self) -> dict:
+        """Every deferred message due now (its mtime: however many slots the manager has free, the
+        ones it cannot take at once are due when a slot frees up)."""
         ids = self._names("deferred")
+        await asyncio.to_thread(self._all_due, ids)
         if self.manager is not None:
             self.manager.flush()
         else:
-            now = self.clock()
-            for qid in ids:
-                try:
-                    self.store.set_due("deferred", qid, now)
-                except FileNotFoundError:
-                    pass
             self._poke([FLUSH_TOKEN])
         return {"action": "flush", "count": len(ids), "dry_run": False}
 

@@ -77,3 +77,111 @@ def test_all_together_with_ids_is_an_error(tmp_path):
 
     with pytest.raises(OpsError, match="ALL"):
         check_selector(Selector(ids=["0" * 17], all=True))
+
+
+def _local_cfg(tmp_path):
+    text = f"""
+server: {{hostname: mx.example.test, data_dir: "{tmp_path}/var"}}
+domains: {{local: [example.test], local_delivery: {{type: maildir, path: mail}}}}
+antispam: {{enabled: false}}
+antivirus: {{enabled: false}}
+"""
+    return config.load(str(tmp_path / "mtaserver.yaml"), text=text)
+
+
+async def test_flush_retries_every_deferred_message_not_only_those_a_free_slot_takes_at_once(tmp_path):
+    from mtaserver.queue.manager import QueueManager
+
+    now = 1795600000.0
+    cfg = _local_cfg(tmp_path)
+    store = QueueStore(cfg.queue_path)
+    store.open()
+    ids = [await _commit(store, rcpts=("user@example.test",)) for _ in range(4)]
+    for qid in ids:
+        store.move(qid, "incoming", "deferred")
+        store.set_due("deferred", qid, now + 3600)  # not due for an hour
+    # A clock that never moves and one slot: a flush must not stop at the first message.
+    manager = QueueManager(lambda: cfg, store, clock=lambda: now)
+    manager._slots = asyncio.Semaphore(1)
+    manager._next_incoming_scan = manager._next_deferred_scan = now + 3600  # nothing due, nothing new
+    ops = QueueOps(store, manager, clock=lambda: now, config=lambda: cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(manager.run(stop, listen=False))
+    try:
+        await ops.flush()
+        async with asyncio.timeout(20):
+            while store.list("deferred") or store.list("active"):
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task
+        store.close()
+
+
+async def test_delete_bounce_of_a_message_under_delivery_lists_only_the_recipients_left(tmp_path):
+    from mtaserver.queue.manager import QueueManager
+    from mtaserver.queue.store import split_queue_file
+
+    cfg = _local_cfg(tmp_path)
+    store = QueueStore(cfg.queue_path)
+    store.open()
+    try:
+        qid = await _commit(store, rcpts=("done@remote.test", "left@remote.test"))
+        manager = QueueManager(lambda: cfg, store)
+        # The manager took it: it is in active/ and being delivered (no manager loop runs here).
+        store.move(qid, "incoming", "active")
+        manager._active.add(qid)
+        result = await QueueOps(store, manager, config=lambda: cfg).delete(Selector(ids=[qid]), bounce=True)
+        assert result["pending"] == [qid] and not result.get("bounced")
+        assert store.list("incoming") == []  # no notification before the attempt ends
+        # The attempt ends: one recipient delivered (gone from the envelope), the other deferred.
+        env = store.peek("active", qid)
+        env.recipients = [r for r in env.recipients if r.address == "left@remote.test"]
+        store.rewrite("active", env)
+        store.move(qid, "active", "deferred")
+        await manager._after_attempt(qid)
+        manager._active.discard(qid)
+        assert store.list("deferred") == []
+        (dsn_id,) = store.list("incoming")
+        text = bytes(split_queue_file((cfg.queue_path / "incoming" / dsn_id).read_bytes())[1])
+        assert b"left@remote.test" in text and b"done@remote.test" not in text
+    finally:
+        store.close()
+
+
+async def test_a_failure_on_one_message_is_reported_per_id_and_the_others_are_done(spool):
+    from mtaserver.queue.manager import QueueManager
+
+    cfg, store = spool
+    ids = [await _commit(store) for _ in range(3)]
+    os.mkdir(store.path("hold", ids[1]))  # rename(2) of the file onto a directory fails
+    os.mknod(os.path.join(store.path("hold", ids[1]), "x"))
+    for manager in (None, QueueManager(lambda: cfg, store)):
+        result = await QueueOps(store, manager, config=lambda: cfg).hold(Selector(ids=ids))
+        assert sorted(result["ids"]) == sorted([ids[0], ids[2]]) and list(result["errors"]) == [ids[1]]
+        for qid in (ids[0], ids[2]):
+            store.move(qid, "hold", "incoming")
+
+
+async def test_a_large_action_lets_the_event_loop_run_meanwhile(spool):
+    from mtaserver.queue.manager import CONTROL_BATCH, QueueManager
+
+    cfg, store = spool
+    n = CONTROL_BATCH + 10
+    for _ in range(n):
+        await _commit(store)
+    manager = QueueManager(lambda: cfg, store)
+    seen: list[int] = []
+    finished = False
+
+    async def watcher() -> None:
+        while not finished:
+            seen.append(len(os.listdir(cfg.queue_path / "hold")))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(watcher())
+    result = await QueueOps(store, manager, config=lambda: cfg).hold(Selector(all=True))
+    finished = True
+    await task
+    assert result["count"] == n
+    assert 0 in seen and any(0 < k < n for k in seen), seen  # it ran during the selection and between batches

@@ -304,11 +304,14 @@ class AdminServer:
 
     async def serve(self) -> None:
         log.info("admin API ready: http://%s/api/ (%d token(s))", _sockname(self.sock), len(self.tokens))
+        panel = self.app.state.panel
+        panel.start()  # the charts' sampler
         try:
             await self._server.serve(sockets=[self.sock])
         except Exception:
             log.exception("admin API stopped")
         finally:
+            await panel.close()
             await self._close_cache()
 
     def stop(self) -> None:
@@ -739,4 +742,8 @@ def build_app(admin: AdminServer) -> FastAPI:
     async def config_patch(request: Request, caller: PatchAdmin) -> JSONResponse:
         return await admin.change_config(caller, "config.patch", await _read_body(request), yaml_body=False)
 
+    # -- the web panel (panel/): pages at /, static files at /static/ -----------------------
+    from .panel import install as install_panel
+
+    install_panel(app, admin)
     return app

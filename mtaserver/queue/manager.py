@@ -538,7 +538,7 @@ class QueueManager:
         out = {}
         for r in rcpts:
             try:
-                await asyncio.to_thread(maildir.deliver, root, r, body)
+                await asyncio.to_thread(maildir.deliver, root, r, body, env.sender)  # Return-Path: <sender>
                 out[r] = Outcome(Fate.SENT, "2.0.0", "delivered to maildir", "maildir", False)
             except OSError as exc:
                 out[r] = Outcome(Fate.DEFERRED, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}", "maildir", False)

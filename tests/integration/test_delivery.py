@@ -104,7 +104,8 @@ def test_local_domain_goes_to_maildir(make_mta):
     mta = make_mta(delivering())
     send(mta, "s@client.test", ["user@example.test"])
     [msg] = wait_for(lambda: maildir_messages(mta, "user@example.test"), what="maildir delivery")
-    assert msg.startswith(b"Delivered-To: user@example.test\r\nReceived: from ")
+    assert msg.startswith(b"Return-Path: <s@client.test>\nDelivered-To: user@example.test\nReceived: from ")
+    assert b"\r\n" not in msg  # a maildir holds LF line endings
     wait_for(lambda: queue_empty(mta), what="empty queue")
 
 

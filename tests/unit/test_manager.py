@@ -46,6 +46,6 @@ async def test_with_every_slot_taken_the_rest_is_delivered_as_slots_free_up(tmp_
         await task
         store.close()
     new = mailbox_dir(cfg.data_path / "mail", "user@example.test") / "new"
-    bodies = sorted((new / name).read_bytes().split(b"\r\n\r\n", 1)[1] for name in os.listdir(new))
-    assert bodies == [f"body {i}\r\n".encode() for i in range(6)]
+    bodies = sorted((new / name).read_bytes().split(b"\n\n", 1)[1] for name in os.listdir(new))
+    assert bodies == [f"body {i}\n".encode() for i in range(6)]
     assert os.listdir(cfg.queue_path / "status") == []

@@ -24,6 +24,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v clamscan >/dev/null 2>&1 || need+=(clamav)
 # freshclam: run once by tests/integration/test_definitions.py against a loopback PrivateMirror only.
 command -v freshclam >/dev/null 2>&1 || need+=(clamav-freshclam)
+# The web panel's browser tests (tests/integration/browser.py): Playwright drives Debian's
+# chromium through executable_path; never `playwright install` (it downloads browsers).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 scanner_services=(spamd spamassassin-maintenance.timer clamav-daemon clamav-daemon.socket clamav-freshclam clamav-freshclam-once.timer)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test tools: ${need[*]}" >&2
@@ -51,4 +54,4 @@ if [ ${#need[@]} -gt 0 ]; then
         gpgconf --homedir /var/lib/spamassassin/sa-update-keys --kill gpg-agent >/dev/null 2>&1 || true
     fi
 fi
-echo "test services ready: openssl swaks smtp-source smtp-sink nsd dovecot-lmtpd redis-server spamd clamd"
+echo "test services ready: openssl swaks smtp-source smtp-sink nsd dovecot-lmtpd redis-server spamd clamd chromium"

@@ -96,7 +96,7 @@ def install(app: FastAPI, admin: Any) -> Panel:
     return panel
 
 
-from . import routes  # noqa: E402,F401 - the pages register on `router`
+from . import routes  # noqa: F401 - the pages register on `router`
 
 if importlib.util.find_spec(f"{__name__}.settings") is not None:
     importlib.import_module(f"{__name__}.settings")  # the settings pages (another module's routes)

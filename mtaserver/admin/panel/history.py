@@ -20,9 +20,9 @@ DESCRIPTION
     change) and the value of each gauge:
 
       hour   the last HOUR_SLOTS samples (1-minute resolution)
-      day    10-minute buckets (DAY_STEP), the last DAY_SLOTS of them; a bucket sums its
-             counters' changes and keeps its gauges' last value; the bucket being filled is
-             shown as the last point
+      day    10-minute buckets (DAY_STEP), the last DAY_SLOTS of them, each stamped with the
+             time it ends; a bucket sums its counters' changes and keeps its gauges' last
+             value; the bucket being filled is shown as the last point
 
     `series(name, window)` gives [(time, value)] for "hour" or "day"; `peek(now, values)` the
     change since the last sample without recording it (the live point of the charts). Rows
@@ -149,7 +149,7 @@ class History:
         elif window == "day":
             rows = list(self.day)
             if self._bucket is not None and self._acc:
-                rows.append((min((self._bucket + 1) * DAY_STEP, self.last_time or 0.0), self._acc))
+                rows.append(((self._bucket + 1) * DAY_STEP, self._acc))  # stamped at its end, as the full ones
             span = DAY_SLOTS * DAY_STEP
         else:
             raise ValueError(f"unknown window {window!r} (hour or day)")
@@ -162,9 +162,22 @@ class History:
         """[(time, value)] of one name: per-interval changes of a counter, values of a gauge."""
         return [(t, row.get(name, 0.0)) for t, row in self._rows(window)]
 
-    def table(self, window: Window, names: Iterable[str]) -> dict[str, Any]:
-        """Every asked name over one window, on shared times (for a chart): {"t": [...], name: [...]}."""
+    def table(self, window: Window, names: Iterable[str], live: tuple[float, Row] | None = None) -> dict[str, Any]:
+        """Every asked name over one window, on shared times (for a chart): {"t": [...], name: [...]}.
+        `live`: (now, peek's row), the change since the last sample, shown as the newest point
+        (in the day window: added to the bucket being filled)."""
         rows = self._rows(window)
+        if live is not None and self.last_time is not None and live[0] > self.last_time:
+            now, row = live
+            if window == "hour":
+                rows.append((now, row))
+            elif rows and self._bucket == int(now // DAY_STEP) and rows[-1][0] == (self._bucket + 1) * DAY_STEP:
+                merged = dict(rows[-1][1])
+                for n, v in row.items():
+                    merged[n] = v if is_gauge(n) else merged.get(n, 0.0) + v
+                rows[-1] = (rows[-1][0], merged)
+            else:
+                rows.append(((int(now // DAY_STEP) + 1) * DAY_STEP, row))
         out: dict[str, Any] = {"t": [t for t, _ in rows]}
         for n in names:
             out[n] = [row.get(n, 0.0) for _, row in rows]
@@ -225,7 +238,7 @@ def load(path: Path) -> History:
 def save(history: History, path: Path) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
         json.dump(history.to_json(), f, separators=(",", ":"))
         f.flush()
         os.fsync(f.fileno())

@@ -41,10 +41,10 @@ from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ...logutil import sanitize
-from ...values import parse_duration
 from ..tokens import Role, find_token
 from . import router
 from .attention import attention
+from .history import DAY_SLOTS, DAY_STEP, HOUR_SLOTS, SAMPLE_STEP
 from .render import render
 from .session import (
     COOKIE,
@@ -61,6 +61,7 @@ log = logging.getLogger("admin")
 
 Reader = Annotated[Session, Depends(require_session(Role.READ))]
 Operator = Annotated[Session, Depends(require_session(Role.OPERATOR))]
+Leaving = Annotated[Session, Depends(require_session(Role.READ, changes=False))]  # sign-out: any role, with CSRF
 
 STATE_LABELS = {"incoming": "Incoming", "active": "Queued", "deferred": "Deferred", "hold": "On Hold", "corrupt": "Corrupted"}
 AGES = {  # the age filter of a message list: label, (older_than, newer_than) in seconds
@@ -74,6 +75,8 @@ AGES = {  # the age filter of a message list: label, (older_than, newer_than) in
 PAGE = 50  # messages per page of a list
 ATTENTION_SAMPLE = 200  # deferred messages read for the attention list
 FLOW = ("accepted", "rejected", "deferred", "bounced", "delivered")
+HOUR_SPAN = HOUR_SLOTS * SAMPLE_STEP  # seconds the charts' x axis shows
+DAY_SPAN = DAY_SLOTS * DAY_STEP
 
 
 def _panel(request: Request) -> Any:
@@ -135,7 +138,7 @@ async def signin(request: Request) -> Response:
 
 
 @router.post("/signout")
-async def signout(request: Request, s: Reader) -> Response:
+async def signout(request: Request, s: Leaving) -> Response:
     _panel(request).sessions.drop(s.id)
     log.info("panel: sign-out by %s from %s", s.name, client_ip(request))
     response = _redirect("/signin")
@@ -174,7 +177,8 @@ async def overview_live(request: Request, s: Reader) -> Response:
     hour = panel.history.totals("hour")
     live = panel.history.peek(now, values)
     last_hour = {n: hour.get(n, 0.0) + live.get(n, 0.0) for n in FLOW}
-    rejected = sorted(((n.split(":", 1)[1], v) for n, v in values.items() if n.startswith("rejected:") and v), key=lambda x: -x[1])
+    rejected = sorted(((n.split(":", 1)[1], v) for n, v in values.items() if n.startswith("rejected:") and v),
+                      key=lambda x: -x[1])  # fmt: skip
     return render(request, "overview_live.html", services=services, attention=items, stats=stats, labels=STATE_LABELS,
                   totals={n: values.get(n, 0.0) for n in FLOW}, last_hour=last_hour, rejected=rejected, now=now)  # fmt: skip
 
@@ -193,7 +197,9 @@ async def overview_series(request: Request, s: Reader, window: str = "hour") -> 
     if window not in ("hour", "day"):
         raise PageError(400, "window: hour or day")
     history = panel.history
-    known = history.names()
+    now = time.time()
+    live = (now, history.peek(now, await asyncio.to_thread(panel.sampler.read)))
+    known = sorted(set(history.names()) | set(live[1]))
     charts = []
     for cid, title, wanted in CHARTS:
         names: list[str] = []
@@ -201,10 +207,11 @@ async def overview_series(request: Request, s: Reader, window: str = "hour") -> 
             names += [n for n in known if n.startswith(w) and n != w] if w.endswith(":") else [w]
         if cid == "postscreen":  # passes are most connections: the chart is about what was caught
             names = [n for n in names if not n.endswith((":pass", ":cache", ":access"))] or names
-        table = history.table(window, names)  # type: ignore[arg-type]
+        table = history.table(window, names, live)  # type: ignore[arg-type]
         charts.append({"id": cid, "title": title, "names": names, "data": [table["t"], *(table[n] for n in names)]})
-    return JSONResponse({"node": panel.admin.node, "window": window, "last_sample": history.last_time, "charts": charts},
-                        headers={"Cache-Control": "no-store"})  # fmt: skip
+    span = HOUR_SPAN if window == "hour" else DAY_SPAN
+    return JSONResponse({"node": panel.admin.node, "window": window, "now": now, "span": span, "last_sample": history.last_time,
+                         "charts": charts}, headers={"Cache-Control": "no-store"})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +268,13 @@ def _state(state: str) -> str:
     return state
 
 
+def _actions(state: str) -> list[str]:
+    """The actions that take messages from `state` (QueueOps's sources; delete also from corrupt/)."""
+    from ...queue.ops import NAMED_ONLY, SOURCES
+
+    return [a for a, where in SOURCES.items() if state in where + NAMED_ONLY.get(a, ())]
+
+
 def _filters(q: str, by: str, age: str) -> dict[str, Any]:
     """Selector fields of a list's filters (search by sender or recipient, age)."""
     q = q.strip()
@@ -275,9 +289,7 @@ async def message(request: Request, queue_id: str, s: Reader) -> Response:
     found = await asyncio.to_thread(admin.ops().show, queue_id)
     if found is None:
         raise PageError(404, "no such message in the queue (delivered, deleted, or a wrong id)")
-    from ...queue.ops import SOURCES
-
-    actions = [a for a, where in SOURCES.items() if found["queue_name"] in where or (a == "delete" and found["queue_name"] == "corrupt")]
+    actions = _actions(found["queue_name"])
     return render(request, "message.html", title=f"Message {queue_id}", m=found, labels=STATE_LABELS, actions=actions)
 
 
@@ -286,7 +298,7 @@ async def queue_list(
     request: Request, state: str, s: Reader, q: str = "", by: str = "recipient", age: str = "",
     after: Annotated[str | None, Query()] = None,
 ) -> Response:  # fmt: skip
-    from ...queue.ops import SOURCES, OpsError, Selector
+    from ...queue.ops import OpsError, Selector
 
     state = _state(state)
     admin = _panel(request).admin
@@ -295,7 +307,7 @@ async def queue_list(
         listing = await asyncio.to_thread(admin.ops().list, state, sel, after or None, PAGE)
     except (OpsError, ValueError) as exc:
         raise PageError(400, str(exc)) from None
-    actions = [a for a, where in SOURCES.items() if state in where or (a == "delete" and state == "corrupt")]
+    actions = _actions(state)
     return render(request, "queues_list.html", title=STATE_LABELS[state], state=state, labels=STATE_LABELS,
                   messages=listing["messages"], next=listing.get("next"), after=after, q=q, by=by, age=age, ages=AGES,
                   actions=actions, now=time.time())  # fmt: skip

@@ -53,7 +53,7 @@ from urllib.parse import quote
 from fastapi import Request
 
 from ...logutil import sanitize
-from ..tokens import Role, Token, find_token
+from ..tokens import Role, Token
 
 log = logging.getLogger("admin")
 
@@ -127,7 +127,9 @@ def _current_token(tokens: Iterable[Token], digest: str) -> Token | None:
 class SessionStore:
     """Sessions by id, in memory. Pure: every call takes `now`."""
 
-    def __init__(self, *, idle: float = IDLE_TTL, absolute: float = ABSOLUTE_TTL, new_id: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self, *, idle: float = IDLE_TTL, absolute: float = ABSOLUTE_TTL, new_id: Callable[[], str] | None = None
+    ) -> None:
         self.idle = idle
         self.absolute = absolute
         self._new_id = new_id or (lambda: secrets.token_urlsafe(32))
@@ -251,9 +253,10 @@ async def presented_csrf(request: Request) -> str | None:
     return None
 
 
-def require_session(role: Role = Role.READ) -> Callable[..., Any]:
+def require_session(role: Role = Role.READ, *, changes: bool = True) -> Callable[..., Any]:
     """The dependency of a panel page: the live Session with at least `role`. On a POST it also
-    checks the CSRF token and refuses a read session."""
+    checks the CSRF token and, when the POST `changes` something (all but sign-out), refuses a
+    read session."""
 
     async def dependency(request: Request) -> Session:
         panel = request.app.state.panel
@@ -269,7 +272,7 @@ def require_session(role: Role = Role.READ) -> Callable[..., Any]:
                 log.warning("panel: %s %s by %s from %s: missing or wrong CSRF token", request.method,
                             sanitize(request.url.path, 100), s.name, client_ip(request))  # fmt: skip
                 raise PageError(403, "this form is out of date (wrong CSRF token): load the page again")
-            needed = max(role, Role.OPERATOR)  # a read session changes nothing
+            needed = max(role, Role.OPERATOR) if changes else role  # a read session changes nothing
         else:
             needed = role
         if s.role < needed:

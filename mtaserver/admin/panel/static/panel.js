@@ -26,15 +26,20 @@
     return name.replace(/^(rejected|queue|postscreen):/, "").replace(/:/g, " ");
   }
 
+  let span = { from: 0, to: 0 };  // the window's time range (the x axis shows all of it, data or not)
+
   function opts(el, names) {
     const width = Math.max(el.clientWidth || 300, 260);
     return {
       width: width, height: 220,
-      scales: { x: { time: true } },
+      scales: {
+        x: { time: true, range: () => [span.from, span.to] },
+        y: { range: (u, min, max) => [0, Math.max(max, 5)] },
+      },
       axes: [{}, { size: 50 }],
       legend: { live: true },
       series: [{}].concat(names.map((n, i) => ({
-        label: label(n), stroke: COLORS[i % COLORS.length], width: 2, points: { show: false },
+        label: label(n), stroke: COLORS[i % COLORS.length], width: 2, points: { show: true, size: 4 },
       }))),
     };
   }
@@ -66,6 +71,10 @@
       const resp = await fetch(box.dataset.series + "?window=" + windowName, { credentials: "same-origin", headers: { "Accept": "application/json" } });
       if (!resp.ok) return;
       const doc = await resp.json();
+      span = { from: doc.now - doc.span, to: doc.now };
+      if (doc.window !== box.dataset.loaded) {  // another window: new axes
+        Object.keys(charts).forEach((id) => { charts[id].plot.destroy(); delete charts[id]; });
+      }
       doc.charts.forEach(draw);
       const up = document.getElementById("charts-updated");
       if (up) up.textContent = doc.last_sample ? "Last sample " + new Date(doc.last_sample * 1000).toLocaleTimeString() + "." : "";

@@ -11,9 +11,13 @@ DESCRIPTION
     `set_level` applies advanced.log_level again on reload.
 
 SECURITY
-    Everything a client sent reaches the log only through `sanitize`: control characters,
-    backslashes and non-ASCII bytes are escaped, and the result is capped in length, so a
-    client can neither forge log lines nor flood them.
+    Everything a client sent reaches the log only through `sanitize`: control characters (C0,
+    DEL, C1), format characters (bidi overrides, zero-width), line and paragraph separators,
+    backslashes and bytes that are not UTF-8 are escaped (\\r \\n \\t \\\\ \\xNN of each byte), and
+    the result is capped in length, so a client can neither forge log lines nor flood them;
+    printable UTF-8 (an SMTPUTF8 address, a file name) stays as it is, readable. Text that goes
+    back onto the wire (SMTP replies, DSN diagnostics, headers of messages without SMTPUTF8)
+    uses `sanitize_ascii`, which escapes every non-ASCII byte as well.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import time
 from typing import TextIO
@@ -44,10 +49,47 @@ def _escape(b: int) -> str:
 
 
 _TABLE = tuple(_escape(b) for b in range(256))
+_NOT_PLAIN = re.compile(r"[^\x20-\x5b\x5d-\x7e]+")  # runs of anything but printable ASCII without the backslash
+
+
+def _escape_run(m: re.Match[str]) -> str:
+    out = []
+    for ch in m.group():
+        if ch > "\x7f" and ch.isprintable():  # printable UTF-8 stays; C1, Cf, Zl, Zp, Zs, Cs (undecodable) do not
+            out.append(ch)
+        else:
+            out.extend(map(_TABLE.__getitem__, ch.encode("utf-8", "surrogateescape")))
+    return "".join(out)
+
+
+def _cut(data: bytes, limit: int) -> bytes:
+    """The first `limit` bytes, less a UTF-8 sequence the cut would split."""
+    cut = data[:limit]
+    for k in range(1, min(4, len(cut)) + 1):
+        b = cut[-k]
+        if b < 0x80:
+            break
+        if b >= 0xC0:  # the lead byte of the last sequence: complete only with its continuation bytes
+            if k < (2 if b < 0xE0 else 3 if b < 0xF0 else 4):
+                cut = cut[:-k]
+            break
+    return cut
 
 
 def sanitize(data: bytes | str, limit: int = 200) -> str:
-    """Printable ASCII only; anything else as an escape. Longer input ends in '...'."""
+    """For the log: printable text as it is, UTF-8 included; control and format characters,
+    backslashes and bytes that are not UTF-8 as escapes. At most `limit` bytes of the input
+    are shown; longer input ends in '...'."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    if len(data) > limit:
+        return _NOT_PLAIN.sub(_escape_run, _cut(data, limit).decode("utf-8", "surrogateescape")) + "..."
+    return _NOT_PLAIN.sub(_escape_run, data.decode("utf-8", "surrogateescape"))
+
+
+def sanitize_ascii(data: bytes | str, limit: int = 200) -> str:
+    """For the wire (SMTP replies, DSN diagnostics, headers): printable ASCII only, anything else
+    (non-ASCII too) as an escape. Longer input ends in '...'."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     text = "".join(map(_TABLE.__getitem__, data[:limit]))

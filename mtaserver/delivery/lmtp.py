@@ -60,7 +60,7 @@ import asyncio
 import logging
 
 from ..values import Endpoint
-from ..logutil import sanitize
+from ..logutil import sanitize_ascii as sanitize  # outcome texts reach DSNs and replies: ASCII
 from ..model import Fate, Reply
 from .wire import (
     MAX_LINE,

@@ -84,7 +84,7 @@ import logging
 import ssl
 from pathlib import Path
 
-from ..logutil import sanitize
+from ..logutil import sanitize_ascii as sanitize  # outcome texts reach DSNs and replies: ASCII
 from ..model import Fate, Reply
 from .wire import (
     Connection,

@@ -53,7 +53,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from ..logutil import sanitize
+from ..logutil import sanitize_ascii as sanitize  # outcome texts reach DSNs and replies: ASCII
 from ..model import Fate, Reply
 
 MAX_LINE = 2048  # bytes per reply line, CRLF included (RFC 5321 4.5.3.1.5 says 512)

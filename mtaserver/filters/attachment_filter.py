@@ -28,7 +28,7 @@ CONFIG
 from __future__ import annotations
 
 from ..config import Config, InboundConfig
-from ..logutil import sanitize
+from ..logutil import sanitize, sanitize_ascii
 from ..model import CONTINUE, Decision, Reply, Verdict
 from .attachments import limits_from, refusal
 from .chain import Filter, Item, Notices, Outcome, Step
@@ -43,7 +43,7 @@ def attachments_outcome(report: MimeReport | MimeError, cfg: InboundConfig, trus
     """The pure decision over the walk's report (or the MimeError it raised). `trusted`: the
     client is in mynetworks or authenticated (a bounce goes only to such a sender)."""
     if isinstance(report, MimeError):
-        why = sanitize(str(report), 200)
+        why = sanitize_ascii(str(report), 200)  # into the reply: ASCII
         reply = Reply(550, "5.7.1", f"Message structure not accepted: {why}")
         return _blocked(reply, Step("attachments", "blocked", why), f"a MIME structure we refuse ({why})", cfg, trusted)
     found = refusal(report, frozenset(cfg.blocked_extensions))

@@ -35,7 +35,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..logutil import sanitize
+from ..logutil import sanitize_ascii
 from ..model import Reply
 from .mime import AttachmentLimits, FoundName, MimeError, MimeReport, MimeWalker
 
@@ -87,7 +87,7 @@ def blocked_extension(report: MimeReport, extensions: AbstractSet[str]) -> tuple
 
 
 def _safe(text: str, limit: int) -> str:
-    return sanitize(text, limit).replace('"', "'")
+    return sanitize_ascii(text, limit).replace('"', "'")  # into an SMTP reply: ASCII
 
 
 def extension_reply(name: str, ext: str) -> Reply:

@@ -36,7 +36,7 @@ import asyncio
 from collections.abc import Sequence
 
 from ..config import AntivirusConfig, Config
-from ..logutil import sanitize
+from ..logutil import sanitize, sanitize_ascii
 from ..model import CONTINUE, Decision, Reply, Verdict
 from .chain import Filter, Item, Notices, Outcome, Step
 from .scanners import AvResult, ScannerError, clamd_scan
@@ -74,7 +74,7 @@ def antivirus_outcome(virus: str | None, encrypted: Sequence[str], cfg: Antiviru
         detail = sanitize(virus or "", 100)
     if virus is None:
         return Outcome(CONTINUE, Step("antivirus", "clean"))
-    name = sanitize(virus, 100)
+    name = sanitize_ascii(virus, 100)  # into the reply: ASCII
     step = Step("antivirus", "virus", detail)
     notices = Notices(f"a virus ({name})", admin=cfg.notify_admin, recipients=cfg.notify_recipient, status="5.7.0")
     if cfg.action == "discard":

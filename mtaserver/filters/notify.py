@@ -50,7 +50,7 @@ import time
 from email.header import decode_header, make_header
 from typing import TYPE_CHECKING
 
-from ..logutil import sanitize
+from ..logutil import sanitize, sanitize_ascii
 from ..model import ClientInfo, Decision, Fate, Verdict
 from ..queue.dsn import RecipientStatus, build_dsn, split_header
 from ..values import domain_matches
@@ -149,7 +149,7 @@ async def send_notices(msg: object, item: Item, notices: Notices, verdict: Verdi
         new = await store.inject(sender="", recipients=[sender], body=dsn, client=LOCAL)
         log.info("%s: sender non-delivery notification: %s", qid, new)
     if notices.admin and cfg.advanced.postmaster:
-        body = notice_message(to=cfg.advanced.postmaster, about=f"Blocked message from <{sanitize(sender, 200)}>",
+        body = notice_message(to=cfg.advanced.postmaster, about=f"Blocked message from <{sanitize_ascii(sender, 200)}>",
                               admin=True, recipients=recipients, **common)  # type: ignore[arg-type]  # fmt: skip
         new = await store.inject(sender="", recipients=[cfg.advanced.postmaster], body=body, client=LOCAL)
         log.info("%s: postmaster notification: %s", qid, new)

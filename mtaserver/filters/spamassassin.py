@@ -28,7 +28,7 @@ CONFIG
 from __future__ import annotations
 
 from ..config import AntispamConfig, Config
-from ..logutil import sanitize
+from ..logutil import sanitize, sanitize_ascii
 from ..model import SPAM_REJECTED, Decision, Verdict
 from .chain import Filter, Item, Outcome, Step
 from .scanners import ScannerError, SpamResult, spamd_check
@@ -60,7 +60,7 @@ def spam_headers(result: SpamResult, tag: float, flagged: bool) -> tuple[tuple[s
     status = f"{'Yes' if flagged else 'No'}, score={result.score:.1f} required={tag:.1f} tests=[{', '.join(result.tests)}]"
     out = [("X-Spam-Flag", "YES")] if flagged else []
     out += [("X-Spam-Score", f"{result.score:.1f}"), ("X-Spam-Level", stars), ("X-Spam-Status", status)]
-    return tuple((k, sanitize(v, 900)) for k, v in out)
+    return tuple((k, sanitize_ascii(v, 900)) for k, v in out)  # header fields: ASCII
 
 
 def antispam_outcome(spam: SpamResult, cfg: AntispamConfig) -> Outcome:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from .. import model as R
 from ..admin import metrics
 from ..datastream import BareNewline, DataDeadline, DataProblem, DataScanner
-from ..logutil import sanitize
+from ..logutil import sanitize, sanitize_ascii
 from ..model import ClientInfo, Decision, Envelope, Recipient, Reply, Verdict
 from ..pipeline import Context, SessionView, Stage, TxView, run_stage
 from ..queue.store import QueueStore, QueueWriteError, Spool
@@ -714,7 +714,8 @@ class Session(asyncio.Protocol):
         return base + ("S" if e.tls else "") + ("A" if e.login else "")
 
     def _received_header(self, qid: str, tx: E.Transaction) -> bytes:
-        helo = sanitize(self.engine.helo or "", 100).replace("(", "?").replace(")", "?")
+        clean = sanitize if "SMTPUTF8" in tx.params else sanitize_ascii  # UTF-8 as UTF-8 where RFC 6532 allows it
+        helo = clean(self.engine.helo or "", 100).replace("(", "?").replace(")", "?")
         lines = [f"Received: from {helo} ({self.client_name} [{self.peer_ip}])"]
         if self.engine.tls and self.transport is not None:
             ssl_obj = self.transport.get_extra_info("ssl_object")
@@ -723,11 +724,11 @@ class Session(asyncio.Protocol):
         lines.append(f"\tby {self.hostname} (mtaserver) with {self._protocol_name(tx)} id {qid}")
         date = header_date()
         if len(tx.recipients) == 1:
-            lines.append(f"\tfor <{sanitize(str(tx.recipients[0]), 300)}>; {date}")
+            lines.append(f"\tfor <{clean(str(tx.recipients[0]), 300)}>; {date}")
         else:
             lines[-1] += ";"
             lines.append(f"\t{date}")
-        return ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
     # -- STARTTLS and AUTH -------------------------------------------------------------------
 

@@ -8,84 +8,10 @@ from __future__ import annotations
 
 import email
 import smtplib
-import threading
 import time
 
-from aiosmtpd.controller import Controller
-
 from conftest import free_port
-
-
-class Sink:
-    """An SMTP server that records what it accepts; replies can be scripted."""
-
-    def __init__(self, *, rcpt_replies: dict[str, str] | None = None, data_replies: list[str] | None = None, delay: float = 0.0):
-        self.messages: list[tuple[str, list[str], bytes]] = []
-        self.rcpt_replies = rcpt_replies or {}
-        self.data_replies = list(data_replies or [])  # consumed one per DATA, then 250
-        self.delay = delay
-        self.lock = threading.Lock()
-        self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        reply = self.rcpt_replies.get(address)
-        if reply:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 Ok"
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.delay:
-            import asyncio
-
-            await asyncio.sleep(self.delay)
-        with self.lock:
-            if self.data_replies:
-                return self.data_replies.pop(0)
-            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
-        return "250 2.0.0 Ok: kept"
-
-    def __enter__(self) -> Sink:
-        self.controller.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.controller.stop()
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def send(mta, sender: str, rcpts: list[str], body: bytes = b"Subject: t\r\n\r\nhello\r\n") -> None:
-    with smtplib.SMTP("127.0.0.1", mta.port, source_address=("127.0.0.1", 0)) as c:
-        assert c.sendmail(sender, rcpts, body) == {}
-
-
-def delivering(relay: int | None = None, fallback: int | None = None, **queue) -> dict:
-    out = {"queue": {"manager": True, "min_backoff": "1s", "max_backoff": "2s", **queue}, "outbound": {}}
-    if relay is not None:
-        out["outbound"]["relay_host"] = f"[127.0.0.1]:{relay}"
-    if fallback is not None:
-        out["outbound"]["fallback_relay_host"] = f"[127.0.0.1]:{fallback}"
-    return out
-
-
-def queue_empty(mta) -> bool:
-    return not any(mta.queued(s) for s in ("incoming", "active", "deferred"))
-
-
-def maildir_messages(mta, address: str) -> list[bytes]:
-    local, domain = address.split("@")
-    new = mta.data_dir / "mail" / domain / local / "new"
-    return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
+from helpers import Sink, delivering, maildir_messages, queue_empty, send, wait_for
 
 
 def test_relay_host_gets_the_mail_and_the_queue_empties(make_mta):

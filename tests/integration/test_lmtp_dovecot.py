@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 from dovecot import Dovecot
-from test_delivery import Sink, queue_empty, send, wait_for
+from helpers import Sink, queue_empty, send, wait_for
 
 from mtaserver.config import parse_endpoint
 from mtaserver.delivery import lmtp

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from dnsserver import Nsd, zone
-from test_delivery import Sink, maildir_messages, queue_empty, send, wait_for
+from helpers import Sink, maildir_messages, queue_empty, send, wait_for
 
 from conftest import free_port
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 from aiosmtpd.smtp import AuthResult
-from test_delivery import Sink, delivering, maildir_messages, queue_empty, send, wait_for
+from helpers import Sink, delivering, maildir_messages, queue_empty, send, wait_for
 
 from conftest import require_tool
 

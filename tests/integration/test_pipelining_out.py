@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from test_delivery import delivering, maildir_messages, queue_empty, wait_for
+from helpers import delivering, maildir_messages, queue_empty, wait_for
 
 from conftest import free_port, require_tool
 

@@ -13,55 +13,11 @@ allowlisted by mynetworks):
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 from conftest import deep_merge
-from dnsserver import Nsd, zone
-from smtpclient import Reply, SmtpClient, queue_id_of, wait_for, wait_for_log
-from test_postscreen_cache import RedisServer
-
-WAIT = 0.6  # greet.wait of these tests
-MSG = b"From: a@sender.test\r\nTo: u@example.test\r\nSubject: t\r\n\r\nhello\r\n"
-
-
-@pytest.fixture(scope="module")
-def nsd(tmp_path_factory):
-    zones = {
-        "bl.test": zone("bl.test", "2.0.0.127 A 127.0.0.2\n5.0.0.127 A 127.0.0.2\n6.0.0.127 A 127.0.0.1\n", negative_ttl=1, ttl=1),
-        "bl2.test": zone("bl2.test", "5.0.0.127 A 127.0.0.3\n", negative_ttl=1, ttl=1),
-        "wl.test": zone("wl.test", "4.0.0.127 A 127.0.5.2\n", negative_ttl=1, ttl=1),
-    }
-    server = Nsd(tmp_path_factory.mktemp("psnsd"), zones).start()
-    yield server
-    server.stop()
-
-
-def start(make_mta, nsd, ps: dict[str, Any] | None = None, *, extra: dict[str, Any] | None = None, postscreen: bool = True):
-    base = {
-        "access_list": [],
-        "greet": {"wait": WAIT},
-        "dnsbl": {"sites": ["bl.test=127.0.0.[2..11]*2", "bl2.test*1", "wl.test*-2"], "threshold": 2, "timeout": 2},
-    }
-    m = make_mta({"server": {"dns": {"nameservers": [nsd.address], "timeout": 1}}, "postscreen": deep_merge(base, ps or {}), **(extra or {})}, start=False)
-    m.config["server"]["listeners"][0]["postscreen"] = postscreen
-    m.write_config()
-    return m.start()
-
-
-def connect(m, ip: str) -> tuple[SmtpClient, Reply, float]:
-    """Connect and read the greeting. The teaser ("220-" line) is kept as the first line of
-    the reply; a drop after it ("521 ...") comes back as a 521 reply with that one line."""
-    t0 = time.monotonic()
-    c = SmtpClient(m.port, ip)
-    first = c.read_line()
-    if first.startswith(b"220-"):
-        last = c.reply()
-        g = Reply(last.code, [first[4:].decode()] + last.lines) if last.code == 220 else last
-    else:
-        c.buf = first + b"\r\n" + c.buf
-        g = c.reply()
-    return c, g, time.monotonic() - t0
+from helpers import MSG, WAIT, RedisServer, connect, nsd, start  # noqa: F401 (nsd is a fixture)
+from smtpclient import SmtpClient, queue_id_of, wait_for, wait_for_log
 
 
 def deliver(c: SmtpClient) -> str:

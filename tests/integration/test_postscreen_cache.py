@@ -8,17 +8,15 @@ passes in; nothing sleeps for a TTL.
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
 
-from conftest import free_port, require_tool, stop_process
+from conftest import free_port
+from helpers import RedisServer
 from mtaserver.config import CacheConfig
 from mtaserver.postscreen.cache import (
     NEW_CLIENT,
@@ -36,39 +34,6 @@ from mtaserver.postscreen.checks import Check
 NOW = 1_750_000_000
 DAY = 86400
 EARLY = frozenset({Check.PREGREET, Check.DNSBL})
-
-
-class RedisServer:
-    """redis-server on a free 127.0.0.1 port, no persistence; stopped by its PID."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.binary = require_tool("redis-server")
-        self.dir = tmp
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir)]
-        self.proc = subprocess.Popen(args, stdout=open(self.dir / "redis.log", "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("redis-server exited: " + (self.dir / "redis.log").read_text())
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import deep_merge
-from test_delivery import Sink, delivering, send, wait_for
-
-def cli(mta, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "mtaserver", "queue", *args, "-c", str(mta.config_path)],
-        capture_output=True, text=True, timeout=60, cwd=mta.tmp, check=False,
-    )  # fmt: skip
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
+from helpers import Sink, cli, delivering, send, wait_for
 
 def stats(mta) -> dict[str, int]:
     return json.loads(cli(mta, "stats", "--json").stdout)["queues"]

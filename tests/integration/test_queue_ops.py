@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 
-from test_delivery import Sink
+from helpers import Sink
 
 from mtaserver import config
 from mtaserver.model import ClientInfo, Envelope, Recipient

@@ -10,7 +10,7 @@ import signal
 import threading
 
 from smtpclient import wait_for_log
-from test_delivery import Sink, delivering, queue_empty, send, wait_for
+from helpers import Sink, delivering, queue_empty, send, wait_for
 
 
 class HeloSink(Sink):

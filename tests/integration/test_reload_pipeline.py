@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 
 from smtpclient import SmtpClient, wait_for, wait_for_log
-from test_postscreen import connect, nsd, start  # noqa: F401 (nsd is a fixture)
+from helpers import connect, nsd, start  # noqa: F401 (nsd is a fixture)
 
 
 def reload(m) -> str:

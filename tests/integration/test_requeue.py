@@ -10,8 +10,7 @@ import pytest
 from conftest import deep_merge
 from scanners import message_with_attachment
 from smtpclient import UNTRUSTED, SmtpClient, queue_id_of, wait_for_log
-from test_delivery import Sink, delivering, wait_for
-from test_queue_cli import cli
+from helpers import Sink, cli, delivering, wait_for
 
 pytestmark = pytest.mark.integration
 

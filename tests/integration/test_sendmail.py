@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_delivery import Sink, delivering, queue_empty, wait_for
+from helpers import Sink, delivering, queue_empty, wait_for
 
 from conftest import Mta
 from mtaserver.queue.store import split_queue_file

@@ -69,7 +69,7 @@ class DataProblem(str, Enum):
 class DataDeadline:
     """When a DATA transfer times out, by bytes read and `now` (a monotonic clock)."""
 
-    __slots__ = ("at", "_timeout", "_rate")
+    __slots__ = ("_rate", "_timeout", "at")
 
     def __init__(self, now: float, timeout: float, min_rate: int) -> None:
         self._timeout = timeout
@@ -79,9 +79,7 @@ class DataDeadline:
     def progress(self, n: int, now: float) -> float:
         """`n` bytes were read at `now`: the new deadline."""
         if self._rate:
-            at = self.at + n / self._rate
-            limit = now + self._timeout
-            self.at = at if at < limit else limit
+            self.at = min(self.at + n / self._rate, now + self._timeout)
         else:
             self.at = now + self._timeout
         return self.at
@@ -157,7 +155,30 @@ class DataScanner:
             self._in_header = False
         return FeedResult(content, done, leftover)
 
-    def _scan(self, seg: bytes) -> bytes:
+    def feed_bdat(self, chunk: bytes, last: bool) -> bytes:
+        """RFC 3030 BDAT content: taken as is, as Postfix does: no end of data to find, no
+        transparency dots, and a bare <LF> or <CR> is no reason to refuse (inbound.bare_newline
+        is about DATA's end-of-data look-alikes, which BDAT does not have): it is stored as
+        <CRLF>, as Postfix's line records store it. The limits are DATA's. `last`: the final
+        chunk (the content ends; an unfinished last line gets its <CRLF>)."""
+        buf = self._pending + chunk if self._pending else chunk
+        if last:
+            seg, self._pending = buf, b""
+            if seg and not seg.endswith(b"\n"):
+                seg += b"\n" if seg.endswith(b"\r") else b"\r\n"
+        else:
+            cut = buf.rfind(b"\n") + 1
+            seg, self._pending = buf[:cut], buf[cut:]
+            if len(self._pending) >= self._max_line:
+                self._problem(DataProblem.LINE_TOO_LONG)
+                self._pending = self._pending[-1:]
+                self._crlf_start = False
+        content = self._scan(seg, raw=True) if seg else b""
+        if last:
+            self._in_header = False
+        return content
+
+    def _scan(self, seg: bytes, raw: bool = False) -> bytes:
         at_line_start = self._crlf_start or self._line_start_after_bare
         self._crlf_start = seg.endswith(b"\r\n")
         self._line_start_after_bare = not self._crlf_start  # seg always ends with "\n"
@@ -169,18 +190,19 @@ class DataScanner:
         bare_cr = seg.count(b"\r") != crlf
         if bare_lf or bare_cr:
             self.bare_seen = True
-            if self._policy is BareNewline.REJECT:
+            if self._policy is BareNewline.REJECT and not raw:
                 self._problem(DataProblem.BARE_LF if bare_lf else DataProblem.BARE_CR)
             else:
                 seg = _ANY_EOL.sub(b"\r\n", seg)
                 self.normalized = True
         if self.problems:
             return b""  # refused anyway: scan on for the end, keep nothing
-        # Transparency (RFC 5321 4.5.2): drop the first '.' of every line that starts with one.
-        if at_line_start and seg[:1] == b".":
-            seg = seg[1:]
-        if b"\n." in seg:
-            seg = seg.replace(b"\n.", b"\n")
+        if not raw:
+            # Transparency (RFC 5321 4.5.2): drop the first '.' of every line that starts with one.
+            if at_line_start and seg[:1] == b".":
+                seg = seg[1:]
+            if b"\n." in seg:
+                seg = seg.replace(b"\n.", b"\n")
         if self._in_header:
             self._track_header(seg, at_line_start)
         self.size += len(seg)

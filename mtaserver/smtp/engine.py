@@ -68,12 +68,12 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
+from .. import model as R
 from ..address import AddressError, Mailbox, needs_smtputf8, parse_path
 from ..auth import sasl
 from ..datastream import BareNewline, DataProblem, DataScanner
 from ..logutil import sanitize
 from ..model import Decision, Reply, Verdict
-from .. import model as R
 
 FORBIDDEN_COMMANDS = frozenset({"CONNECT", "GET", "POST", "PUT", "HEAD", "USER", "PASS"})  # Postfix smtpd_forbidden_commands
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
@@ -140,6 +140,18 @@ class Data:
 
 
 @dataclass(frozen=True, slots=True)
+class Bdat:
+    """RFC 3030: the next `size` bytes of input are message content (as is: no dot-stuffing,
+    no end of data). The shell reads exactly them (`take_input`, then the socket; the rest
+    it gives back with `unread`) and answers with `bdat_done`. The first chunk of a
+    transaction starts the message (`first`); the LAST one ends it like the end of DATA."""
+
+    size: int
+    last: bool
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StartTls:
     pass
 
@@ -200,7 +212,7 @@ class Log:
     warning: bool = False
 
 
-Event = Helo | Mail | Rcpt | Data | StartTls | AuthLogin | AuthRefused | Quit | Close | Pause | Observe | Log
+Event = Helo | Mail | Rcpt | Data | Bdat | StartTls | AuthLogin | AuthRefused | Quit | Close | Pause | Observe | Log
 
 
 @dataclass(slots=True)
@@ -208,6 +220,7 @@ class Transaction:
     sender: Mailbox
     params: dict[str, str | None]
     recipients: list[Mailbox] = field(default_factory=list)
+    bdat: int = -1  # BDAT bytes taken so far (RFC 3030); -1: no BDAT in this transaction
 
 
 class Engine:
@@ -224,6 +237,9 @@ class Engine:
         self._line: bytes | None = None  # the command line being handled (after Observe)
         self._sasl: sasl.Exchange | None = None
         self._closed = False
+        self._skip = 0  # BDAT payload bytes still to discard (a refused BDAT)
+        self._bdat_error = False  # a BDAT of this transaction failed: the next ones are discarded until LAST or RSET
+        self._data_verb = "DATA"  # what data_done counts: DATA or BDAT
         self.tls = settings.implicit_tls
         self.helo: str | None = None
         self.esmtp = False
@@ -329,6 +345,12 @@ class Engine:
 
     def _take_line(self) -> bytes | None:
         buf = self._in
+        if self._skip:  # a refused BDAT's payload: not commands
+            n = min(self._skip, len(buf))
+            del buf[:n]
+            self._skip -= n
+            if self._skip:
+                return None
         short = self.s.command_line  # a line this long is fine whatever it is: no more checks
         while True:
             i = buf.find(b"\n")
@@ -374,8 +396,9 @@ class Engine:
             return
         if self._sasl is not None:
             self._auth_response(body)
-        elif self.watch and self._in:
+        elif self.watch and self._in and body[:5].upper() != b"BDAT ":
             # postscreen logs what was pipelined: only the next verb, never an AUTH argument
+            # (a BDAT's payload follows it by design: not pipelining)
             self._observe(Observe("pipelining", body, _loggable_pending(body, bytes(self._in[:100]))), body)
         else:
             self._command(body)
@@ -478,6 +501,8 @@ class Engine:
         if self.s.require_tls and not self.tls and verb not in BEFORE_TLS:
             self._count(verb, False)
             self.reply(R.STARTTLS_FIRST)
+            if verb == "BDAT":
+                self._skip = _bdat_size(arg)  # its payload is not commands
             self._after_error()
             return
         self._failed = False
@@ -551,8 +576,9 @@ class Engine:
     def data_done(self, reply: Reply, *, close: bool = False) -> None:
         """The end of DATA: the commit's 250, a filter's verdict or a content problem."""
         ok = not reply.is_error
-        self._count("DATA", ok)
-        self.tx = None
+        self._pending = None  # BDAT LAST waited for this
+        self._count(self._data_verb, ok)
+        self._end_tx()
         self.reply(reply)
         if ok:
             self.errors = 0
@@ -563,8 +589,21 @@ class Engine:
             self._after_error()
 
     def data_lost(self) -> None:
-        self._count("DATA", False)
+        self._pending = None
+        self._count(self._data_verb, False)
+        self._end_tx()
+
+    def bdat_done(self, reply: Reply) -> None:
+        """A chunk that is not the LAST was taken ("250 2.0.0 Ok: <n> bytes"); LAST ends with data_done."""
+        self._pending = None
+        self._count("BDAT", not reply.is_error)
+        self.reply(reply)
+        if reply.is_error:
+            self._after_error()
+
+    def _end_tx(self) -> None:
         self.tx = None
+        self._bdat_error = False
 
     def tls_started(self) -> None:
         """RFC 3207 4.2: forget everything learned before TLS."""
@@ -572,6 +611,7 @@ class Engine:
         self._count("STARTTLS", True)
         self.tls = True
         self.helo, self.esmtp, self.tx, self.login = None, False, None, None
+        self._bdat_error = False
 
     def auth_done(self, login: str | None, reply: Reply, *, close: bool = False) -> None:
         """The credentials were checked: `login` on success, with the reply to send."""
@@ -604,7 +644,7 @@ class Engine:
     def _helo_ok(self, ev: Helo) -> None:
         self.helo = ev.name
         self.esmtp = ev.esmtp
-        self.tx = None
+        self._end_tx()
         if not ev.esmtp:
             self.reply(Reply(250, "", self.s.hostname))
             return
@@ -618,7 +658,7 @@ class Engine:
         mechs = self.auth_offered()
         if mechs and self.login is None:
             lines.append("AUTH " + " ".join(mechs))
-        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
+        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING"]
         self.reply(Reply(250, "", "\n".join(lines)))
 
     def auth_offered(self) -> tuple[str, ...]:
@@ -634,13 +674,16 @@ class Engine:
         if self.tx is not None:
             self.reply(R.NESTED_MAIL)
             return None
+        if self._bdat_error:
+            self.reply(R.MAIL_AFTER_BDAT)
+            return None
         if self.s.auth == "require" and self.login is None:
             self.reply(R.AUTH_REQUIRED)
             return None
         try:
             sender, params = parse_path(arg, "FROM", utf8_allowed=True)
         except AddressError:
-            if arg is None or not arg[:5].upper() == "FROM:":
+            if arg is None or arg[:5].upper() != "FROM:":
                 self.reply(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
             else:
                 self.reply(Reply(501, "5.1.7", "Bad sender address syntax"))
@@ -687,12 +730,15 @@ class Engine:
         if tx is None:
             self.reply(R.NEED_MAIL)
             return None
+        if tx.bdat >= 0:
+            self.reply(R.RCPT_AFTER_BDAT)
+            return None
         try:
             rcpt, params = parse_path(arg, "TO", utf8_allowed=True)
             if rcpt.is_null:
                 raise AddressError("null recipient")
         except AddressError:
-            if arg is None or not arg[:3].upper() == "TO:":
+            if arg is None or arg[:3].upper() != "TO:":
                 self.reply(Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
             else:
                 self.reply(Reply(501, "5.1.3", "Bad recipient address syntax"))
@@ -720,6 +766,10 @@ class Engine:
 
     def _cmd_data(self, arg: str | None) -> Event | None:
         tx = self.tx
+        self._data_verb = "DATA"
+        if (tx is not None and tx.bdat >= 0) or self._bdat_error:
+            self.reply(R.DATA_AFTER_BDAT)
+            return None
         if tx is None:
             self.reply(R.NEED_MAIL)
             return None
@@ -737,8 +787,47 @@ class Engine:
             return None
         return Data()
 
+    def _cmd_bdat(self, arg: str | None) -> Event | None:
+        """RFC 3030 BDAT <size> [LAST], as Postfix: a refused BDAT's payload is read and
+        discarded, and after a refused chunk the next ones are too, until LAST or RSET."""
+        m = _BDAT.fullmatch(arg or "")
+        if m is None:
+            self.reply(R.BDAT_SYNTAX)  # what follows would be content read as commands: hang up
+            self._close_after("malformed BDAT command", sanitize(arg or "", 100))
+            return None
+        size, last = int(m.group(1)), m.group(2) is not None
+        self._data_verb = "BDAT"
+        tx = self.tx
+        if size == 0 and not last:
+            return self._refuse_bdat(size, last, R.BDAT_NULL)
+        if self._bdat_error:
+            return self._refuse_bdat(size, last, Reply(551, "5.0.0", f"Discarded {size} bytes after earlier error"))
+        if tx is None or not tx.recipients:
+            return self._refuse_bdat(size, last, R.NEED_RCPT if tx is None else R.NO_VALID_RCPT)
+        taken = max(tx.bdat, 0)
+        limit = self.s.max_message_size
+        if limit and taken + size > limit:
+            return self._refuse_bdat(size, last, R.BDAT_TOO_BIG)
+        first = tx.bdat < 0
+        tx.bdat = taken + size
+        return Bdat(size, last, first)
+
+    def _refuse_bdat(self, size: int, last: bool, reply: Reply) -> Event | None:
+        limit = self.s.max_message_size
+        self.reply(reply)
+        if limit and size > limit + limit // 2:
+            # Postfix: more than 1.5 times the size limit is not read: answered, then hung up
+            self._close_after("too much BDAT content")
+            return None
+        self._skip = size
+        if last:
+            self._end_tx()
+        else:
+            self._bdat_error = True
+        return None
+
     def _cmd_rset(self, arg: str | None) -> Event | None:
-        self.tx = None
+        self._end_tx()
         self.reply(R.OK)
         return None
 
@@ -819,6 +908,13 @@ class Engine:
 
 
 _AUTH_LINE = re.compile(rb"(?im)^(AUTH[ \t]+\S+)[^\r\n]*")
+_BDAT = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.IGNORECASE)
+
+
+def _bdat_size(arg: str | None) -> int:
+    """The payload size of a BDAT command that is refused before its syntax is judged (0 if none)."""
+    m = _BDAT.fullmatch(arg or "")
+    return int(m.group(1)) if m is not None else 0
 
 
 def _loggable_pending(current: bytes, pending: bytes) -> bytes:
@@ -836,6 +932,7 @@ _COMMANDS = {
     "MAIL": Engine._cmd_mail,
     "RCPT": Engine._cmd_rcpt,
     "DATA": Engine._cmd_data,
+    "BDAT": Engine._cmd_bdat,
     "RSET": Engine._cmd_rset,
     "NOOP": Engine._cmd_noop,
     "QUIT": Engine._cmd_quit,

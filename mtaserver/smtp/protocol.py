@@ -5,8 +5,8 @@ DESCRIPTION
     from the transport go into the engine (`data_received`); one task per connection
     (`_serve`) takes the engine's events and acts on them: runs the stage hooks of the
     pipeline (pipeline.py) for HELO, MAIL, RCPT, DATA-END and after the commit, checks AUTH
-    credentials, does the STARTTLS handshake, streams DATA into the spool, commits it
-    durably and only then answers "250 2.0.0 Ok: queued as <id>".
+    credentials, does the STARTTLS handshake, streams DATA (or the BDAT chunks, RFC 3030)
+    into the spool, commits it durably and only then answers "250 2.0.0 Ok: queued as <id>".
 
     `SmtpServer` owns what the sessions of one listener in one worker share: the runtime
     (config and pipeline in force; a reload swaps them, a session keeps the ones it started
@@ -27,7 +27,7 @@ SECURITY
     `sanitize`. Plaintext pipelined after STARTTLS is discarded (CVE-2011-0411).
 
 STANDARDS
-    RFC 5321, RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 2920 (PIPELINING).
+    RFC 5321, RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 2920 (PIPELINING), RFC 3030 (CHUNKING).
 
 CONFIG
     server.hostname, server.banner, server.limits.*, server.tls, server.listeners[],
@@ -128,6 +128,17 @@ class Message:
         await self.store.edit_head(self.spool, edit, self.header_offset + self.header_limit)
 
 
+@dataclass(slots=True)
+class _Chunked:
+    """A message arriving in BDAT chunks: kept between the chunks' commands."""
+
+    tx: E.Transaction
+    qid: str
+    spool: Spool
+    received: int  # the length of our Received: header (where the client's content starts)
+    scanner: DataScanner
+
+
 class Session(asyncio.Protocol):
     """One SMTP connection. Runs `_serve()` as its task; everything else is called from it."""
 
@@ -163,6 +174,7 @@ class Session(asyncio.Protocol):
         self.ctx: Context | None = None
         self._view: SessionView | None = None
         self._hold: tuple[object, str] | None = None  # (transaction, reason): a MAIL/RCPT hook said HOLD
+        self._chunked: _Chunked | None = None  # BDAT: the message between its chunks
         self.sasl_method = ""  # the AUTH mechanism that logged in (metrics: postfix's sasl_method)
 
     # -- transport life cycle ----------------------------------------------------------------
@@ -425,6 +437,7 @@ class Session(asyncio.Protocol):
             self.close(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
         finally:
             self._stop_timer()
+            self._drop_chunked()
             if self.ctx.state:  # only hooks that kept something for this session have an end to run
                 for hook in self.pipeline.hooks:
                     try:
@@ -483,6 +496,8 @@ class Session(asyncio.Protocol):
                     e.resolve(await run_stage(self.pipeline, Stage.HELO, ctx) if self.pipeline.has(Stage.HELO) else R.CONTINUE)
                 case E.Data():
                     await self._data_phase()
+                case E.Bdat():
+                    await self._bdat(ev)
                 case E.Quit():
                     await self._flush()
                     self._close()
@@ -558,7 +573,7 @@ class Session(asyncio.Protocol):
         store = self.server.store
         qid = store.new_id()
         spool = store.new_spool(qid)  # in memory; a file only once it is large (then errors show at commit)
-        committed = False
+        handed = False  # to _end_of_message, which discards it when it is not committed
         try:
             e.data_started()
             self._data = []
@@ -574,74 +589,177 @@ class Session(asyncio.Protocol):
             if scanner is None:  # connection lost or timed out: nothing was acknowledged
                 e.data_lost()
                 raise ConnectionResetError("connection lost in DATA")
-            if scanner.problems:
-                problem = scanner.problems[0]
-                log.warning("%s: reject: DATA from %s: %s", qid, self._label(), problem.value)
-                metrics.rejected("data", E.DATA_REPLIES[problem].code, "data_format")  # 552: too big
-                # Postfix: a bare newline gets its reply, then the connection closes
-                e.data_done(E.DATA_REPLIES[problem], close=problem in (DataProblem.BARE_LF, DataProblem.BARE_CR))
-                return
-            if scanner.normalized and e.bare_newline is BareNewline.NOTE:
-                log.info("%s: bare newline normalized in message from %s", qid, self._label())
-            verdict = R.CONTINUE
-            ctx = None
-            if self.pipeline.has(Stage.DATA_END):
-                ctx = self._context()
-                ctx.message = Message(qid, spool, store, len(received), self.limits.header_size)
-                verdict = await run_stage(self.pipeline, Stage.DATA_END, ctx)
-                if not await self._apply_content_verdict(qid, tx, spool, len(received), verdict):
-                    return
-            env = Envelope(
-                queue_id=qid,
-                sender=str(tx.sender),
-                recipients=[Recipient(address=str(r)) for r in tx.recipients],
-                arrival=time.time(),
-                client=ClientInfo(
-                    ip=self.peer_ip, port=self.peer_port, name=self.client_name, helo=e.helo,
-                    protocol=self._protocol_name(tx), login=e.login, trusted=self.mynetworks or e.login is not None,
-                ),  # fmt: skip
-                body_type=(tx.params.get("BODY") or "").upper() or None,
-                smtputf8="SMTPUTF8" in tx.params,
-                trail=ctx.message.trail if ctx is not None else [],
-                extra=ctx.message.extra if ctx is not None else {},
-            )
-            # HOLD from any hook of this transaction: queued in hold/, delivered once released
-            held = verdict.reason or "DATA-END hook" if verdict.decision is Decision.HOLD else None
-            if held is None and self._hold is not None and self._hold[0] is tx:
-                held = self._hold[1]
-            self._hold = None
-            hold = held is not None
-            try:
-                if not store.commit_inline(spool, env, hold=hold):
-                    # Shielded: if this task is cancelled (a worker stopping), the commit in the
-                    # thread still completes; the client then gets no 250 and may send it again
-                    # (at-least-once), but never a half-written queue file.
-                    await asyncio.shield(store.commit(spool, env, announce=False, hold=hold))
-            except QueueWriteError as exc:
-                log.error("%s: queue file write error: %s", qid, exc)
-                metrics.rejected("data", exc.reply.code, "queue_error")
-                e.data_done(exc.reply)
-                return
-            committed = True
-            metrics.accepted(self.sasl_method if e.login else "")
-            e.data_done(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
-            try:
-                await self._flush()  # the client waits for this; the wake-up and the log can wait
-            finally:
-                if hold:
-                    log.info("%s: hold: %s from %s", qid, held, self._label())
-                else:
-                    store.announce(qid)
-                log.info("%s: client=%s%s", qid, self._label(), f", sasl_username={sanitize(e.login)}" if e.login else "")
-                log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", qid, sanitize(env.sender), env.size, len(env.recipients))
-            if self.pipeline.has(Stage.AFTER_COMMIT):
-                ctx = self._context()
-                ctx.message = env
-                await run_stage(self.pipeline, Stage.AFTER_COMMIT, ctx)
+            handed = True
+            await self._end_of_message(qid, tx, spool, len(received), scanner)
         finally:
             self._data = None
-            if not committed:
+            if not handed:
                 store.discard(spool)
+
+    async def _bdat(self, ev: E.Bdat) -> None:
+        """One BDAT chunk (RFC 3030): its bytes go to the transaction's spool, started by the
+        first chunk; the LAST one ends the message as the end of DATA does (the same hooks,
+        the same commit, 250 only after it)."""
+        e = self.engine
+        tx = e.tx
+        assert tx is not None
+        store = self.server.store
+        msg = self._chunked
+        if ev.first or msg is None or msg.tx is not tx:
+            self._drop_chunked()
+            qid = store.new_id()
+            spool = store.new_spool(qid)
+            received = self._received_header(qid, tx)
+            spool.write(received)
+            msg = self._chunked = _Chunked(tx, qid, spool, len(received), e.data_scanner())
+        if not await self._receive_chunk(msg, ev.size, ev.last):
+            log.info("lost connection after BDAT (%d bytes) from %s", msg.scanner.size, self._label())
+            e.data_lost()
+            self._drop_chunked()
+            raise ConnectionResetError("connection lost in BDAT")
+        if not ev.last:
+            e.bdat_done(Reply(250, "2.0.0", f"Ok: {ev.size} bytes"))
+            return
+        self._chunked = None
+        await self._end_of_message(msg.qid, tx, msg.spool, msg.received, msg.scanner)
+
+    def _drop_chunked(self) -> None:
+        """A BDAT message that will not be finished (RSET, a new transaction, the session's end)."""
+        msg, self._chunked = self._chunked, None
+        if msg is not None:
+            self.server.store.discard(msg.spool)
+
+    async def _receive_chunk(self, msg: _Chunked, size: int, last: bool) -> bool:
+        """Exactly `size` bytes of input into the message (what follows them is given back to
+        the engine: pipelined commands). False: the connection was lost or timed out."""
+        e = self.engine
+        loop = self.loop
+        chunks: list[bytes] = []
+        self._data = chunks
+        self._data_bytes = 0
+        first = e.take_input()
+        if first:
+            chunks.append(first)
+            self._data_bytes = len(first)
+        deadline = DataDeadline(loop.time(), self.limits.data_timeout, self.limits.min_data_rate)
+        need = size
+        try:
+            while need:
+                if not chunks:
+                    if self._eof or self._closing:
+                        return False
+                    self._arm(deadline.at - loop.time())
+                    try:
+                        await self._wait_input()
+                    finally:
+                        self._disarm()
+                    continue
+                chunk = chunks.pop() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._data_bytes = 0
+                if self._reading_paused and self.transport is not None:
+                    self._reading_paused = False  # paused by a full engine buffer or DATA_BUFFER: taken now
+                    self.transport.resume_reading()
+                deadline.progress(len(chunk), loop.time())
+                if len(chunk) > need:
+                    e.unread(chunk[need:])  # the next commands
+                    chunk = chunk[:need]
+                need -= len(chunk)
+                content = msg.scanner.feed_bdat(chunk, False)
+                if content:
+                    msg.spool.write(content)
+        finally:
+            self._data = None
+            self._data_bytes = 0
+            if self._reading_paused and not e.input_full and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+        if last:
+            content = msg.scanner.feed_bdat(b"", True)
+            if content:
+                msg.spool.write(content)
+        return True
+
+    async def _end_of_message(self, qid: str, tx: E.Transaction, spool: Spool, received: int, scanner: DataScanner) -> bool:
+        """The end of DATA or BDAT LAST: content problems, the DATA_END hooks, the commit and its
+        250. True when the message was committed; the spool is discarded here when it was not."""
+        committed: list[bool] = []  # set as soon as the queue has it: a lost client changes nothing then
+        try:
+            await self._commit_message(qid, tx, spool, received, scanner, committed)
+        finally:
+            if not committed:
+                self.server.store.discard(spool)
+        return bool(committed)
+
+    async def _commit_message(
+        self, qid: str, tx: E.Transaction, spool: Spool, received: int, scanner: DataScanner, committed: list[bool]
+    ) -> None:
+        e = self.engine
+        store = self.server.store
+        if scanner.problems:
+            problem = scanner.problems[0]
+            log.warning("%s: reject: DATA from %s: %s", qid, self._label(), problem.value)
+            metrics.rejected("data", E.DATA_REPLIES[problem].code, "data_format")  # 552: too big
+            # Postfix: a bare newline gets its reply, then the connection closes
+            e.data_done(E.DATA_REPLIES[problem], close=problem in (DataProblem.BARE_LF, DataProblem.BARE_CR))
+            return
+        if scanner.normalized and e.bare_newline is BareNewline.NOTE:
+            log.info("%s: bare newline normalized in message from %s", qid, self._label())
+        verdict = R.CONTINUE
+        ctx = None
+        if self.pipeline.has(Stage.DATA_END):
+            ctx = self._context()
+            ctx.message = Message(qid, spool, store, received, self.limits.header_size)
+            verdict = await run_stage(self.pipeline, Stage.DATA_END, ctx)
+            if not await self._apply_content_verdict(qid, tx, spool, received, verdict):
+                return
+        env = Envelope(
+            queue_id=qid,
+            sender=str(tx.sender),
+            recipients=[Recipient(address=str(r)) for r in tx.recipients],
+            arrival=time.time(),
+            client=ClientInfo(
+                ip=self.peer_ip, port=self.peer_port, name=self.client_name, helo=e.helo,
+                protocol=self._protocol_name(tx), login=e.login, trusted=self.mynetworks or e.login is not None,
+            ),  # fmt: skip
+            body_type=(tx.params.get("BODY") or "").upper() or None,
+            smtputf8="SMTPUTF8" in tx.params,
+            trail=ctx.message.trail if ctx is not None else [],
+            extra=ctx.message.extra if ctx is not None else {},
+        )
+        # HOLD from any hook of this transaction: queued in hold/, delivered once released
+        held = verdict.reason or "DATA-END hook" if verdict.decision is Decision.HOLD else None
+        if held is None and self._hold is not None and self._hold[0] is tx:
+            held = self._hold[1]
+        self._hold = None
+        hold = held is not None
+        try:
+            if not store.commit_inline(spool, env, hold=hold):
+                # Shielded: if this task is cancelled (a worker stopping), the commit in the
+                # thread still completes; the client then gets no 250 and may send it again
+                # (at-least-once), but never a half-written queue file.
+                await asyncio.shield(store.commit(spool, env, announce=False, hold=hold))
+        except QueueWriteError as exc:
+            log.error("%s: queue file write error: %s", qid, exc)
+            metrics.rejected("data", exc.reply.code, "queue_error")
+            e.data_done(exc.reply)
+            return
+        committed.append(True)
+        metrics.accepted(self.sasl_method if e.login else "")
+        e.data_done(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
+        try:
+            await self._flush()  # the client waits for this; the wake-up and the log can wait
+        finally:
+            if hold:
+                log.info("%s: hold: %s from %s", qid, held, self._label())
+            else:
+                store.announce(qid)
+            log.info("%s: client=%s%s", qid, self._label(), f", sasl_username={sanitize(e.login)}" if e.login else "")
+            log.info("%s: from=<%s>, size=%d, nrcpt=%d (queue active)", qid, sanitize(env.sender), env.size, len(env.recipients))
+        if self.pipeline.has(Stage.AFTER_COMMIT):
+            ctx = self._context()
+            ctx.message = env
+            await run_stage(self.pipeline, Stage.AFTER_COMMIT, ctx)
 
     async def _apply_content_verdict(self, qid: str, tx: E.Transaction, spool: Spool, offset: int, verdict: Verdict) -> bool:
         """The DATA_END verdict: False when the message is not to be queued (replied already)."""

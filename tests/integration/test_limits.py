@@ -173,8 +173,9 @@ def test_command_timeout(make_mta):
 
 def test_data_timeout(make_mta):
     """No progress within DATA for data_timeout: 421 and nothing queued. A slow but steady
-    sender (every gap shorter than the timeout, the whole longer) is not cut off."""
-    mta = make_mta({"server": {"limits": {"data_timeout": "1s"}}})
+    sender (every gap shorter than the timeout, the whole longer) is not cut off when no minimum
+    data rate is asked (min_data_rate: test_session_hardening.py)."""
+    mta = make_mta({"server": {"limits": {"data_timeout": "1s", "min_data_rate": 0}}})
     stalled = SmtpClient(mta.port, UNTRUSTED)
     slow = SmtpClient(mta.port, UNTRUSTED2)
     with stalled, slow:

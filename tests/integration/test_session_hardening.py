@@ -83,3 +83,60 @@ def test_a_trickling_sender_is_cut_off_inside_data(make_mta):
         assert c.closed_by_server(2)
     wait_for_log(mta, "timeout after DATA from unknown[127.0.0.2]")
     assert mta.queued() == [] and mta.queued("tmp") == []
+
+
+# -- CHUNKING (RFC 3030) --------------------------------------------------------------------------
+
+
+def test_bdat_pipelined_in_one_write(srv):
+    """MAIL, RCPT and two chunks in one write: content as is (no dot-stuffing, no end of data:
+    a smuggled "<CRLF>.<CRLF>MAIL FROM" stays content), one message, committed before its 250."""
+    part1 = b"Subject: chunks\r\n\r\n..not unstuffed\r\n.\r\nMAIL FROM:<evil@client.test>\r\n"
+    part2 = b"RCPT TO:<victim@example.test>\r\nDATA\r\nthe end\r\n"
+    with SmtpClient(srv.port, UNTRUSTED) as c:
+        c.greeting()
+        assert "CHUNKING" in c.ehlo().lines
+        c.send(b"MAIL FROM:<s@client.test>\r\nRCPT TO:<a@example.test>\r\nBDAT %d\r\n%sBDAT %d LAST\r\n%sNOOP\r\n"
+               % (len(part1), part1, len(part2), part2))  # fmt: skip
+        assert [r.line for r in c.replies(3)] == ["250 2.1.0 Ok", "250 2.1.5 Ok", f"250 2.0.0 Ok: {len(part1)} bytes"]
+        qid = queue_id_of(c.reply())
+        assert c.reply().line == "250 2.0.0 Ok"
+        assert c.cmd("QUIT").code == 221
+    body = srv.body(qid)
+    assert body.startswith(b"Received: from client.test") and body.endswith(part1 + part2)
+    env = envelope(srv, qid)
+    assert env.sender == "s@client.test" and [r.address for r in env.recipients] == ["a@example.test"]
+
+
+def test_bdat_large_chunk_over_many_reads(srv):
+    payload = b"Subject: big\r\n\r\n" + b"".join(b"%07d %s\r\n" % (i, b"z" * 70) for i in range(5000))
+    with SmtpClient(srv.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        c.send(b"BDAT %d LAST\r\n" % len(payload))
+        for i in range(0, len(payload), 7000):
+            c.send(payload[i : i + 7000])
+        qid = queue_id_of(c.reply())
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
+    assert srv.body(qid).endswith(payload)
+
+
+def test_bdat_after_failed_recipients_and_mixing(srv):
+    with SmtpClient(srv.port, UNTRUSTED) as c:
+        c.greeting()
+        c.ehlo()
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        assert c.cmd("RCPT TO:<u@remote.test>").code == 554  # relay denied
+        c.send(b"BDAT 14 LAST\r\nQUIT\r\nRSET\r\n\r\n")  # discarded, never run
+        assert c.reply().line == "554 5.5.1 Error: no valid recipients"
+        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
+        c.expect("MAIL FROM:<s@client.test>", 250)
+        c.expect("RCPT TO:<a@example.test>", 250)
+        c.send(b"BDAT 3\r\nabc")
+        assert c.reply().line == "250 2.0.0 Ok: 3 bytes"
+        assert c.cmd("DATA").line == "503 5.5.1 Error: DATA after BDAT"
+        assert c.cmd("RSET").line == "250 2.0.0 Ok"  # the chunked message is dropped
+        assert c.cmd("QUIT").code == 221
+    assert srv.queued("tmp") == []

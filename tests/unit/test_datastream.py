@@ -126,3 +126,29 @@ def test_a_sender_at_the_minimum_rate_never_meets_it():
     # a fast burst buys no more than one timeout: then silence times out after data_timeout
     d = DataDeadline(0.0, 300.0, 500)
     assert d.progress(10_000_000, 1.0) == 301.0 and not d.expired(300.9) and d.expired(301.0)
+
+
+def _bdat(chunks: list[bytes], **kw) -> tuple[DataScanner, bytes]:
+    s = DataScanner(**kw)
+    out = b"".join(s.feed_bdat(c, i == len(chunks) - 1) for i, c in enumerate(chunks))
+    return s, out
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5, 1000])
+def test_bdat_content_is_taken_as_is(cut):
+    """RFC 3030: no end of data and no transparency in a chunk; a bare LF is no reason to refuse
+    (Postfix takes BDAT content as is) and is stored as CRLF, as Postfix's line records do."""
+    msg = b"Subject: x\r\n\r\n..two dots\r\n.\r\nafter the dot\nbare\rcr\r\nno end"
+    pieces = [msg[i : i + cut] for i in range(0, len(msg), cut)]
+    s, out = _bdat(pieces + [b""], bare_newline=BareNewline.REJECT)
+    assert out == b"Subject: x\r\n\r\n..two dots\r\n.\r\nafter the dot\r\nbare\r\ncr\r\nno end\r\n"
+    assert not s.problems and s.size == len(out)
+
+
+def test_bdat_content_has_the_data_limits():
+    s, _ = _bdat([b"Subject: x\r\n\r\n" + b"a" * 3000 + b"\r\n"], max_line=1000)
+    assert s.problems == [DataProblem.LINE_TOO_LONG]
+    s, _ = _bdat([b"Received: x\r\n" * 3, b"\r\nbody\r\n"], max_received=2)
+    assert s.problems == [DataProblem.TOO_MANY_HOPS]
+    s, _ = _bdat([b"Subject: x\r\n\r\n", b"b" * 60 + b"\r\n", b""], max_size=50)
+    assert s.problems == [DataProblem.TOO_BIG]

@@ -87,7 +87,7 @@ def test_a_transaction_is_the_same_at_every_split():
     assert events == ["Helo", "Mail", "Rcpt", "Data"]
     lines = out.decode().split("\r\n")
     assert lines[0] == f"250-{HOST}"
-    assert "250-PIPELINING" in lines and "250-SIZE 10240000" in lines and "250 SMTPUTF8" in lines
+    assert "250-PIPELINING" in lines and "250-SIZE 10240000" in lines and "250-SMTPUTF8" in lines and "250 CHUNKING" in lines
     assert codes(out)[1:] == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]
 
 
@@ -409,3 +409,76 @@ def test_postscreen_never_sees_auth_arguments():
     assert seen, "the deep tests did watch"
     for obs in seen:
         assert secret not in obs.line + obs.pending and b"c2VjcmV0" not in obs.line + obs.pending, obs
+
+
+# -- CHUNKING (RFC 3030) ------------------------------------------------------------------------------
+
+
+def bdat_shell(taken: list[bytes]) -> Resolver:
+    """A shell that reads each BDAT chunk from the engine's input (the scripts hold it whole)."""
+
+    def resolver(engine: E.Engine, ev: E.Event) -> None:
+        if isinstance(ev, E.Bdat):
+            data = engine.take_input()
+            assert len(data) >= ev.size, "the script holds the whole chunk"
+            taken.append(data[: ev.size])
+            engine.unread(data[ev.size :])
+            if ev.last:
+                engine.data_done(Reply(250, "2.0.0", "Ok: queued as X"))
+            else:
+                engine.bdat_done(Reply(250, "2.0.0", f"Ok: {ev.size} bytes"))
+        else:
+            default_resolver(engine, ev)
+
+    return resolver
+
+
+def test_bdat_chunks_are_content_as_is_and_commands_follow():
+    taken: list[bytes] = []
+    seen: list[E.Event] = []
+
+    def resolver(engine: E.Engine, ev: E.Event) -> None:
+        seen.append(ev)
+        bdat_shell(taken)(engine, ev)
+
+    e = E.Engine(settings())
+    script = b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\nBDAT 9\r\n.\r\nQUIT\r\nBDAT 3 LAST\r\nxyzNOOP\r\n"
+    out, _ = run(e, [script], resolver)
+    assert taken == [b".\r\nQUIT\r\n", b"xyz"]  # neither the dot nor QUIT is a command inside a chunk
+    assert [ev for ev in seen if isinstance(ev, E.Bdat)] == [E.Bdat(9, False, True), E.Bdat(3, True, False)]
+    assert codes(out)[-3:] == ["250 2.0.0 Ok: 9 bytes", "250 2.0.0 Ok: queued as X", "250 2.0.0 Ok"]
+    assert e.tx is None and " bdat=2 " in e.stats()
+
+
+def test_a_refused_bdat_payload_is_discarded_at_every_split():
+    """Postfix: a refused BDAT's payload is read and thrown away (never run as commands), and
+    after a refused chunk the next ones are discarded too, until BDAT LAST."""
+    script = b"EHLO c\r\nMAIL FROM:<>\r\nBDAT 12\r\nQUIT\r\nRSET\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"
+    out, events = same_at_every_split(lambda: E.Engine(settings()), script)
+    assert codes(out)[1:] == [
+        "250 2.1.0 Ok", "554 5.5.1 Error: no valid recipients", "551 5.0.0 Discarded 6 bytes after earlier error", "250 2.0.0 Ok",
+    ]  # fmt: skip
+    assert events == ["Helo", "Mail"]
+    out, _ = same_at_every_split(lambda: E.Engine(settings()), b"EHLO c\r\nBDAT 6\r\nQUIT\r\nMAIL FROM:<>\r\nRSET\r\nMAIL FROM:<>\r\n")
+    assert codes(out)[1:] == ["503 5.5.1 Error: need RCPT command", "503 5.5.1 Error: MAIL after BDAT", "250 2.0.0 Ok", "250 2.1.0 Ok"]
+
+
+@pytest.mark.parametrize(
+    ("after", "reply"),
+    [
+        (b"DATA\r\n", "503 5.5.1 Error: DATA after BDAT"),
+        (b"RCPT TO:<b@example.test>\r\n", "503 5.5.1 Error: RCPT after BDAT"),
+        (b"BDAT 0\r\n", "551 5.7.1 Null BDAT request"),
+        (b"BDAT 8 LAST\r\n12345678", "552 5.3.4 Chunk exceeds message size limit"),
+        (b"BDAT 2 FIRST\r\n", "521 5.5.4 Syntax: BDAT count [LAST]"),
+    ],
+)
+def test_bdat_rules(after, reply):
+    e = E.Engine(settings(max_message_size=10))
+    taken: list[bytes] = []
+    out, events = run(e, [b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.test>\r\nBDAT 3\r\nabc" + after + b"NOOP\r\n"], bdat_shell(taken))
+    assert taken == [b"abc"]
+    if reply.startswith("521"):  # the rest would be content read as commands: hung up
+        assert codes(out)[-1] == reply and events[-1] == "Close"
+    else:
+        assert codes(out)[-2:] == [reply, "250 2.0.0 Ok"]

@@ -16,6 +16,7 @@ COMMANDS = [
     b"RCPT TO:<postmaster>", b"DATA", b"RSET", b"NOOP", b"QUIT", b"VRFY x", b"STARTTLS", b"AUTH PLAIN",
     b"AUTH LOGIN", b"AUTH PLAIN AGFsaWNlAHNlY3JldA==", b"*", b"YWxpY2U=", b"GET /", b"Subject: x", b"",
     b"MAIL FROM:<a@b.test> SIZE=99999999999", b"MAIL FROM:<j\xc3\xb6rg@b.test> SMTPUTF8", b"x" * 600,
+    b"BDAT 5", b"BDAT 3 LAST", b"BDAT 0 LAST", b"BDAT 0", b"BDAT x", b"BDAT 99999999",
 ]
 ENDINGS = [b"\r\n", b"\n", b"\r", b"\r\r\n", b""]
 
@@ -28,13 +29,26 @@ def make() -> E.Engine:
 
 
 def drive(pieces: list[bytes]) -> tuple[bytes, list[str]]:
-    """A permissive shell: every hook accepts, AUTH fails, DATA ends at once. STARTTLS ends the
-    plaintext part: what follows it would be TLS bytes, so the drive stops there."""
+    """A permissive shell: every hook accepts, AUTH fails, DATA ends at once, a BDAT chunk is
+    read to its size. STARTTLS ends the plaintext part: what follows it would be TLS bytes, so
+    the drive stops there."""
     e = make()
     out, events = b"", []
+    chunk: list = []  # [bytes still to read, last] of a BDAT chunk being read
+
+    def chunk_read(data: bytes) -> bytes:
+        n = min(chunk[0], len(data))
+        chunk[0] -= n
+        if not chunk[0]:
+            e.data_done(R.OK) if chunk[1] else e.bdat_done(R.OK)
+            chunk.clear()
+        return data[n:]
+
     for piece in pieces:
+        if chunk:
+            piece = chunk_read(piece)
         e.feed(piece)
-        while (ev := e.next_event()) is not None:
+        while not chunk and (ev := e.next_event()) is not None:
             events.append(type(ev).__name__)
             match ev:
                 case E.Helo() | E.Mail() | E.Rcpt():
@@ -47,6 +61,9 @@ def drive(pieces: list[bytes]) -> tuple[bytes, list[str]]:
                     return out + e.take_output(), events
                 case E.AuthLogin():
                     e.auth_done(None, R.AUTH_FAILED)
+                case E.Bdat():
+                    chunk[:] = [ev.size, ev.last]
+                    e.feed(chunk_read(e.take_input()))
             assert e.pending_input <= E.INPUT_LIMIT + len(piece)
         out += e.take_output()
         if e.closed:

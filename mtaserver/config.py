@@ -358,6 +358,7 @@ class PostscreenConfig(Strict):
 class RelayAuth(Strict):
     username: str | None = None
     password_file: str | None = None
+    allow_plaintext: bool = False  # true: AUTH also over a connection without TLS (Postfix smtp_sasl_security_options)
 
 
 class OutboundConfig(Strict):
@@ -371,6 +372,8 @@ class OutboundConfig(Strict):
     tls: Literal["none", "may", "encrypt"] = "may"
     helo_name: str | None = None
     smtp_port: int = Field(25, ge=1, le=65535)  # port of MX hosts (Postfix smtp_tcp_port)
+    mx_address_limit: int = Field(5, ge=1, le=1000)  # IP addresses tried per attempt, all MX hosts (smtp_mx_address_limit)
+    mx_session_limit: int = Field(2, ge=1, le=1000)  # SMTP sessions per attempt, all MX hosts (smtp_mx_session_limit)
 
     @field_validator("relay_host", "fallback_relay_host")
     @classmethod

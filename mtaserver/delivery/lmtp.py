@@ -25,7 +25,8 @@ DESCRIPTION
     body needs 8 bits, and bounces 5.6.7 if its sender, a recipient (that recipient) or
     its header needs UTF-8, as Postfix decides (smtp_proto.c, smtputf8_autodetect).
 
-    Every phase (connect, each reply, sending the body) runs under `timeout`. No connection
+    The message is read from its queue file and sent in pieces (delivery/content.py): never
+    whole in memory. Every phase (connect, each reply, sending the body) runs under `timeout`. No connection
     is kept between messages: LMTP is local and cheap to open, and Dovecot forks per
     connection anyway.
 
@@ -42,7 +43,7 @@ SECURITY
     that would is refused here (5.1.3 / 5.1.7) instead of being sent.
 
     The message body is sent with every bare CR and bare LF turned into CRLF before
-    dot-stuffing (wire.data_payload, as for outbound SMTP), so the mailbox server cannot read
+    dot-stuffing (wire.DataStuffer, as for outbound SMTP), so the mailbox server cannot read
     an end of data into the content that we did not mean (SMTP smuggling).
 
 STANDARDS
@@ -62,14 +63,15 @@ import logging
 from ..values import Endpoint
 from ..logutil import sanitize_ascii as sanitize  # outcome texts reach DSNs and replies: ASCII
 from ..model import Fate, Reply
+from .content import Content
 from .wire import (
     MAX_LINE,
     Connection,
+    DataStuffer,
     Lost,
     Outcome,
     ProtocolError,
     command,
-    data_payload,
     extensions,
     from_reply,
     needs_utf8,
@@ -94,13 +96,15 @@ async def deliver(
     *,
     sender: str,
     recipients: list[str],
-    body: bytes,
+    body: bytes | Content,
     lhlo_name: str,
     timeout: float = 300.0,
     smtputf8: bool = False,
     eightbit: bool = False,
 ) -> dict[str, Outcome]:
-    """One LMTP session for one message; an Outcome for every recipient."""
+    """One LMTP session for one message; an Outcome for every recipient. `body`: in memory,
+    or a Content read in pieces from its queue file (never whole)."""
+    body = Content.of(body)
     remote = remote_label(endpoint)
     if not recipients:
         return {}
@@ -137,7 +141,7 @@ async def deliver(
 
 
 async def _transaction(
-    s: Connection, lhlo_name: str, sender: str, recipients: list[str], body: bytes, smtputf8: bool, eightbit: bool, results: dict[str, Outcome]
+    s: Connection, lhlo_name: str, sender: str, recipients: list[str], body: Content, smtputf8: bool, eightbit: bool, results: dict[str, Outcome]
 ) -> bool:
     """Fill `results`; True when the session may end with QUIT."""
     remote = s.remote
@@ -168,7 +172,7 @@ async def _transaction(
             params.append("SMTPUTF8")
             s.utf8 = True
         else:
-            envelope_or_header, rcpts = needs_utf8(sender, recipients, body)
+            envelope_or_header, rcpts = needs_utf8(sender, recipients, body.head())
             for r in recipients:
                 if envelope_or_header or r in rcpts:
                     results[r] = Outcome(Fate.BOUNCED, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {remote}", remote, False)
@@ -177,7 +181,6 @@ async def _transaction(
                 return True
     if eightbit and "8BITMIME" in ext:
         params.append("BODY=8BITMIME")
-    payload = data_payload(body)
     limit = ext.get("SIZE", "")
     if limit.isdigit() and int(limit) and len(body) > int(limit):
         o = Outcome(Fate.BOUNCED, "5.3.4", f"message size {len(body)} exceeds size limit {limit} of server {remote}", remote, False)
@@ -242,7 +245,11 @@ async def _transaction(
         for r in accepted:
             results[r] = o
         return True
-    s.send(payload)
+    stuffer = DataStuffer()  # the message in pieces from its queue file, dot-stuffed as they go
+    async for chunk in body.achunks():
+        s.send(stuffer.feed(chunk))
+        await s.flush("while sending message content")
+    s.send(stuffer.end())
     await s.flush("while sending message content")
     # RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
     for r in accepted:

@@ -26,7 +26,8 @@ DESCRIPTION
     whether a recipient was accepted; with none accepted the host answers it 503/554, which
     is expected; a broken host that answers 354 anyway gets an empty message (".") and the
     transaction counts as failed. Without PIPELINING, one command at a time, and no DATA
-    without an accepted recipient.
+    without an accepted recipient. The message is read from its queue file and dot-stuffed
+    in pieces (delivery/content.py, wire.DataStuffer): never whole in memory.
 
     After a transaction that failed (MAIL, every RCPT or DATA refused) the client sends RSET;
     a connection that ended its transaction cleanly (or was reset) goes back to the cache
@@ -56,15 +57,18 @@ SECURITY
     STARTTLS is explicit and unauthenticated at both `may` and `encrypt` (Postfix's levels of
     those names): the certificate is not verified, because MX host names are not proven by
     DNS; the TLS server name (SNI) is the host's name. `encrypt` defers (4.7.4) a host that
-    does not offer STARTTLS or refuses it; `may` continues in plain text when STARTTLS is
-    refused. Bytes that arrive with the 220 reply to STARTTLS, before the handshake, are a
-    protocol error (they would be read as if they came over TLS: response injection).
+    does not offer STARTTLS or refuses it, and a failed handshake (4.7.5); `may` continues in
+    plain text when STARTTLS is refused, and after a failed handshake tries the host again in
+    plain text on a new connection (logged), as Postfix does. Bytes that arrive with the 220
+    reply to STARTTLS, before the handshake, are a protocol error (they would be read as if
+    they came over TLS: response injection).
 
-    AUTH is sent after STARTTLS when TLS was negotiated, and also over a plain connection
-    when the host offers no STARTTLS (or `outbound.tls` is none): that is how the previous
-    client behaved, and a relay host on a trusted network may not offer TLS. Set
-    `outbound.tls: encrypt` to keep the password off plain connections. A host that offers
-    neither PLAIN nor LOGIN, or refuses the credentials, defers (4.7.0 / its status).
+    AUTH is sent only once TLS is up (Postfix's smtp_sasl_security_options = noplaintext):
+    a relay that offers AUTH without STARTTLS, or a man in the middle who removed STARTTLS
+    or broke the handshake, never gets the password; the mail is deferred 4.7.0 (logged),
+    unless `outbound.relay_auth.allow_plaintext` is true (a relay on a trusted network). A
+    host that offers neither PLAIN nor LOGIN, or refuses the credentials, defers (4.7.0 /
+    its status).
 
 STANDARDS
     RFC 5321 (SMTP; 3.3, 4.1.1, 4.2, 4.5.2 transparency, 4.5.3.2 timeouts), RFC 2920
@@ -72,7 +76,7 @@ STANDARDS
     RFC 6152 (8BITMIME), RFC 6531 (SMTPUTF8), RFC 3463 (enhanced status codes).
 
 CONFIG
-    outbound.helo_name, outbound.tls, outbound.relay_auth, queue.destination_concurrency
+    outbound.helo_name, outbound.tls, outbound.relay_auth (allow_plaintext), queue.destination_concurrency
     (max_idle_per_host)
 """
 
@@ -86,13 +90,14 @@ from pathlib import Path
 
 from ..logutil import sanitize_ascii as sanitize  # outcome texts reach DSNs and replies: ASCII
 from ..model import Fate, Reply
+from .content import Content
 from .wire import (
     Connection,
+    DataStuffer,
     Lost,
     Outcome,
     ProtocolError,
     command,
-    data_payload,
     extensions,
     from_reply,
     open_tcp,
@@ -121,6 +126,10 @@ class TlsRequired(_Failed):
     """`outbound.tls: encrypt` and the host does not offer (or refuses) STARTTLS: 4.7.4."""
 
 
+class _TlsFailed(_Failed):
+    """The host offered STARTTLS and the handshake failed (4.7.5); at `may`, tried again in plain text."""
+
+
 class _Stale(Exception):
     """A cached connection was dead before the first reply of a new transaction."""
 
@@ -142,9 +151,11 @@ class SmtpClient:
         password: str | None = None,
         max_idle_per_host: int = 20,
         tls_log_level: int = 1,
+        allow_plaintext_auth: bool = False,
     ) -> None:
         self.helo_name = helo_name
         self.tls = tls
+        self.allow_plaintext_auth = allow_plaintext_auth  # outbound.relay_auth.allow_plaintext
         self.tls_log_level = tls_log_level  # advanced.tls_log_level: 0 no TLS lines, 1 a summary per handshake
         self.username = username
         self.password = password
@@ -217,16 +228,18 @@ class SmtpClient:
         port: int,
         sender: str,
         recipients: list[str],
-        body: bytes,
+        body: bytes | Content,
         *,
         name: str | None = None,
         smtputf8: bool = False,
         eightbit: bool = False,
     ) -> dict[str, Outcome]:
         """Deliver one message to the host at `address` (an IP, or a name for the system
-        resolver); `name` is its DNS name, for logs, DSNs and the TLS server name."""
+        resolver); `name` is its DNS name, for logs, DSNs and the TLS server name. `body`: the
+        content in memory, or a Content read in pieces from its queue file (never whole)."""
         if not recipients:
             return {}
+        body = Content.of(body)
         name = name or address
         key = (address, port)
         conn = self._take(key)
@@ -236,13 +249,20 @@ class SmtpClient:
             except _Stale:
                 log.debug("%s: cached connection was stale, opening a new one", conn.remote)
         try:
-            conn = await self._open(address, port, name)
+            try:
+                conn = await self._open(address, port, name)
+            except _TlsFailed as exc:
+                if self.tls != "may":
+                    raise
+                # Postfix at `may`: a failed handshake is tried again in plain text, on a new connection.
+                log.warning("%s; trying again in plain text (outbound.tls: may)", exc.outcome.text)
+                conn = await self._open(address, port, name, starttls=False)
         except _Failed as exc:
             return {r: exc.outcome for r in recipients}
         return await self._deliver(key, conn, sender, recipients, body, smtputf8, eightbit, reused=False)
 
     async def _deliver(
-        self, key, conn: _SmtpConnection, sender: str, recipients: list[str], body: bytes, smtputf8: bool, eightbit: bool, *, reused: bool
+        self, key, conn: _SmtpConnection, sender: str, recipients: list[str], body: Content, smtputf8: bool, eightbit: bool, *, reused: bool
     ) -> dict[str, Outcome]:
         results: dict[str, Outcome] = {}
         remote = conn.remote
@@ -269,8 +289,8 @@ class SmtpClient:
 
     # -- opening a session ----------------------------------------------------------------------
 
-    async def _open(self, address: str, port: int, name: str) -> _SmtpConnection:
-        """Connect, greeting, EHLO, STARTTLS, EHLO, AUTH; raises _Failed."""
+    async def _open(self, address: str, port: int, name: str, *, starttls: bool = True) -> _SmtpConnection:
+        """Connect, greeting, EHLO, STARTTLS (unless not `starttls`), EHLO, AUTH; raises _Failed."""
         label = f"{name}[{address}]:{port}"
         try:
             reader, writer = await open_tcp(address, port, CONNECT_TIMEOUT)
@@ -283,7 +303,7 @@ class SmtpClient:
         remote = f"{name}[{peer[0]}]:{peer[1]}" if peer else label
         conn = _SmtpConnection(reader, writer, remote)
         try:
-            await self._hello(conn, name)
+            await self._hello(conn, name, starttls)
             return conn
         except _Failed as exc:
             if exc.polite:
@@ -301,7 +321,7 @@ class SmtpClient:
             conn.writer.transport.abort()
             raise
 
-    async def _hello(self, conn: _SmtpConnection, name: str) -> None:
+    async def _hello(self, conn: _SmtpConnection, name: str, starttls: bool = True) -> None:
         remote = conn.remote
         greeting = await conn.reply("while receiving the initial server greeting")
         if greeting.code != 220:
@@ -309,7 +329,7 @@ class SmtpClient:
             o = from_reply(greeting, remote, "4.0")
             raise _Failed(Outcome(Fate.DEFERRED, "4" + o.status[1:], f"host {remote} refused to talk to me: {o.text}", remote))
         await self._ehlo(conn)
-        if self.tls != "none" and "STARTTLS" in conn.ext:
+        if self.tls != "none" and "STARTTLS" in conn.ext and starttls:
             conn.send(b"STARTTLS\r\n")
             reply = await conn.reply("after STARTTLS")
             _expect(reply, "STARTTLS")
@@ -318,9 +338,12 @@ class SmtpClient:
                     raise ProtocolError("data after the reply to STARTTLS, before the TLS handshake")
                 try:
                     await conn.start_tls(self._tls(), name, "while performing the TLS handshake")
-                except (ssl.SSLError, ValueError) as exc:
-                    why = sanitize(getattr(exc, "reason", None) or str(exc) or type(exc).__name__, 200)
-                    raise _Failed(Outcome(Fate.DEFERRED, "4.7.5", f"Cannot start TLS with {remote}: handshake failure ({why})", remote, False), polite=False) from None
+                except (ssl.SSLError, ValueError, Lost) as exc:
+                    if isinstance(exc, Lost):
+                        why = exc.text(remote)
+                    else:
+                        why = sanitize(getattr(exc, "reason", None) or str(exc) or type(exc).__name__, 200)
+                    raise _TlsFailed(Outcome(Fate.DEFERRED, "4.7.5", f"Cannot start TLS with {remote}: handshake failure ({why})", remote, False), polite=False) from None
                 info = conn.tls_info
                 if info and self.tls_log_level >= 1:
                     log.info("Untrusted TLS connection established to %s: %s with cipher %s", remote, *info)
@@ -333,6 +356,13 @@ class SmtpClient:
         elif self.tls == "encrypt":
             raise TlsRequired(Outcome(Fate.DEFERRED, "4.7.4", f"{remote}: TLS is required, but was not offered", remote, False))
         if self.username and self.password is not None:
+            if conn.tls_info is None and not self.allow_plaintext_auth:
+                # Postfix's smtp_sasl_security_options = noplaintext: no password over a plain
+                # connection (a relay without STARTTLS, or a man in the middle who removed it).
+                text = (f"SASL authentication to {remote} is configured, but the connection is not encrypted: the password is "
+                        "not sent in plain text (outbound.relay_auth.allow_plaintext)")  # fmt: skip
+                log.warning("%s", text)
+                raise _Failed(Outcome(Fate.DEFERRED, "4.7.0", text, remote, False))
             await self._auth(conn)
 
     async def _ehlo(self, conn: _SmtpConnection) -> None:
@@ -403,7 +433,7 @@ class SmtpClient:
         conn: _SmtpConnection,
         sender: str,
         recipients: list[str],
-        body: bytes,
+        body: Content,
         smtputf8: bool,
         eightbit: bool,
         results: dict[str, Outcome],
@@ -454,10 +484,8 @@ class SmtpClient:
 
         pipelining = "PIPELINING" in ext
         if pipelining:
-            # RFC 2920 3.1: MAIL, RCPT and DATA in one group, DATA last. The body is encoded
-            # while the group travels.
+            # RFC 2920 3.1: MAIL, RCPT and DATA in one group, DATA last.
             conn.send(b"".join([mail, *rcpts.values(), b"DATA\r\n"]))
-            payload = data_payload(body)
         else:
             conn.send(mail)
         mail_reply = await self._first_reply(conn, "after MAIL FROM", reused)
@@ -485,7 +513,6 @@ class SmtpClient:
             if not accepted:
                 return await self._reset(conn)
             conn.send(b"DATA\r\n")
-            payload = data_payload(body)
         data_reply = await conn.reply("after DATA")
         if data_reply.code != 354:
             _expect(data_reply, "DATA")
@@ -506,11 +533,13 @@ class SmtpClient:
             _expect(reply, "end of data")
             return await self._reset(conn)
 
-        # In pieces, each under COMMAND_TIMEOUT: a slow link gets time, a stalled one does not.
-        view = memoryview(payload)
-        for i in range(0, len(view), SEND_CHUNK):
-            conn.send(view[i : i + SEND_CHUNK])
+        # In pieces read from the queue file, dot-stuffed as they go, each sent under
+        # COMMAND_TIMEOUT: a slow link gets time, a stalled one does not.
+        stuffer = DataStuffer()
+        async for chunk in body.achunks(SEND_CHUNK):
+            conn.send(stuffer.feed(chunk))
             await conn.flush("while sending message content")
+        conn.send(stuffer.end())
         reply = await conn.reply("after end of data", DATA_DONE_TIMEOUT)
         _expect(reply, "end of data")
         o = from_reply(reply, remote)

@@ -7,6 +7,7 @@ DESCRIPTION
       extensions                      the keywords of an EHLO/LHLO reply
       command                         one command line; refuses control characters
       data_payload                    a message -> the bytes after 354 (CRLF, dot-stuffed, CRLF.CRLF)
+      DataStuffer                     the same, chunk by chunk (a message streamed from its queue file)
       needs_utf8                      what of an SMTPUTF8 message cannot go without SMTPUTF8
       from_reply, Outcome             a reply -> the per-recipient result (a model.Fate and its
                                       status and text) the queue manager keeps
@@ -170,6 +171,52 @@ def data_payload(body: bytes) -> bytes:
     if body.startswith(b"."):
         body = b"." + body
     return body + b".\r\n"
+
+
+class DataStuffer:
+    """`data_payload` in pieces: feed the content chunk by chunk, then `end()`; the output,
+    joined, equals data_payload(content) however the content was cut (a CR at the end of one
+    chunk and an LF at the start of the next are one CRLF; a dot after a line end in the
+    previous chunk is stuffed)."""
+
+    __slots__ = ("_bol", "_cr")
+
+    def __init__(self) -> None:
+        self._bol = True  # the next byte starts a line
+        self._cr = False  # the last chunk ended in a CR not sent yet
+
+    def feed(self, chunk: bytes | memoryview) -> bytes:
+        data = bytes(chunk)
+        if not data:
+            return b""  # a pending CR waits for a byte that says what it is
+        out = b""
+        if self._cr:
+            self._cr = False
+            out = b"\r\n"  # CRLF, or a bare CR made one: either way a line end
+            self._bol = True
+            if data.startswith(b"\n"):
+                data = data[1:]
+        if data.endswith(b"\r"):
+            self._cr = True
+            data = data[:-1]
+        if not data:
+            return out
+        crlf = data.count(b"\r\n")
+        if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+            data = _ANY_EOL.sub(b"\r\n", data)
+        data = data.replace(b"\r\n.", b"\r\n..")
+        if self._bol and data.startswith(b"."):
+            data = b"." + data
+        self._bol = data.endswith(b"\r\n")
+        return out + data if out else data
+
+    def end(self) -> bytes:
+        """The rest: a final line end if the content lacks one, then the terminating dot."""
+        if self._cr:
+            self._cr = False
+            self._bol = True
+            return b"\r\n.\r\n"
+        return b".\r\n" if self._bol else b"\r\n.\r\n"
 
 
 def needs_utf8(sender: str, recipients: list[str], body: bytes) -> tuple[bool, set[str]]:

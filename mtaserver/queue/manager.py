@@ -35,6 +35,7 @@ SECURITY
 CONFIG
     queue.* (queue.wakeup_delay: the workers' side), domains.local, domains.local_delivery, outbound.relay_host,
     outbound.fallback_relay_host, outbound.helo_name, outbound.tls, outbound.relay_auth.*, outbound.smtp_port,
+    outbound.mx_address_limit, outbound.mx_session_limit,
     server.hostname, server.dns.*, advanced.threads.lmtp
 """
 
@@ -56,14 +57,15 @@ from .. import policy
 from ..address import AddressError, parse_mailbox
 from ..config import Config, resolve_path
 from ..delivery import lmtp, maildir
+from ..delivery.content import Content
 from ..delivery.mx import NextHop, parse_nexthop, plan_mx
 from ..delivery.smtp import Outcome, SmtpClient
 from ..admin import metrics
 from ..dns import NotFound, Resolver, TempFail
 from ..logutil import sanitize
-from ..model import ClientInfo, Envelope, Fate, RcptState
+from ..model import ClientInfo, Envelope, Fate, RcptState, Recipient
 from . import backoff
-from .dsn import RecipientStatus, build_dsn
+from .dsn import MAX_ORIGINAL, RecipientStatus, build_dsn
 from .ops import FLUSH_TOKEN, SCAN_TOKEN, apply
 from .store import CorruptEnvelope, QueueStore, is_queue_id
 
@@ -74,6 +76,7 @@ CONTROL_BATCH = 256  # messages an administrator's action moves between two turn
 SCAN_INTERVAL = 60.0  # at most this long between looks at deferred/ (Postfix queue_run_delay)
 INCOMING_SCAN = 1.0  # a full listing of incoming/ at least this often (a lost wake-up costs at most this)
 RESCAN = "*"  # a wake-up that asks for a full listing (the sender lost some of its earlier ones)
+CONNECT_FAILED = "4.4.1"  # the status of an outcome whose connection was never made (delivery/smtp.py)
 MAX_HOPS = 50  # Received: headers; more is a mail loop (Postfix hopcount_limit)
 _RECEIVED = re.compile(rb"(?im)^received:")
 LOCAL_CLIENT = ClientInfo(ip="127.0.0.1", port=0, name="localhost", helo="localhost", protocol="local", trusted=True)
@@ -125,7 +128,8 @@ def _client_slice(cfg: Config) -> object:
     a changed password with an unchanged path is a change too (the value is never logged)."""
     out = cfg.outbound
     password = _read_secret(cfg, out.relay_auth.password_file)
-    return (out.helo_name or cfg.server.hostname, out.tls, out.relay_auth.username, password, cfg.advanced.tls_log_level)
+    return (out.helo_name or cfg.server.hostname, out.tls, out.relay_auth.username, password, cfg.advanced.tls_log_level,
+            out.relay_auth.allow_plaintext)  # fmt: skip
 
 
 def wakeup_path(queue_root: Path) -> Path:
@@ -220,9 +224,10 @@ class QueueManager:
                 log.info("reload: server.dns changed: new resolver for the next attempts")
         key = _client_slice(cfg)
         if self._client is None or self._client.key != key:
-            helo, tls, username, password, tls_log_level = key  # type: ignore[misc]
+            helo, tls, username, password, tls_log_level, plaintext = key  # type: ignore[misc]
             client = SmtpClient(helo_name=helo, tls=tls, username=username, password=password,
-                                max_idle_per_host=cfg.queue.destination_concurrency, tls_log_level=tls_log_level)  # fmt: skip
+                                max_idle_per_host=cfg.queue.destination_concurrency, tls_log_level=tls_log_level,
+                                allow_plaintext_auth=plaintext)  # fmt: skip
             if self._client is not None:
                 self._client.retire()
             self._client = _Shared(client, key, SmtpClient.close_idle)
@@ -371,9 +376,16 @@ class QueueManager:
         deferred: list[str] = []
         if now >= self._next_deferred_scan or self._flush:
             next_due = now + SCAN_INTERVAL
+            max_backoff = self._cfg().queue.max_backoff
             for q in self.store.list("deferred"):
                 try:
                     due = self.store.due("deferred", q)
+                    if (clamped := backoff.clamp_due(due, now=now, max_backoff=max_backoff)) != due:
+                        # The clock was stepped back since this was written: retry within max_backoff.
+                        log.warning("%s: next attempt %.0f s ahead, more than queue.max_backoff: moved to %.0f s ahead",
+                                    q, due - now, clamped - now)  # fmt: skip
+                        self.store.set_due("deferred", q, clamped)
+                        due = clamped
                 except FileNotFoundError:
                     continue
                 if due <= now or self._flush:
@@ -400,6 +412,11 @@ class QueueManager:
             except FileNotFoundError:
                 self._slots.release()  # deleted or moved by an admin meanwhile
                 continue
+            except OSError as exc:  # a stray entry (active/<id> is a directory, say): never stops the loop
+                self._slots.release()
+                log.warning('%s: cannot move from queue "%s" to queue "active": %s', qid, state, exc.strerror or exc)
+                self.store.set_aside(state, qid)
+                continue
             self._active.add(qid)
             task = asyncio.get_running_loop().create_task(self._process(qid))
             self._tasks.add(task)
@@ -408,16 +425,19 @@ class QueueManager:
     async def _process(self, qid: str) -> None:
         try:
             try:
-                env, body = await self._load(qid)
-            except CorruptEnvelope:
+                env, body = self.store.open_content("active", qid)  # reads only the envelope, at the end
+            except CorruptEnvelope:  # NotOurs too: moved to corrupt/ and logged
                 return
             except FileNotFoundError:
                 return
-            # requeue (queue/ops.py) and mail from `mtaserver sendmail` (pickup): the content
-            # filters run here, as the end of DATA runs them for SMTP
-            if (env.extra.get("requeue") or env.extra.get("pickup")) and await self._refilter(env, body):
-                return
-            await self._attempt(env, body)
+            try:
+                # requeue (queue/ops.py) and mail from `mtaserver sendmail` (pickup): the content
+                # filters run here, as the end of DATA runs them for SMTP
+                if (env.extra.get("requeue") or env.extra.get("pickup")) and await self._refilter(env, await asyncio.to_thread(body.read_all)):
+                    return
+                await self._attempt(env, body)
+            finally:
+                body.close()
         except Exception:
             log.exception("%s: delivery attempt failed; the message stays in active/ until restart", qid)
         finally:
@@ -486,21 +506,13 @@ class QueueManager:
 
     # -- one delivery attempt --------------------------------------------------------------
 
-    async def _load(self, qid: str) -> tuple[Envelope, bytes]:
-        """The envelope and content of an active message; a large one is read in a thread."""
-        if os.stat(self.store.path("active", qid)).st_size > (1 << 20):
-            env, content = await asyncio.to_thread(self.store.load, "active", qid)
-        else:
-            env, content = self.store.load("active", qid)
-        return env, bytes(content)
-
-    async def _attempt(self, env: Envelope, body: bytes) -> None:
+    async def _attempt(self, env: Envelope, body: Content) -> None:
         cfg = self._cfg()
         self._refresh(cfg)
+        env.recipients = unique_recipients(env.recipients)
         pending = [r.address for r in env.recipients]
         results: dict[str, Outcome] = {}
-        header = body[: body.find(b"\r\n\r\n") + 2] if b"\r\n\r\n" in body else body
-        if len(_RECEIVED.findall(header)) > MAX_HOPS:
+        if len(_RECEIVED.findall(body.head())) > MAX_HOPS:
             o = Outcome(Fate.BOUNCED, "5.4.6", "mail forwarding loop: too many hops", None, False)
             results = {r: o for r in pending}
         else:
@@ -525,7 +537,7 @@ class QueueManager:
                         s.release()
         await self._finish(cfg, env, results, body)
 
-    async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
+    async def _deliver_local(self, cfg: Config, env: Envelope, rcpts: list[str], body: Content) -> dict[str, Outcome]:
         ld = cfg.domains.local_delivery
         if ld.type == "lmtp":
             assert ld.address is not None  # config validation guarantees it
@@ -544,7 +556,7 @@ class QueueManager:
                 out[r] = Outcome(Fate.DEFERRED, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}", "maildir", False)
         return out
 
-    async def _deliver_remote(self, cfg: Config, tools: _Tools, env: Envelope, rcpts: list[str], body: bytes) -> dict[str, Outcome]:
+    async def _deliver_remote(self, cfg: Config, tools: _Tools, env: Envelope, rcpts: list[str], body: Content) -> dict[str, Outcome]:
         """relay_host (or each recipient domain's MX), then the fallback relay for what was deferred."""
         out = cfg.outbound
         port = out.smtp_port
@@ -570,8 +582,11 @@ class QueueManager:
             results.update(await self._deliver_to(cfg, tools, parse_nexthop(out.fallback_relay_host, port), todo, env, body))
         return results
 
-    async def _deliver_to(self, cfg: Config, tools: _Tools, hop: NextHop, rcpts: list[str], env: Envelope, body: bytes) -> dict[str, Outcome]:
-        """Try the hop's hosts (MX order) and each host's addresses until one takes the mail."""
+    async def _deliver_to(self, cfg: Config, tools: _Tools, hop: NextHop, rcpts: list[str], env: Envelope, body: Content) -> dict[str, Outcome]:
+        """Try the hop's hosts (MX order) and each host's addresses until one takes the mail:
+        at most outbound.mx_address_limit addresses (a host whose lookup fails takes one of
+        those places) and outbound.mx_session_limit sessions (connections that were made)
+        per attempt, as Postfix's smtp_mx_address_limit and smtp_mx_session_limit."""
         if hop.mx:
             try:
                 answer: list | NotFound | TempFail = await tools.resolver.query(hop.host, "MX")
@@ -583,12 +598,21 @@ class QueueManager:
         else:
             hosts = [hop.host]
         last: dict[str, Outcome] | None = None
-        for host in hosts:
+        places, sessions = cfg.outbound.mx_address_limit, cfg.outbound.mx_session_limit
+        for i, host in enumerate(hosts):
+            if places <= 0 or sessions <= 0:
+                log.info("%s: %s: %d more host(s) not tried in this attempt (outbound.mx_%s_limit)", env.queue_id,
+                         sanitize(hop.host), len(hosts) - i, "address" if places <= 0 else "session")  # fmt: skip
+                break
             addrs = await self._addresses(tools.resolver, host)
             if isinstance(addrs, Outcome):
+                places -= 1
                 last = last or {r: addrs for r in rcpts}
                 continue
+            addrs, places = addrs[:places], places - len(addrs[:places])
             for ip in addrs:
+                if sessions <= 0:
+                    break
                 n = cfg.queue.destination_concurrency
                 dest = f"{host.lower()}/{n}"  # a reload that changes n starts new semaphores
                 sem = self._dest.get(dest) or self._dest.setdefault(dest, asyncio.Semaphore(n))
@@ -597,6 +621,8 @@ class QueueManager:
                                                 smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")  # fmt: skip
                 if not all(o.fate is Fate.DEFERRED for o in part.values()):
                     return part  # this host answered for the domain: its word is final for now
+                if any(o.status != CONNECT_FAILED for o in part.values()):
+                    sessions -= 1  # a session was made (a connection that failed is none)
                 last = part
         return last or {r: Outcome(Fate.DEFERRED, "4.4.3", f"no usable address for {hop.host}", None, False) for r in rcpts}
 
@@ -621,7 +647,7 @@ class QueueManager:
             return Outcome(Fate.DEFERRED, "4.4.3", f"Host or domain name not found. Name service error for name={host} type=A: {temp}", None, False)
         return Outcome(Fate.DEFERRED, "4.4.3", f"Host or domain name not found. Name service error for name={host} type=A: Host not found", None, False)
 
-    async def _finish(self, cfg: Config, env: Envelope, results: dict[str, Outcome], body: bytes) -> None:
+    async def _finish(self, cfg: Config, env: Envelope, results: dict[str, Outcome], body: bytes | Content) -> None:
         now = self._clock()
         qid = env.queue_id
         delay = now - env.arrival
@@ -682,17 +708,35 @@ class QueueManager:
         self._next_deferred_scan = min(self._next_deferred_scan, due)
         self.wake.set()  # the main loop sleeps until the next due time, which may now be earlier
 
-    async def _notify(self, cfg: Config, env: Envelope, rcpts: list[RecipientStatus], body: bytes, kind: Fate, now: float) -> None:
+    async def _notify(self, cfg: Config, env: Envelope, rcpts: list[RecipientStatus], body: bytes | Content, kind: Fate, now: float) -> None:
         q = cfg.queue
+        content = Content.of(body)
+        whole = kind is Fate.BOUNCED and len(content) <= MAX_ORIGINAL  # else only the header section is read
+        original = await asyncio.to_thread(content.read_all) if whole else content.head()
         dsn = build_dsn(
             kind=kind, hostname=cfg.server.hostname, queue_id=env.queue_id, sender=env.sender, arrival=env.arrival,
-            recipients=rcpts, original=body, now=now, delay_hours=q.delay_warning / 3600, lifetime_days=q.max_lifetime / 86400,
+            recipients=rcpts, original=original, now=now, delay_hours=q.delay_warning / 3600, lifetime_days=q.max_lifetime / 86400,
+            max_original=MAX_ORIGINAL if whole else -1,
         )  # fmt: skip
         new = await self.store.inject(sender="", recipients=[env.sender], body=dsn, client=LOCAL_CLIENT)
         what = "sender non-delivery notification" if kind is Fate.BOUNCED else "sender delay notification"
         log.info("%s: %s: %s", env.queue_id, what, new)
         metrics.dsn("bounce" if kind is Fate.BOUNCED else "delay")
         log.info("%s: from=<>, size=%d, nrcpt=1 (queue active)", new, len(dsn))
+
+
+def unique_recipients(recipients: list[Recipient]) -> list[Recipient]:
+    """Each recipient once: the same address twice, or differing only in the case of its
+    domain, is delivered once (the first spelling is kept, and its status stands for both)."""
+    seen: set[str] = set()
+    out = []
+    for r in recipients:
+        local, at, domain = r.address.rpartition("@")
+        key = f"{local}{at}{domain.lower().rstrip('.')}" if at else r.address
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def _remote_mta(remote: str | None) -> str | None:

@@ -54,6 +54,12 @@ DESCRIPTION
     incoming/ (at-least-once: a crash may cause a duplicate, never a loss), incoming/ is
     validated, and status files with no queue file are removed.
 
+    Anything else in a queue directory (a directory or a FIFO named like a queue id, a symlink,
+    a file we may not read) stops nothing: it is never followed (O_NOFOLLOW on every open of a
+    queue or status file), it is logged, and it is moved into corrupt/ when it can be (a name
+    taken there gets a suffix), in recovery and when the queue manager meets it (NotOurs, a
+    kind of CorruptEnvelope).
+
 SECURITY
     Files are created 0600 under a 0700 root. Queue ids are generated here, never taken from
     a client; envelope contents are JSON, never evaluated.
@@ -71,6 +77,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -78,6 +85,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import model
+from ..delivery.content import Content
+from ..logutil import sanitize
 from ..model import ClientInfo, Envelope, Recipient, RcptState, Reply
 
 log = logging.getLogger("queue")
@@ -237,21 +246,68 @@ def parse_envelope(data: bytes) -> Envelope:
     return split_queue_file(data, content=False)[0]
 
 
-def read_envelope_only(path: Path) -> tuple[Envelope, int]:
-    """The envelope and the content length of a queue file, reading only its end."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+class NotOurs(CorruptEnvelope):
+    """An entry of a queue directory that is not a regular file we can read: a directory, a
+    symlink (never followed), a FIFO, a socket, a file we have no permission to read."""
+
+
+# O_NOFOLLOW: a symlink planted in a queue directory is never followed (ELOOP). O_NONBLOCK: a
+# FIFO does not hang the open; it is no regular file and is refused right after.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_NOT_OURS = (errno.ELOOP, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP)
+
+
+def open_regular(path: Path | str) -> int:
+    """A read-only descriptor of a regular file at `path`; anything else raises NotOurs
+    (FileNotFoundError stays what it is: the message moved or went meanwhile)."""
     try:
-        size = os.fstat(fd).st_size
-        if size < TRAILER_SIZE:
-            raise CorruptEnvelope("file too short")
-        tail = os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE)
-        jlen = _parse_tail(tail)
-        start = size - TRAILER_SIZE - jlen
-        if start < 0:
-            raise CorruptEnvelope("file shorter than its envelope")
-        env = _envelope_from_json(_checked_json(os.pread(fd, jlen, start), tail[16:24]))
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno in _NOT_OURS:
+            raise NotOurs(f"not a regular file we can read: {exc.strerror or exc}") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotOurs(f"not a regular file ({stat.filemode(mode)})")
+    return fd
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, n, offset)
+    except OSError as exc:
+        if exc.errno in _NOT_OURS:
+            raise NotOurs(f"cannot read: {exc.strerror or exc}") from None
+        raise
+
+
+def read_envelope_only(path: Path | str) -> tuple[Envelope, int]:
+    """The envelope and the content length of a queue file, reading only its end."""
+    fd = open_regular(path)
+    try:
+        env, start = _envelope_at_end(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+    return env, start
+
+
+def _envelope_at_end(fd: int, size: int) -> tuple[Envelope, int]:
+    """The envelope of the open queue file `fd` of `size` bytes, and where its content ends."""
+    if size < TRAILER_SIZE:
+        raise CorruptEnvelope("file too short")
+    tail = _pread(fd, TRAILER_SIZE, size - TRAILER_SIZE)
+    jlen = _parse_tail(tail)
+    start = size - TRAILER_SIZE - jlen
+    if start < 0:
+        raise CorruptEnvelope("file shorter than its envelope")
+    env = _envelope_from_json(_checked_json(_pread(fd, jlen, start), tail[16:24]))
     if env.size != start:
         raise CorruptEnvelope(f"content is {start} bytes, the envelope says {env.size}")
     return env, start
@@ -648,17 +704,35 @@ class QueueStore:
     # -- reading and moving ------------------------------------------------------------------
 
     def _corrupt(self, state: str, queue_id: str, exc: Exception) -> None:
+        if self.set_aside(state, queue_id):
+            log.warning('saving corrupt file "%s" from queue "%s" to queue "corrupt": %s', queue_id, state, exc)
+
+    def set_aside(self, state: str, name: str) -> bool:
+        """Move `state`/`name` (whatever it is: a file, a directory, a symlink, which is moved,
+        never followed) into corrupt/, under a new name if that one is taken there. False: it
+        is gone already, or cannot be moved (logged; it stays where it is)."""
+        src = f"{self._root}/{state}/{name}"
+        dst = f"{self._root}/corrupt/{name}"
+        if state == "status" or os.path.lexists(dst):
+            dst = f"{dst}.{state}.{time.time_ns()}"
         try:
-            self.move(queue_id, state, "corrupt")
+            os.rename(src, dst)
         except FileNotFoundError:
-            return
-        log.warning('saving corrupt file "%s" from queue "%s" to queue "corrupt": %s', queue_id, state, exc)
+            return False
+        except OSError as exc:
+            log.error('cannot move "%s" from queue "%s" to queue "corrupt": %s', sanitize_name(name), state, exc.strerror or exc)
+            return False
+        return True
 
     def _status(self, queue_id: str, env: Envelope) -> Envelope:
         """The envelope as the queue manager last recorded it, if it did."""
         try:
             data = _read_file(self.status_path(queue_id))
         except FileNotFoundError:
+            return env
+        except NotOurs as exc:  # set aside; the queue file's envelope holds (at least once)
+            log.warning("%s: stray status entry: %s", queue_id, exc)
+            self.set_aside("status", queue_id)
             return env
         newer = parse_envelope(data)
         if newer.queue_id != env.queue_id:
@@ -686,8 +760,12 @@ class QueueStore:
         return self._status(queue_id, env)
 
     def load(self, state: str, queue_id: str) -> tuple[Envelope, memoryview]:
-        """Envelope and content, for delivery; a damaged file moves to corrupt/."""
-        data = _read_file(self.path(state, queue_id))
+        """Envelope and content in memory (see open_content for delivery); a damaged file moves to corrupt/."""
+        try:
+            data = _read_file(self.path(state, queue_id))
+        except NotOurs as exc:
+            self._corrupt(state, queue_id, exc)
+            raise
         try:
             env, content = split_queue_file(data)
             if env.queue_id != queue_id:
@@ -695,6 +773,28 @@ class QueueStore:
             return self._status(queue_id, env), content
         except CorruptEnvelope as exc:
             self._corrupt(state, queue_id, exc)
+            raise
+
+    def open_content(self, state: str, queue_id: str) -> tuple[Envelope, Content]:
+        """Envelope and content for delivery, reading only the file's end: the content stays
+        on disk, behind an open descriptor (the caller closes the Content). A damaged file,
+        or anything that is not a regular file of ours, moves to corrupt/."""
+        try:
+            fd = open_regular(self.path(state, queue_id))
+        except NotOurs as exc:
+            self._corrupt(state, queue_id, exc)
+            raise
+        try:
+            env, start = _envelope_at_end(fd, os.fstat(fd).st_size)
+            if env.queue_id != queue_id:
+                raise CorruptEnvelope("queue id does not match the file name")
+            return self._status(queue_id, env), Content(fd=fd, size=start)
+        except CorruptEnvelope as exc:
+            os.close(fd)
+            self._corrupt(state, queue_id, exc)
+            raise
+        except BaseException:
+            os.close(fd)
             raise
 
     def move(self, queue_id: str, src: str, dst: str) -> None:
@@ -705,7 +805,7 @@ class QueueStore:
     def rewrite(self, state: str, env: Envelope) -> None:
         """Record delivery progress: status/<id>, replaced atomically (tmp + fsync + rename)."""
         tmp = self.root / "tmp" / f"{env.queue_id}.status"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             _write_all(fd, [dump_envelope(env)])
             self._fsync(fd)
@@ -715,10 +815,11 @@ class QueueStore:
 
     def set_due(self, state: str, queue_id: str, when: float) -> None:
         """The file's mtime carries the time of the next attempt (Postfix's deferred queue)."""
-        os.utime(self.path(state, queue_id), (when, when))
+        os.utime(self.path(state, queue_id), (when, when), follow_symlinks=False)
 
     def due(self, state: str, queue_id: str) -> float:
-        return os.stat(self.path(state, queue_id)).st_mtime
+        """The time of the next attempt as recorded (see backoff.clamp_due for reading it)."""
+        return os.stat(self.path(state, queue_id), follow_symlinks=False).st_mtime
 
     def remove(self, state: str, queue_id: str) -> None:
         """Delivery is complete: the queue file first, then its status (a leftover status is swept)."""
@@ -750,12 +851,12 @@ class QueueStore:
         for state in STATES:
             for qid in self.list(state):
                 path = self.path(state, qid)
-                with open(path, "rb") as f:
-                    if f.read(len(_V1_MAGIC)) != _V1_MAGIC:
-                        continue
                 try:
-                    env = _parse_v1(_read_file(path))
-                    content = (old / qid).read_bytes()
+                    data = _read_file(path)
+                    if not data.startswith(_V1_MAGIC):
+                        continue
+                    env = _parse_v1(data)
+                    content = _read_file(old / qid)
                 except (CorruptEnvelope, FileNotFoundError):
                     continue  # left as it is: recovery moves it to corrupt/
                 env.size = len(content)
@@ -785,24 +886,46 @@ class QueueStore:
         upgraded = self._upgrade_v1()
         if upgraded:
             counts["upgraded"] = upgraded
+        # A stray entry (a directory, a symlink, a FIFO, a file we cannot read) stops nothing:
+        # it is logged and set aside into corrupt/ (or left where it is if it cannot be moved).
         for name in os.listdir(self.root / "tmp"):
-            _unlink(self.root / "tmp" / name)
-            counts["tmp_removed"] += 1
+            try:
+                _unlink(self.root / "tmp" / name)
+                counts["tmp_removed"] += 1
+            except OSError as exc:  # a directory (EISDIR), an immutable file...
+                log.warning('stray entry "%s" in queue "tmp": %s', sanitize_name(name), exc.strerror or exc)
+                if self.set_aside("tmp", name):
+                    counts["corrupt"] += 1
         for qid in self.list("active"):
-            self.move(qid, "active", "incoming")
-            counts["active_requeued"] += 1
+            try:
+                self.move(qid, "active", "incoming")
+                counts["active_requeued"] += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # incoming/<id> is a directory, say
+                log.warning('cannot move "%s" from queue "active" to queue "incoming": %s', qid, exc.strerror or exc)
+                if self.set_aside("active", qid):
+                    counts["corrupt"] += 1
         for qid in self.list("incoming"):
             try:
                 self.read("incoming", qid)
-            except CorruptEnvelope:
+            except CorruptEnvelope:  # NotOurs too: moved to corrupt/ by read
                 counts["corrupt"] += 1
+            except FileNotFoundError:
+                pass
         known: set[str] = set()
         for state in STATES:
             known.update(self.list(state))
         for name in os.listdir(self.root / "status"):
-            if name not in known:
-                _unlink(self.root / "status" / name)
-                counts["orphans_removed"] += 1
+            path = self.root / "status" / name
+            if os.path.isfile(path) and not os.path.islink(path):
+                if name not in known:
+                    _unlink(path)
+                    counts["orphans_removed"] += 1
+                continue
+            log.warning('stray entry "%s" in queue "status": not a regular file', sanitize_name(name))
+            if self.set_aside("status", name):
+                counts["corrupt"] += 1
         _fsync_dirs(self.root, DIRS, self._fsync)
         return counts
 
@@ -827,12 +950,18 @@ def _parse_v1(data: bytes) -> Envelope:
     return _envelope_from_json(body)
 
 
-def _read_file(path: str) -> bytes:
-    """The whole file: open, fstat, one read, close (io.open adds an isatty, two lseeks, a read)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _read_file(path: str | Path) -> bytes:
+    """The whole file: open, fstat, one read, close (io.open adds an isatty, two lseeks, a read).
+    Anything but a regular file we can read raises NotOurs."""
+    fd = open_regular(path)
     try:
         want = os.fstat(fd).st_size + 1  # one more: a short read of a regular file is its end
-        data = os.read(fd, want)
+        try:
+            data = os.read(fd, want)
+        except OSError as exc:
+            if exc.errno in _NOT_OURS:
+                raise NotOurs(f"cannot read: {exc.strerror or exc}") from None
+            raise
         if len(data) < want:
             return data
         parts = [data]  # it grew meanwhile (a queue file does not): read on to the end
@@ -849,6 +978,11 @@ def _fsync_dir(path: str, fsync: Callable[[int], None]) -> None:
         fsync(fd)
     finally:
         os.close(fd)
+
+
+def sanitize_name(name: str) -> str:
+    """A directory entry's name for the log (anyone who can write a queue directory chose it)."""
+    return sanitize(name, 100)
 
 
 def _unlink(path: Path | str) -> None:

@@ -573,8 +573,18 @@ async def test_plaintext_injected_after_starttls_reply_is_a_protocol_error(serve
     assert (o.fate, o.status) == (Fate.DEFERRED, "4.5.0") and "after the reply to STARTTLS" in o.text
 
 
-async def test_tls_handshake_failure_defers_4_7_5():
-    s = Server(ext=("STARTTLS",))
+def _broken_handshake(s: Server):
+    """The first connection offers STARTTLS and then fails the handshake; later ones are plain SMTP."""
+    plain = s.handle
+    seen = []
+
+    async def handle(reader, writer):
+        seen.append(1)
+        if len(seen) == 1:
+            await not_tls(reader, writer)
+        else:
+            s.ext = tuple(e for e in s.ext if e != "STARTTLS")
+            await plain(reader, writer)
 
     async def not_tls(reader, writer):
         writer.write(b"220 mx.test\r\n")
@@ -589,15 +599,49 @@ async def test_tls_handshake_failure_defers_4_7_5():
         await asyncio.sleep(1)
         writer.close()
 
-    s.handle = not_tls
-    o = (await deliver(s, ["a@example.test"]))["a@example.test"]
+    s.handle = handle
+    return seen
+
+
+async def test_tls_handshake_failure_defers_4_7_5_at_encrypt():
+    s = Server(ext=("STARTTLS",))
+    seen = _broken_handshake(s)
+    o = (await deliver(s, ["a@example.test"], client=SmtpClient(helo_name="client.test", tls="encrypt")))["a@example.test"]
     assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.5") and "Cannot start TLS" in o.text
+    assert len(seen) == 1 and s.messages == []
+
+
+async def test_tls_handshake_failure_at_may_is_retried_in_plain_text(caplog):
+    """Postfix at `may`: the host that failed the handshake gets the mail over a new plain connection."""
+    s = Server(ext=("STARTTLS", "PIPELINING"))
+    seen = _broken_handshake(s)
+    o = (await deliver(s, ["a@example.test"], client=SmtpClient(helo_name="client.test", tls="may")))["a@example.test"]
+    assert o.fate is Fate.SENT and len(seen) == 2 and len(s.messages) == 1
+    assert "handshake failure" in caplog.text and "trying again in plain text" in caplog.text
+
+
+async def test_relay_password_is_never_sent_without_tls(caplog):
+    """Postfix's noplaintext: a relay offering AUTH without STARTTLS (or a man in the middle who
+    removed it) does not get the password: deferred 4.7.0, logged."""
+    s = Server(auth=b"PLAIN LOGIN", auth_ok=(b"relayuser", b"s3cret"))
+    client = SmtpClient(helo_name="client.test", username="relayuser", password="s3cret")
+    o = (await deliver(s, ["a@example.test"], client=client))["a@example.test"]
+    assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.0") and "not encrypted" in o.text
+    assert s.auth_lines == [] and not any(b"AUTH" in line for line in s.lines) and s.messages == []
+    assert "relay_auth.allow_plaintext" in caplog.text and "s3cret" not in caplog.text
+
+
+async def test_relay_password_goes_over_tls(server_tls):
+    s = Server(tls=server_tls, auth=b"PLAIN", auth_ok=(b"relayuser", b"s3cret"))
+    client = SmtpClient(helo_name="client.test", username="relayuser", password="s3cret")
+    o = (await deliver(s, ["a@example.test"], client=client))["a@example.test"]
+    assert o.fate is Fate.SENT and s.tls_sessions == 1 and len(s.auth_lines) == 1
 
 
 @pytest.mark.parametrize("offered, used", [(b"LOGIN PLAIN", b"PLAIN"), (b"LOGIN", b"LOGIN")])
 async def test_auth(offered, used):
     s = Server(auth=offered, auth_ok=(b"relayuser", b"s3cret"))
-    client = SmtpClient(helo_name="client.test", username="relayuser", password="s3cret")
+    client = SmtpClient(helo_name="client.test", username="relayuser", password="s3cret", allow_plaintext_auth=True)
     out = await deliver(s, ["a@example.test"], client=client)
     assert out["a@example.test"].fate is Fate.SENT
     assert s.auth_lines[0].split()[1] == used
@@ -606,7 +650,7 @@ async def test_auth(offered, used):
 
 async def test_auth_refused_defers():
     s = Server(auth=b"PLAIN", auth_ok=(b"relayuser", b"right"))
-    client = SmtpClient(helo_name="client.test", username="relayuser", password="wrong")
+    client = SmtpClient(helo_name="client.test", username="relayuser", password="wrong", allow_plaintext_auth=True)
     o = (await deliver(s, ["a@example.test"], client=client))["a@example.test"]
     assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.8") and "SASL authentication failed" in o.text and "wrong" not in o.text
     assert s.messages == []
@@ -614,7 +658,7 @@ async def test_auth_refused_defers():
 
 async def test_auth_not_offered_defers():
     s = Server()
-    client = SmtpClient(helo_name="client.test", username="relayuser", password="x")
+    client = SmtpClient(helo_name="client.test", username="relayuser", password="x", allow_plaintext_auth=True)
     o = (await deliver(s, ["a@example.test"], client=client))["a@example.test"]
     assert (o.fate, o.status) == (Fate.DEFERRED, "4.7.0") and s.messages == []
 

@@ -114,10 +114,10 @@ class Page:
         return tuple(f.key for f in self.fields)
 
 
-ACTIONS = (
-    ("ignore", "Ignore: log the failure, go on (what it would have blocked is counted)"),
-    ("enforce", "Enforce: 550 at every RCPT, the client is logged (helo, sender, recipient)"),
-    ("drop", "Drop: 521 and disconnect at once"),
+ACTIONS = (  # what each does: the Actions card of postscreen.html
+    ("ignore", "Ignore (log, count, go on)"),
+    ("enforce", "Enforce (550 at every RCPT)"),
+    ("drop", "Drop (521, disconnect)"),
 )
 LOG_LEVELS = (("debug", "debug"), ("info", "info"), ("warning", "warning"), ("error", "error"))
 TLS_LEVELS = tuple((str(n), f"{n}: {t}") for n, t in enumerate((
@@ -803,7 +803,7 @@ async def _context(request: Request, page: Page, base: Any, override: Any, node:
     if page.name == "inbound":
         ctx["common"] = _common()
     elif page.name == "postscreen":
-        ctx["stats"] = postscreen_stats(request.app.state.panel.history.totals("hour", "postscreen:"))
+        ctx["stats"] = await _postscreen_last_hour(request.app.state.panel)
     elif page.name == "outbound":
         ctx["services"] = await admin.services()
     elif page.name == "antivirus":
@@ -812,9 +812,27 @@ async def _context(request: Request, page: Page, base: Any, override: Any, node:
         ctx["definitions"] = read_status(cfg.data_path)
         ctx["dkim_records"] = await asyncio.to_thread(dkim_records, base.get("dkim", {}).get("sign") or [], cfg.data_path)
         ctx["new_key"] = {"domain": "", "selector": "", "type": "rsa"}
+        ctx["new_key_errors"] = []
     elif page.name == "server":
         ctx["inherited"] = page_values(page, base)
     return ctx
+
+
+async def _postscreen_last_hour(panel: Any) -> dict[str, dict[str, int]]:
+    """The last hour's samples plus what happened since the last one (the metrics read now)."""
+    from .history import read_metrics
+
+    totals = dict(panel.history.totals("hour", "postscreen:"))
+    try:
+        now = await asyncio.to_thread(read_metrics, panel.admin.worker.store.root)
+    except Exception as exc:  # noqa: BLE001 - a metrics file being rewritten: the samples alone
+        log.debug("panel: metrics not read for the postscreen page: %s", exc)
+        now = None
+    if now is not None:
+        for name, value in panel.history.peek(panel.clock(), now).items():
+            if name.startswith("postscreen:"):
+                totals[name] = totals.get(name, 0.0) + value
+    return postscreen_stats(totals)
 
 
 def postscreen_stats(totals: Mapping[str, float]) -> dict[str, dict[str, int]]:
@@ -859,7 +877,7 @@ async def _show(request: Request, session: Session, page: Page, *, values: dict[
     by_key, other = place_errors(page, errors or [], prefix=f"servers.{node}.")
     return render(request, TEMPLATES[page.name], status_code=status, title=page.title, values=values,
                   overridden=overridden or {}, errors=by_key, other_errors=other, readonly=not session.may(Role.ADMIN),
-                  **ctx, **(extra or {}))  # fmt: skip
+                  **{**ctx, **(extra or {})})  # fmt: skip
 
 
 async def _save(request: Request, session: Session, page: Page) -> Response:
@@ -917,8 +935,8 @@ async def dkim_keygen(request: Request, session: Session = Depends(require_sessi
     try:
         entry = DkimSign(domain=domain, selector=selector, key="dkim/x")
     except ValidationError as exc:
-        errors = [f"dkim.sign.new.{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
-        return await _show(request, session, ANTIVIRUS, errors=errors, status=422, extra={"new_key": typed})
+        errors = [f"{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        return await _show(request, session, ANTIVIRUS, status=422, extra={"new_key": typed, "new_key_errors": errors})
     cfg = admin.worker.config
     path = key_path(cfg.data_path, entry.domain, entry.selector)
     rel = f"dkim/{path.name}"
@@ -933,7 +951,7 @@ async def dkim_keygen(request: Request, session: Session = Depends(require_sessi
     except (OSError, ValueError) as exc:
         error = f"dkim.sign: {path}: {getattr(exc, 'strerror', None) or exc}"
         admin.audit.write(session.name, client_ip(request), "dkim.keygen", typed, {"status": 500, "error": error})
-        return await _show(request, session, ANTIVIRUS, errors=[error], status=500, extra={"new_key": typed})
+        return await _show(request, session, ANTIVIRUS, status=500, extra={"new_key": typed, "new_key_errors": [error]})
     admin.audit.write(session.name, client_ip(request), "dkim.keygen", typed, {"status": 200, "file": str(path), "made": made})
     log.info("panel: DKIM key %s for %s selector %s by %s: %s", path, entry.domain, entry.selector, session.name, made)
     base, _, _ = _documents(admin)

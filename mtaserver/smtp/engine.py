@@ -55,7 +55,7 @@ SECURITY
 STANDARDS
     RFC 5321 (SMTP), RFC 1869/1870 (EHLO, SIZE), RFC 2920 (PIPELINING), RFC 3207 (STARTTLS),
     RFC 4954 (AUTH), RFC 2034/3463 (enhanced status codes), RFC 6152 (8BITMIME),
-    RFC 6531 (SMTPUTF8).
+    RFC 6531 (SMTPUTF8), RFC 3461 (DSN: RET, ENVID, NOTIFY, ORCPT), RFC 3030 (CHUNKING: BDAT).
 
 CONFIG
     server.hostname, server.limits.*, server.listeners[].{tls,auth}, auth.mechanisms,
@@ -132,6 +132,7 @@ class Rcpt:
     recipient: Mailbox
     params: dict[str, str | None]
     queued: Mailbox | None = None
+    dsn: tuple[str | None, str | None] = (None, None)  # RFC 3461 (NOTIFY, ORCPT), checked and decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +221,7 @@ class Transaction:
     sender: Mailbox
     params: dict[str, str | None]
     recipients: list[Mailbox] = field(default_factory=list)
+    dsn: list[tuple[str | None, str | None]] = field(default_factory=list)  # (NOTIFY, ORCPT) of each recipient
     bdat: int = -1  # BDAT bytes taken so far (RFC 3030); -1: no BDAT in this transaction
 
 
@@ -556,6 +558,7 @@ class Engine:
         elif isinstance(ev, Rcpt):
             assert self.tx is not None
             self.tx.recipients.append(ev.queued or ev.recipient)
+            self.tx.dsn.append(ev.dsn)
             self.reply(R.RCPT_OK)
         self._count(self.last_command, ok)
         if not ok:
@@ -658,7 +661,7 @@ class Engine:
         mechs = self.auth_offered()
         if mechs and self.login is None:
             lines.append("AUTH " + " ".join(mechs))
-        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING"]
+        lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING"]
         self.reply(Reply(250, "", "\n".join(lines)))
 
     def auth_offered(self) -> tuple[str, ...]:
@@ -717,6 +720,12 @@ class Engine:
             elif key == "SMTPUTF8":
                 if value is not None:
                     return Reply(501, "5.5.4", "Bad SMTPUTF8 syntax")
+            elif key == "RET":  # RFC 3461 4.3
+                if value is None or value.upper() not in ("FULL", "HDRS"):
+                    return R.BAD_RET
+            elif key == "ENVID":  # RFC 3461 4.4
+                if value is None or len(value) > 100 or dsn_text(value) is None:
+                    return R.BAD_ENVID
             elif key == "AUTH":
                 # RFC 4954 5: an xtext mailbox or <>; kept by nobody (we do not relay it onwards)
                 if value is None or not _XTEXT.fullmatch(value):
@@ -743,9 +752,13 @@ class Engine:
             else:
                 self.reply(Reply(501, "5.1.3", "Bad recipient address syntax"))
             return None
+        dsn: tuple[str | None, str | None] = _NO_DSN
         if params:
-            self.reply(Reply(555, "5.5.4", "Unsupported option: " + sanitize(next(iter(params)), 40)))
-            return None
+            checked = self._rcpt_params(params)
+            if isinstance(checked, Reply):
+                self.reply(checked)
+                return None
+            dsn = checked
         if needs_smtputf8(rcpt) and "SMTPUTF8" not in tx.params:
             self.reply(R.UTF8_UNDECLARED)
             return None
@@ -762,7 +775,25 @@ class Engine:
             else:
                 self.reply(R.TOO_MANY_RCPT)
             return None
-        return Rcpt(rcpt, params, queued)
+        return Rcpt(rcpt, params, queued, dsn)
+
+    def _rcpt_params(self, params: dict[str, str | None]) -> tuple[str | None, str | None] | Reply:
+        """RCPT's DSN parameters (RFC 3461 4.1, 4.2): (NOTIFY, ORCPT), or the refusal."""
+        if not self.esmtp:
+            return Reply(555, "5.5.4", "Unsupported option: " + sanitize(next(iter(params)), 40))
+        notify = orcpt = None
+        for key, value in params.items():
+            if key == "NOTIFY":
+                notify = dsn_notify(value or "")
+                if notify is None:
+                    return R.BAD_NOTIFY
+            elif key == "ORCPT":
+                orcpt = dsn_orcpt(value or "")
+                if orcpt is None:
+                    return R.BAD_ORCPT
+            else:
+                return Reply(555, "5.5.4", "Unsupported option: " + sanitize(key, 40))
+        return notify, orcpt
 
     def _cmd_data(self, arg: str | None) -> Event | None:
         tx = self.tx
@@ -909,6 +940,47 @@ class Engine:
 
 _AUTH_LINE = re.compile(rb"(?im)^(AUTH[ \t]+\S+)[^\r\n]*")
 _BDAT = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.IGNORECASE)
+_NO_DSN: tuple[str | None, str | None] = (None, None)
+_DSN_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")  # RFC 3461 4: xtext
+_XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
+_UTF8_HEX = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")  # RFC 6533 utf-8-addr-xtext: \x{HEX}
+_ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
+_NOTIFY_ORDER = ("SUCCESS", "FAILURE", "DELAY")
+
+
+def dsn_text(value: str, *, utf8: bool = False) -> str | None:
+    """xtext (RFC 3461 4) decoded, or None when `value` is not xtext or decodes to control
+    characters (the text goes into DSNs and onwards to the next hop)."""
+    if not _DSN_XTEXT.fullmatch(value):
+        return None
+    text = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
+    if utf8:
+        try:
+            text = _UTF8_HEX.sub(lambda m: chr(int(m.group(1), 16)), text)
+        except (ValueError, OverflowError):
+            return None
+    if any(c < " " or c == "\x7f" for c in text):
+        return None
+    return text
+
+
+def dsn_notify(value: str) -> str | None:
+    """NOTIFY=NEVER or a list of SUCCESS, FAILURE, DELAY (RFC 3461 4.1): its canonical form."""
+    words = value.upper().split(",")
+    if words == ["NEVER"]:
+        return "NEVER"
+    if not words or len(set(words)) != len(words) or not all(w in _NOTIFY_ORDER for w in words):
+        return None
+    return ",".join(w for w in _NOTIFY_ORDER if w in words)
+
+
+def dsn_orcpt(value: str) -> str | None:
+    """ORCPT=addr-type;xtext (RFC 3461 4.2): "type;address" decoded, at most 500 characters."""
+    kind, sep, coded = value.partition(";")
+    if not sep or not coded or len(value) > 500 or not _ADDR_TYPE.fullmatch(kind):
+        return None
+    address = dsn_text(coded, utf8=kind.lower() == "utf-8")
+    return None if address is None else f"{kind.lower()};{address}"
 
 
 def _bdat_size(arg: str | None) -> int:

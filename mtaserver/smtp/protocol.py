@@ -27,7 +27,8 @@ SECURITY
     `sanitize`. Plaintext pipelined after STARTTLS is discarded (CVE-2011-0411).
 
 STANDARDS
-    RFC 5321, RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 2920 (PIPELINING), RFC 3030 (CHUNKING).
+    RFC 5321, RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 2920 (PIPELINING), RFC 3030 (CHUNKING),
+    RFC 3461 (the DSN parameters go into the queue envelope).
 
 CONFIG
     server.hostname, server.banner, server.limits.*, server.tls, server.listeners[],
@@ -716,7 +717,7 @@ class Session(asyncio.Protocol):
         env = Envelope(
             queue_id=qid,
             sender=str(tx.sender),
-            recipients=[Recipient(address=str(r)) for r in tx.recipients],
+            recipients=[Recipient(address=str(r), notify=d[0], orcpt=d[1]) for r, d in zip(tx.recipients, tx.dsn, strict=True)],
             arrival=time.time(),
             client=ClientInfo(
                 ip=self.peer_ip, port=self.peer_port, name=self.client_name, helo=e.helo,
@@ -724,6 +725,8 @@ class Session(asyncio.Protocol):
             ),  # fmt: skip
             body_type=(tx.params.get("BODY") or "").upper() or None,
             smtputf8="SMTPUTF8" in tx.params,
+            ret=(tx.params.get("RET") or "").upper() or None,
+            envid=E.dsn_text(envid) if (envid := tx.params.get("ENVID")) else None,
             trail=ctx.message.trail if ctx is not None else [],
             extra=ctx.message.extra if ctx is not None else {},
         )

@@ -45,10 +45,10 @@ def test_ehlo_advertises_the_extensions_without_starttls_when_no_cert(srv):
     assert r.code == 250
     assert r.lines[0] == "mx.example.test"
     ext = r.lines[1:]
-    for word in ("PIPELINING", "SIZE 10240000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"):
+    for word in ("PIPELINING", "SIZE 10240000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"):
         assert word in ext, r
     assert "STARTTLS" not in ext, r
-    assert len(ext) == len(set(ext)) == 6, r
+    assert len(ext) == len(set(ext)) == 7, r
 
 
 def test_helo_is_a_one_line_250(srv):

@@ -140,3 +140,25 @@ def test_bdat_after_failed_recipients_and_mixing(srv):
         assert c.cmd("RSET").line == "250 2.0.0 Ok"  # the chunked message is dropped
         assert c.cmd("QUIT").code == 221
     assert srv.queued("tmp") == []
+
+
+# -- DSN parameters (RFC 3461) ----------------------------------------------------------------------
+
+
+def test_dsn_parameters_go_into_the_queue_envelope(srv):
+    with SmtpClient(srv.port, UNTRUSTED) as c:
+        c.greeting()
+        assert "DSN" in c.ehlo().lines
+        c.expect("MAIL FROM:<s@client.test> RET=HDRS ENVID=env+2B1", 250)
+        c.expect("RCPT TO:<a@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;A+2Bx@example.test", 250)
+        c.expect("RCPT TO:<b@example.test> NOTIFY=NEVER", 250)
+        c.expect("RCPT TO:<c@example.test>", 250)
+        assert c.cmd("RCPT TO:<d@example.test> NOTIFY=SOMETIMES").line == "501 5.5.4 Error: Bad NOTIFY parameter syntax"
+        c.expect("DATA", 354)
+        c.send(b"Subject: dsn\r\n\r\nx\r\n.\r\n")
+        qid = queue_id_of(c.reply())
+    env = envelope(srv, qid)
+    assert (env.ret, env.envid) == ("HDRS", "env+1")
+    assert [(r.address, r.notify, r.orcpt) for r in env.recipients] == [
+        ("a@example.test", "SUCCESS,DELAY", "rfc822;A+x@example.test"), ("b@example.test", "NEVER", None), ("c@example.test", None, None),
+    ]  # fmt: skip

@@ -7,7 +7,7 @@ from mtaserver.delivery.smtp import from_reply
 from mtaserver.dns import NotFound, Record, TempFail
 from mtaserver.queue import backoff
 from mtaserver.model import Fate, Reply
-from mtaserver.queue.dsn import RecipientStatus, build_dsn
+from mtaserver.queue.dsn import RecipientStatus, build_dsn, notify_wants
 
 
 def mx(pref, host):
@@ -116,6 +116,25 @@ def test_delay_warning_text():
     assert "for more than 4 hour(s)" in d and "until it is 5 day(s) old" in d
 
 
-def test_no_dsn_for_sent_recipients():
-    with pytest.raises(ValueError):
-        _dsn(b"Subject: s\r\n\r\nb\r\n", kind=Fate.SENT)
+def test_success_dsn_only_when_asked():
+    """RFC 3461: NOTIFY=SUCCESS gets a success report (Action: delivered, or relayed when the next
+    hop takes no DSN responsibility), with the headers only; ENVID and ORCPT are reported."""
+    d = build_dsn(
+        kind=Fate.SENT, hostname="mx.example.test", queue_id="Q1", sender="s@example.test", arrival=0.0, now=100.0,
+        recipients=[RecipientStatus(address="r@x.test", status="2.0.0", diagnostic="250 ok", orcpt="rfc822;Orig@x.test"),
+                    RecipientStatus(address="t@y.test", status="2.0.0", diagnostic="250 ok", action="relayed")],
+        original=b"Subject: s\r\n\r\nsecret body\r\n", envid="E-1",
+    ).decode()  # fmt: skip
+    assert "Subject: Successful Mail Delivery Report" in d and "successfully delivered" in d
+    assert "Reporting-MTA: dns; mx.example.test\r\nOriginal-Envelope-Id: E-1\r\n" in d
+    assert "Original-Recipient: rfc822; Orig@x.test\r\nAction: delivered" in d
+    assert "Original-Recipient: rfc822; t@y.test\r\nAction: relayed" in d
+    assert "text/rfc822-headers" in d and "secret body" not in d
+    assert [notify_wants(n, Fate.SENT) for n in (None, "NEVER", "SUCCESS", "FAILURE,DELAY")] == [False, False, True, False]
+    assert [notify_wants(n, Fate.BOUNCED) for n in (None, "NEVER", "SUCCESS", "FAILURE,DELAY")] == [True, False, False, True]
+    assert [notify_wants(n, Fate.DEFERRED) for n in (None, "NEVER", "SUCCESS,DELAY", "FAILURE")] == [True, False, True, False]
+
+
+def test_ret_hdrs_returns_the_headers_only():
+    d = _dsn(b"Subject: s\r\n\r\nsecret body\r\n", ret_hdrs=True).decode()
+    assert "Content-Type: text/rfc822-headers" in d and "secret body" not in d and "Action: failed" in d

@@ -482,3 +482,46 @@ def test_bdat_rules(after, reply):
         assert codes(out)[-1] == reply and events[-1] == "Close"
     else:
         assert codes(out)[-2:] == [reply, "250 2.0.0 Ok"]
+
+
+# -- DSN parameters (RFC 3461) ------------------------------------------------------------------------
+
+
+def test_dsn_parameters_are_checked_and_kept_at_every_split():
+    script = (
+        b"EHLO c\r\nMAIL FROM:<s@c.test> RET=hdrs ENVID=QQ+2B1\r\n"
+        b"RCPT TO:<a@example.test> NOTIFY=delay,Success ORCPT=rfc822;a+2Bx@example.test\r\n"
+        b"RCPT TO:<b@example.test> NOTIFY=NEVER\r\nRCPT TO:<c@example.test>\r\n"
+    )
+    out, events = same_at_every_split(lambda: E.Engine(settings()), script)
+    assert "250-DSN" in out.decode().split("\r\n") and codes(out)[1:] == ["250 2.1.0 Ok"] + ["250 2.1.5 Ok"] * 3
+    e = E.Engine(settings())
+    run(e, [script])
+    assert e.tx is not None and e.tx.params["RET"] == "hdrs" and E.dsn_text(e.tx.params["ENVID"] or "") == "QQ+1"
+    assert e.tx.dsn == [("SUCCESS,DELAY", "rfc822;a+x@example.test"), ("NEVER", None), (None, None)]
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        (b"MAIL FROM:<s@c.test> RET=ALL", "501 5.5.4 Bad RET parameter syntax"),
+        (b"MAIL FROM:<s@c.test> ENVID=a+0Ab", "501 5.5.4 Bad ENVID parameter syntax"),  # a line break once decoded
+        (b"MAIL FROM:<s@c.test> ENVID=a+zz", "501 5.5.4 Bad ENVID parameter syntax"),
+        (b"MAIL FROM:<s@c.test> ENVID=" + b"x" * 101, "501 5.5.4 Bad ENVID parameter syntax"),
+        (b"RCPT TO:<a@example.test> NOTIFY=NEVER,SUCCESS", "501 5.5.4 Error: Bad NOTIFY parameter syntax"),
+        (b"RCPT TO:<a@example.test> NOTIFY=FAILURE,FAILURE", "501 5.5.4 Error: Bad NOTIFY parameter syntax"),
+        (b"RCPT TO:<a@example.test> ORCPT=a@example.test", "501 5.5.4 Error: Bad ORCPT parameter syntax"),
+        (b"RCPT TO:<a@example.test> ORCPT=rfc822;", "501 5.5.4 Error: Bad ORCPT parameter syntax"),
+        (b"RCPT TO:<a@example.test> ORCPT=rfc822;a+0D+0Ab", "501 5.5.4 Error: Bad ORCPT parameter syntax"),
+        (b"RCPT TO:<a@example.test> FOO=1", "555 5.5.4 Unsupported option: FOO"),
+    ],
+)
+def test_bad_dsn_parameters(command, reply):
+    prefix = b"EHLO c\r\n" + (b"MAIL FROM:<s@c.test>\r\n" if command.startswith(b"RCPT") else b"")
+    out, _ = run(E.Engine(settings()), [prefix + command + b"\r\n"])
+    assert codes(out)[-1] == reply
+
+
+def test_dsn_parameters_need_ehlo():
+    out, _ = run(E.Engine(settings()), [b"HELO c\r\nMAIL FROM:<s@c.test>\r\nRCPT TO:<a@example.test> NOTIFY=NEVER\r\n"])
+    assert codes(out)[-1] == "555 5.5.4 Unsupported option: NOTIFY"

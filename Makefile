@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= conf/mtaserver.yaml
 
-.PHONY: run check-config test test-services unit bench clean
+.PHONY: run check-config test test-services lint unit bench clean
 
 $(STAMP): pyproject.toml
 	bash scripts/bootstrap.sh $(PYTHON)
@@ -29,8 +29,11 @@ check-config: $(STAMP)
 test-services:
 	bash scripts/test-services.sh
 
-test: $(STAMP) test-services
+test: $(STAMP) test-services lint
 	$(BIN)/pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check mtaserver/
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -24,11 +24,25 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
 from .values import (
-    Endpoint, NetMatch, check_domain, check_nexthop, parse_duration, parse_endpoint, parse_network, parse_size,
+    Endpoint,
+    NetMatch,
+    check_domain,
+    check_nexthop,
+    parse_duration,
+    parse_endpoint,
+    parse_network,
+    parse_size,
 )
 
 

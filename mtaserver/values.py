@@ -162,7 +162,7 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9
 def check_domain(value: str) -> str:
     """A domain name from the config, lower case, no trailing dot; `.example.test` (its subdomains) allowed."""
     v = value.strip().lower().rstrip(".")
-    bare = v[1:] if v.startswith(".") else v
+    bare = v.removeprefix(".")
     if not _HOSTNAME.match(bare):
         raise ValueError(f"not a domain name: {value!r}")
     return v

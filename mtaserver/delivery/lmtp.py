@@ -60,9 +60,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..values import Endpoint
 from ..logutil import sanitize_ascii as sanitize  # outcome texts reach DSNs and replies: ASCII
 from ..model import Fate, Reply
+from ..values import Endpoint
 from .content import Content
 from .wire import (
     MAX_LINE,

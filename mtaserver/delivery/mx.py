@@ -23,9 +23,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..values import parse_endpoint
 from ..dns import NotFound, Record, TempFail
 from ..model import Fate
+from ..values import parse_endpoint
 from .wire import Outcome
 
 

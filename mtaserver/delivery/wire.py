@@ -61,7 +61,7 @@ MAX_LINE = 2048  # bytes per reply line, CRLF included (RFC 5321 4.5.3.1.5 says 
 MAX_LINES = 100  # lines per reply (an EHLO reply lists a dozen extensions)
 QUIT_TIMEOUT = 5.0
 
-_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]?)(.*)", re.S)
+_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]?)(.*)", re.DOTALL)
 _ASCII_TEXT = re.compile(rb"[\t\x20-\x7e]*")
 _BAD_IN_UTF8 = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # controls, C1 included
 _ANY_EOL = re.compile(rb"\r\n|\r|\n")

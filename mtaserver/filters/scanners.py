@@ -79,7 +79,7 @@ def parse_clamd_reply(data: bytes) -> AvResult:
 
 
 _SPAMD_STATUS = re.compile(rb"^SPAMD/\d+\.\d+ (\d+) (\S+)")
-_SPAMD_SPAM = re.compile(rb"^Spam: *(True|False|Yes|No) *; *(-?\d+(?:\.\d+)?) */ *(-?\d+(?:\.\d+)?)\s*$", re.I)
+_SPAMD_SPAM = re.compile(rb"^Spam: *(True|False|Yes|No) *; *(-?\d+(?:\.\d+)?) */ *(-?\d+(?:\.\d+)?)\s*$", re.IGNORECASE)
 
 
 def parse_spamd_reply(data: bytes) -> SpamResult:
@@ -163,7 +163,7 @@ async def _guard(name: str, job, timeout: float):  # type: ignore[no-untyped-def
         return await asyncio.wait_for(job, timeout)
     except ScannerError:
         raise
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ScannerError(f"{name}: no verdict within {timeout:g}s") from None
     except (OSError, asyncio.IncompleteReadError) as exc:
         raise ScannerError(f"{name}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{name}: {exc}") from None

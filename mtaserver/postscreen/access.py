@@ -32,8 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from ..values import NetMatch
-from ..values import in_networks
+from ..values import NetMatch, in_networks
 
 
 class Access(str, Enum):

@@ -336,7 +336,7 @@ async def _lookup(resolver: DnsblResolver, ip: str, zone: str, name: str, deadli
     except TempFail as exc:
         log.warning("dnsblog_query: lookup error for DNS query %s: %s", name, exc)
         return ZoneAnswer(zone=zone, status=Lookup.FAILED, error=str(exc))
-    except Exception as exc:  # a resolver bug must not take the session down: fail open
+    except Exception as exc:  # noqa: BLE001 - a resolver bug must not take the session down: fail open
         log.warning("dnsblog_query: lookup error for DNS query %s: %r", name, exc)
         return ZoneAnswer(zone=zone, status=Lookup.FAILED, error=repr(exc))
     addresses = tuple(r.data for r in records)

@@ -43,8 +43,8 @@ from typing import assert_never
 
 from ..config import PostscreenConfig
 from ..model import Reply
-from .stamps import Stamps, record_passes
 from .checks import DEEP, Action, Check, action_of, ignore_ttl
+from .stamps import Stamps, record_passes
 
 # The reply catalogue (SPEC 8.6): situations that are not a check's failure.
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Error: too many connections")

@@ -55,12 +55,12 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from .. import policy
 from ..address import AddressError, parse_mailbox
+from ..admin import metrics
 from ..config import Config, resolve_path
 from ..delivery import lmtp, maildir
 from ..delivery.content import Content
 from ..delivery.mx import NextHop, parse_nexthop, plan_mx
 from ..delivery.smtp import Outcome, SmtpClient
-from ..admin import metrics
 from ..dns import NotFound, Resolver, TempFail
 from ..logutil import sanitize
 from ..model import ClientInfo, Envelope, Fate, RcptState, Recipient

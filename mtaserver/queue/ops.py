@@ -195,9 +195,7 @@ def address_matches(pattern: str, address: str) -> bool:
 def envelope_matches(sel: Selector, env: Envelope) -> bool:
     if sel.sender is not None and not address_matches(sel.sender, env.sender):
         return False
-    if sel.recipient is not None and not any(address_matches(sel.recipient, r.address) for r in env.recipients):
-        return False
-    return True
+    return sel.recipient is None or any(address_matches(sel.recipient, r.address) for r in env.recipients)
 
 
 def sources(action: str, queue: str | None) -> tuple[str, ...]:

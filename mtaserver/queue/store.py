@@ -87,7 +87,7 @@ from pathlib import Path
 from .. import model
 from ..delivery.content import Content
 from ..logutil import sanitize
-from ..model import ClientInfo, Envelope, Recipient, RcptState, Reply
+from ..model import ClientInfo, Envelope, RcptState, Recipient, Reply
 
 log = logging.getLogger("queue")
 

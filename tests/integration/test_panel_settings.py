@@ -133,6 +133,7 @@ def test_a_bad_relay_host_is_shown_at_its_field_and_changes_nothing(make_mta, pa
     assert page.locator("#f-outbound-relay-host").input_value() == "[foo"  # what the user typed stays
     assert page.locator("#f-outbound-add-username-header").is_checked()
     assert page.locator(".field.has-error").count() == 1
+    assert "Not saved: nothing was changed. 1 field below says why." in page.locator("#page-errors").inner_text()
     assert mta.config_path.read_bytes() == before
     assert not (mta.config_path.parent / (mta.config_path.name + ".bak")).exists()
     status, _, body = mta.api("GET", "/api/config", token=mta.admin_token())

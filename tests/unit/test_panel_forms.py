@@ -201,10 +201,12 @@ def test_errors_at_their_fields():
     ]
     by_key, other = place_errors(OUTBOUND, errors)
     assert by_key == {"outbound.relay_host": ["'[foo': expected host, host:port, [host] or [host]:port"],
-                      "outbound.mynetworks": ["[1]: bad network"]}  # fmt: skip
+                      "outbound.mynetworks": ["line 2: bad network"]}  # fmt: skip
     assert other == errors[2:]
     by_key, other = place_errors(SERVER, ["servers.mx.example.test.outbound.relay_host: bad"], prefix="servers.mx.example.test.")
     assert by_key == {"outbound.relay_host": ["bad"]} and other == []
+    by_key, _ = place_errors(ANTIVIRUS, ["dkim.sign[1].selector: expected a selector"])
+    assert by_key == {"dkim.sign": ["entry 2 selector: expected a selector"]}
 
 
 def test_node_key_matches_like_the_loader():

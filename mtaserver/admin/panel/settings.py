@@ -3,12 +3,13 @@
 DESCRIPTION
     Six pages mirror the admin-panel document (seed) and SPEC.md 1-4 and 6:
 
-      /settings/inbound      Inbound Flow & Security     inbound.*
-      /settings/postscreen   Postscreen Tuning           postscreen.* (beside each test: its last hour)
-      /settings/outbound     Outbound Flow               outbound.* and the services table (live probes)
-      /settings/antivirus    Antivirus & Antispam        antispam.*, dkim.*, antivirus.* (keys made here)
-      /settings/advanced     Advanced                    advanced.*
-      /settings/server       Single Server               servers.<server.hostname>: inherited or overridden
+      GET|POST /inbound      Inbound Flow & Security     inbound.*
+      GET|POST /postscreen   Postscreen Tuning           postscreen.* (beside each test: its last hour)
+      GET|POST /outbound     Outbound Flow               outbound.* and the services table (live probes)
+      GET|POST /antispam     Antivirus & Antispam        antispam.*, dkim.*, antivirus.*
+      POST /antispam/dkim    a DKIM key made (data_dir/dkim/, 0600) and added to dkim.sign
+      GET|POST /advanced     Advanced                    advanced.*
+      GET|POST /server       Single Server               servers.<server.hostname>: inherited or overridden
 
     A page is a list of `Field`s, each bound to one dotted config key and a kind of control.
     The mapping is pure: `page_values` (the config as form values), `form_values` (what the
@@ -17,15 +18,16 @@ DESCRIPTION
     file stays out), `server_values` / `server_patch` (the same for a node's overrides) and
     `place_errors` (`key.path: message` lines at their fields).
 
-    Saving goes through the admin API's own path, `AdminServer.change_config(..., "config.patch",
+    A POST that changes nothing writes nothing ("saved: no change"). Saving goes through the
+    admin API's own path, `AdminServer.change_config(..., "config.patch",
     ...)`: configfile.prepare_patch validates exactly as the server loads (nothing is written
     when it fails), the file is written back keeping its comments, the reload of SIGHUP applies
     it (no restart), config.diff names what changed, and the audit log gets the same line as a
     PATCH /api/config by the session's token. A DKIM key made from the page is also audited
     (`dkim.keygen`).
 
-    Sessions with the read role see every page with every control disabled; a POST from them
-    is refused (403) before anything is read.
+    Sessions below the admin role (read, operator) see every page with every control disabled;
+    a POST from them is refused (403) before anything is read (session.require_session).
 
 SECURITY
     Every POST carries the session's CSRF token (session.py checks it). Form input is never
@@ -694,7 +696,7 @@ def place_errors(page: Page, errors: list[str], prefix: str = "") -> tuple[dict[
             path = path[len(prefix):]
         for k in keys:
             if path == k or path.startswith((k + ".", k + "[")):
-                by_key.setdefault(k, []).append(message if path == k else f"{path[len(k):].lstrip('.')}: {message}")
+                by_key.setdefault(k, []).append(message if path == k else f"{_where(page.field(k), path[len(k):])}: {message}")
                 break
             if k.startswith(path + ".") and path.count(".") >= 1:  # a section-level error (greet: cert and key ...)
                 by_key.setdefault(k, []).append(message)
@@ -704,9 +706,13 @@ def place_errors(page: Page, errors: list[str], prefix: str = "") -> tuple[dict[
     return by_key, other
 
 
-def check_extension(text: str) -> str:
-    """'' when `text` is a valid blocked extension (letters and digits, as Carbonio validates), else why. Pure."""
-    return "" if re.fullmatch(r"[A-Za-z0-9]{1,64}", text) else f"{text!r}: letters and digits only, no dot"
+def _where(f: Field, rest: str) -> str:
+    """`[2].selector` under a field, as the form shows it: "line 3" of a text area, "entry 3" of a list."""
+    m = re.match(r"\[(\d+)\](.*)", rest)
+    if not m:
+        return rest.lstrip(".")
+    n = int(m.group(1)) + 1
+    return f"{'line' if f.kind == 'lines' else 'entry'} {n}{' ' + m.group(2).lstrip('.') if m.group(2) else ''}"
 
 
 def _common() -> list[str]:

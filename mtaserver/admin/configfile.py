@@ -7,7 +7,10 @@ DESCRIPTION
       PUT, a YAML body   the new file, written as sent (its own comments and layout)
       PUT, a JSON body   the file's document made equal to the body: keys that differ are
                          replaced, missing ones removed, new ones added; every comment of an
-                         unchanged key stays where it was
+                         unchanged key stays where it was; a value with a unit (`5d`, `100M`)
+                         stays as written when the body gives the number it means. The body
+                         is the file's document, not GET /api/config's effective values: one
+                         with a `source` key or a masked secret (`***`) is refused
       PATCH (JSON)       a JSON merge patch (RFC 7396) applied to the file's document: only the
                          keys named change; `null` removes a key (its default applies)
 
@@ -19,8 +22,11 @@ DESCRIPTION
     `key.path: message`, without the file name and line of the loader's message.
 
     `write_atomically` replaces the file: the new text goes to a temporary file in the same
-    directory (same mode), fsync; the current file is copied to `<file>.bak` the same way;
-    then rename over the file and fsync the directory. An invalid document writes nothing.
+    directory (mkstemp: a random name, O_EXCL; same mode), fsync; the current file is copied
+    to `<file>.bak` the same way; then rename over the file and fsync the directory. A
+    symbolic link is resolved first (the file it names is replaced; the link stays). A
+    process that is not root never writes a file another user owns (the rename would give it
+    the writer's owner). An invalid document writes nothing.
 
 SECURITY
     The body comes from a client holding an admin token; it is parsed by ruamel.yaml's and
@@ -40,6 +46,7 @@ import io
 import itertools
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -193,11 +200,47 @@ def sync(doc: CommentedMap, new: dict[str, Any]) -> None:
         old = doc.get(key, _MISSING)
         if isinstance(value, dict) and isinstance(old, CommentedMap):
             sync(old, value)
-        elif old is _MISSING or _plain(old) != value:
+        elif old is _MISSING or (_plain(old) != value and not same_quantity(old, value)):
             doc[key] = _node(value, None if old is _MISSING else old)
 
 
 _MISSING = object()
+
+
+def same_quantity(old: Any, new: Any) -> bool:
+    """True when `old`, a duration or size written with a unit (`5d`, `100M`), is the number
+    `new` (432000, 104857600): the file keeps its unit. Pure."""
+    from ..values import parse_duration, parse_size
+
+    if not isinstance(old, str) or isinstance(new, bool) or not isinstance(new, (int, float)):
+        return False
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[A-Za-z]+\s*", old):
+        return False
+    for parse in (parse_duration, parse_size):
+        try:
+            if parse(old) == new:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def effective_markers(data: Any, path: str = "") -> list[str]:
+    """What shows a PUT body was copied from GET /api/config (the effective values, secrets
+    masked) instead of the file's document: `key.path: why` lines. Pure."""
+    out = []
+    if isinstance(data, dict):
+        if not path and "source" in data:
+            out.append("source: not a key of the file (GET /api/config's output): PUT the file's document "
+                       "(GET /api/config/raw)")
+        for k, v in data.items():
+            out += effective_markers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            out += effective_markers(v, f"{path}[{i}]")
+    elif isinstance(data, str) and "***" in data:
+        out.append(f"{path}: a masked secret (***) from GET /api/config: the real value would be lost")
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -248,16 +291,20 @@ def parse_body(body: bytes) -> Any:
 
 def write_atomically(path: Path, text: str, *, backup: bool = True) -> None:
     """Replace `path` with `text` (temp file, fsync, rename, fsync of the directory); the old
-    content is kept as `<path>.bak` first, written the same way."""
+    content is kept as `<path>.bak` first, written the same way. A symbolic link is followed
+    to the file it names. PermissionError when not root and the file is another user's."""
+    path = Path(os.path.realpath(path))
     st = os.stat(path)
+    if os.geteuid() != 0 and st.st_uid != os.geteuid():
+        raise PermissionError(f"{path} belongs to uid {st.st_uid}: replacing it would make it ours")
     if backup:
         _write_replace(path.with_name(path.name + ".bak"), path.read_bytes(), st)
     _write_replace(path, text.encode("utf-8"), st)
 
 
 def _write_replace(target: Path, data: bytes, like: os.stat_result) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, like.st_mode & 0o777)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)  # O_EXCL, 0600
+    tmp = Path(name)
     try:
         try:
             os.fchmod(fd, like.st_mode & 0o777)
@@ -291,6 +338,9 @@ def prepare_put(path: str, current: str, body: bytes, *, yaml_body: bool) -> tup
     if yaml_body:
         text = body.decode("utf-8")
         return text, validate(path, text)
+    copied = effective_markers(data)
+    if copied:
+        raise DocumentError(copied)
     doc = load_document(current)
     sync(doc, data)
     text = render(doc, current)

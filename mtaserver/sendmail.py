@@ -278,6 +278,7 @@ def build_message(
     if "from" not in present:
         addr = sender or f"{who.login}@{hostname}"
         name = opts.full_name if opts.full_name is not None else who.gecos.split(",", 1)[0]
+        name = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", name).split())  # -F $'x\r\nBcc: v' adds no header
         out.append(f"From: {email.utils.formataddr((name, addr)) if name else addr}\r\n".encode("utf-8", "surrogateescape"))
     if "date" not in present:
         out.append(f"Date: {date}\r\n".encode("ascii"))

@@ -26,6 +26,7 @@ import logging
 import logging.handlers
 import os
 import re
+import stat
 import sys
 import time
 from typing import TextIO
@@ -139,9 +140,19 @@ class SyslogFormatter(logging.Formatter):
 
 
 def _open_log(path: str, owner: tuple[int, int] | None) -> TextIO:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    """The log file for appending. As root with an `owner` (server.user's ids: the workers open
+    it again on SIGUSR1) the file is given to it only when we just made it, or when it is a
+    regular file with one link owned by root: never a hard link the mail user planted to a
+    file of root's (/etc/shadow), never a file of a third user."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o640), True
+    except FileExistsError:
+        fd, created = os.open(path, flags), False
     if owner is not None and os.geteuid() == 0:
-        os.fchown(fd, *owner)  # the workers, running as server.user, open it again on SIGUSR1
+        st = os.fstat(fd)
+        if created or (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == 0):
+            os.fchown(fd, *owner)
     return open(fd, "a", encoding="utf-8", errors="backslashreplace")  # the handler closes it
 
 

@@ -23,30 +23,43 @@ DESCRIPTION
       DELETE /api/postscreen/{ip}            drop it (workers may use a copy read within the
                                              last RECENT_TTL seconds, stamps.py)
       GET  /api/config                       the effective configuration of this node
-      GET  /api/config/raw                   the file's text
-      PUT  /api/config                       a whole document (YAML as written, or JSON)
+      GET  /api/config/raw                   the file's text (admin role: it holds the secrets)
+      PUT  /api/config                       a whole document (YAML as written, or JSON: the file's
+                                             document, not GET /api/config's effective values)
       PATCH /api/config                      a JSON merge patch (RFC 7396)
-      /api/openapi.json, /api/docs           the OpenAPI document and its browser
+      GET  /api/openapi.json                 the OpenAPI document (any token; no browser UI is served:
+                                             Swagger UI would load scripts from a CDN into this origin)
 
     PUT and PATCH (configfile.py) validate, write the file back (comments kept, atomic, the
     old one as `<file>.bak`) and apply it through the SIGHUP path: in one process the worker's
     own reload, else SIGHUP to the supervisor (which forwards it to every worker, this one
     included). The answer waits for this process's reload and lists the keys that changed
     (config.diff). A reload refused after the write (it should not be: the same checks ran
-    first) restores the old file and says so.
+    first), or a SIGHUP that cannot be sent, restores the old file and says so.
 
-    Roles (tokens.py): read = every GET; operator = queue actions and the postscreen drop;
-    admin = PUT/PATCH /api/config. No token or an unknown one: 401 with WWW-Authenticate:
+    With server.user set, PUT and PATCH are refused (409, audited) and the file is never
+    written: the serving processes run as the mail user and the file is root's, read by root
+    at the next start (data_dir, log_file, server.user...). Letting the mail user's process
+    change it, directly or through the root supervisor, would let a compromised worker choose
+    what root does; SIGHUP to the root supervisor is not even permitted. The operator edits
+    the file as root and reloads (`systemctl reload mtaserver`, SIGHUP).
+
+    Roles (tokens.py): read = every GET but /api/config/raw; operator = queue actions and the
+    postscreen drop; admin = PUT/PATCH /api/config and the raw file. No token or an unknown one: 401 with WWW-Authenticate:
     Bearer; a known token with too low a role: 403. Every state-changing request that
     presented a known token is written to the audit log (audit.py), refused or not.
 
 SECURITY
     Listens on loopback by default. Tokens are compared in constant time and never logged.
     The client IP is the socket's peer (proxy headers are ignored: they would let a local
-    client write any IP into the audit log). Bodies are limited to MAX_BODY bytes. The
-    configuration is returned with file paths only; secrets such as relay_auth's password
-    file are never read here, and a password inside a URL (a Redis URL) is masked. Client
-    text reaches the log only through logutil.sanitize.
+    client write any IP into the audit log). `Guard`, an ASGI layer in front of the app,
+    answers 401 to a request under /api/ (but /api/health) without a known token before any
+    routing or body parsing, and reads every body itself up to MAX_BODY bytes (413 past it,
+    declared or streamed): an unauthenticated client never gets a body parsed, nor memory
+    filled. The configuration is returned with file paths only; secrets such as relay_auth's
+    password file are never read here, and a password inside a URL (a Redis URL: its whole
+    userinfo password, query parameters such as password=) is masked. Client text reaches the
+    log only through logutil.sanitize.
 
 STANDARDS
     RFC 6750 (bearer tokens), RFC 7396 (JSON merge patch), RFC 9110 (HTTP semantics).
@@ -77,6 +90,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import config as config_mod
 from ..config import Config
@@ -145,7 +159,27 @@ class ActionBody(BaseModel):
 # ---------------------------------------------------------------------------------------------
 # The effective configuration as JSON.
 
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+_SECRET_PARAMS = {"password", "pass", "passwd", "pwd", "secret", "token", "auth", "key"}
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password and secret-looking query values as `***`. The userinfo ends at
+    the last `@` before the query (a password may hold `/` or `@`). Pure."""
+    scheme, _, rest = url.partition("://")
+    head, q, query = rest.partition("?")
+    query, hashmark, fragment = query.partition("#") if q else ("", "", "")
+    if "@" in head:
+        userinfo, _, hostpart = head.rpartition("@")
+        if ":" in userinfo:
+            head = f"{userinfo.partition(':')[0]}:***@{hostpart}"
+    if q:
+        pairs = []
+        for pair in query.split("&"):
+            name, eq, _ = pair.partition("=")
+            pairs.append(f"{name}=***" if eq and name.lower() in _SECRET_PARAMS else pair)
+        query = "&".join(pairs)
+    return f"{scheme}://{head}{q}{query}{hashmark}{fragment}"
 
 
 def config_json(value: Any) -> Any:
@@ -160,7 +194,7 @@ def config_json(value: Any) -> Any:
     if isinstance(value, (Endpoint, NetMatch)):
         return str(value)
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1***@", value)
+        return _URL.sub(lambda m: mask_url(m.group(0)), value)
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return str(value)
@@ -275,6 +309,7 @@ class AdminServer:
         # The config `run` started with decides the process layout until a restart: one process,
         # or a supervisor (our parent) with SMTP workers and this queue manager process.
         self._single_process = cfg.server.worker_count() == 1
+        self._mail_user = cfg.server.user  # set: the file is root's, never changed from here (DESCRIPTION)
         self.tokens: list[Token] = []
         self._token_path = self._path(cfg, cfg.admin.token_file)
         self._read_tokens(at_start=True)
@@ -287,7 +322,7 @@ class AdminServer:
         worker.reload_hooks.append(self._on_reload)
         self.app = build_app(self)
         self._server = _Uvicorn(uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off", proxy_headers=False, server_header=False,
+            Guard(self.app, self), log_config=None, access_log=False, lifespan="off", proxy_headers=False, server_header=False,
             ws="none", http="h11", timeout_graceful_shutdown=SHUTDOWN_GRACE, timeout_keep_alive=5, limit_concurrency=64,
         ))  # fmt: skip
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines; ours say it
@@ -432,14 +467,21 @@ class AdminServer:
 
     async def change_config(self, caller: Caller, action: str, body: bytes, *, yaml_body: bool) -> JSONResponse:
         selector = {"keys": patch_keys(body)} if action == "config.patch" else {"document": len(body)}
+        if self._mail_user is not None:
+            errors = [(f"(server.user): the server runs as {self._mail_user} and {self.worker.path} is read by root when it "
+                       "starts: it is never changed from here. Edit it as root, then reload (systemctl reload mtaserver, "
+                       "or SIGHUP to the supervisor)")]  # fmt: skip
+            self.audit.write(caller.name, caller.ip, action, selector, {"status": 409, "errors": errors})
+            return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 409)
         async with self._config_lock:  # one change at a time: each reads the file the last one wrote
             path = Path(self.worker.path)
             try:
                 current = path.read_text(encoding="utf-8")
+                # Validation loads every file the config names (check_files): not in this event loop.
                 if action == "config.put":
-                    text, _ = configfile.prepare_put(str(path), current, body, yaml_body=yaml_body)
+                    text, _ = await asyncio.to_thread(configfile.prepare_put, str(path), current, body, yaml_body=yaml_body)
                 else:
-                    text, _ = configfile.prepare_patch(str(path), current, body)
+                    text, _ = await asyncio.to_thread(configfile.prepare_patch, str(path), current, body)
             except configfile.DocumentError as exc:
                 self.audit.write(caller.name, caller.ip, action, selector, {"status": 422, "errors": exc.errors})
                 return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": exc.errors}, 422)
@@ -452,7 +494,13 @@ class AdminServer:
                 errors = [f"(file): cannot write {path} or its .bak: {exc.strerror or exc}"]
                 self.audit.write(caller.name, caller.ip, action, selector, {"status": 500, "errors": errors})
                 return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 500)
-            applied = await self._reload()
+            try:
+                applied = await self._reload()
+            except OSError as exc:  # the supervisor is gone, or may not be signalled
+                await asyncio.to_thread(configfile.write_atomically, path, current, backup=False)
+                errors = [f"(reload): cannot signal the supervisor: {exc.strerror or exc}; the previous file was put back"]
+                self.audit.write(caller.name, caller.ip, action, selector, {"status": 500, "errors": errors})
+                return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 500)
             if not applied:
                 await asyncio.to_thread(configfile.write_atomically, path, current, backup=False)
                 errors = ["(reload): the server refused the new file (see its log); the previous file was put back"]
@@ -534,6 +582,71 @@ async def _read_body(request: Request) -> bytes:
     return bytes(data)
 
 
+OPEN_PATHS = ("/api/health",)  # under /api/, the only path without a token
+
+
+class Guard:
+    """ASGI layer in front of the FastAPI app (SECURITY): a token before routing, a bounded body."""
+
+    def __init__(self, app: ASGIApp, admin: AdminServer) -> None:
+        self.app = app
+        self.admin = admin
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        if path.startswith("/api/") and path not in OPEN_PATHS:
+            scheme, _, presented = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or find_token(self.admin.tokens, presented.strip()) is None:
+                if method != "GET":
+                    client = scope.get("client") or ("-", 0)
+                    log.warning("admin API: %s %s from %s: no valid token", method, sanitize(path, 100), client[0])
+                error = ', error="invalid_token"' if presented.strip() else ""
+                challenge = f'Bearer realm="mtaserver"{error}'.encode()
+                await _answer(send, 401, "a valid bearer token is required", [(b"www-authenticate", challenge)])
+                return
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            await _answer(send, 413, f"the body is larger than {MAX_BODY} bytes")
+            return
+        if method not in ("POST", "PUT", "PATCH", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        data = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            data += message.get("body", b"")
+            if len(data) > MAX_BODY:
+                await _answer(send, 413, f"the body is larger than {MAX_BODY} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(data), "more_body": False}
+            return await receive()  # http.disconnect, when the client goes
+
+        await self.app(scope, replay, send)
+
+
+async def _answer(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
 _DOCUMENT = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object"}},
@@ -564,11 +677,12 @@ FlushOperator = Annotated[Caller, Depends(_need(Role.OPERATOR, "queue.flush"))]
 DropOperator = Annotated[Caller, Depends(_need(Role.OPERATOR, "postscreen.drop"))]
 PutAdmin = Annotated[Caller, Depends(_need(Role.ADMIN, "config.put"))]
 PatchAdmin = Annotated[Caller, Depends(_need(Role.ADMIN, "config.patch"))]
+RawAdmin = Annotated[Caller, Depends(_need(Role.ADMIN))]
 
 
 def build_app(admin: AdminServer) -> FastAPI:
     app = FastAPI(
-        title="mtaserver admin API", version=VERSION, openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None,
+        title="mtaserver admin API", version=VERSION, openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
         description="Queue operations, services, the postscreen cache and the live configuration of one mtaserver node.",
     )  # fmt: skip
     app.state.admin = admin
@@ -645,16 +759,20 @@ def build_app(admin: AdminServer) -> FastAPI:
         sel = Selector(ids=body.ids, all=body.all, queue=body.queue, sender=body.sender, recipient=body.recipient,
                        older_than=body.older_than, newer_than=body.newer_than)  # fmt: skip
         ops = admin.ops()
-        try:
+        outcome: dict[str, Any] = {"status": 500, "error": "internal error (see the log)"}
+        try:  # the audit line is written whatever happens, a partial action included
             if action == "delete":
                 result = await ops.delete(sel, dry_run=body.dry_run, bounce=body.bounce)
             else:
                 result = await getattr(ops, action)(sel, dry_run=body.dry_run)
+            outcome = {"status": 200, "count": result.get("count"), "dry_run": body.dry_run}
+            if result.get("errors"):
+                outcome["errors"] = len(result["errors"])
         except (OpsError, ValueError) as exc:
-            admin.audit.write(caller.name, caller.ip, f"queue.{action}", selector, {"status": 400, "error": str(exc)})
+            outcome = {"status": 400, "error": str(exc)}
             raise HTTPException(400, str(exc)) from None
-        admin.audit.write(caller.name, caller.ip, f"queue.{action}", selector,
-                          {"status": 200, "count": result.get("count"), "dry_run": body.dry_run})  # fmt: skip
+        finally:
+            admin.audit.write(caller.name, caller.ip, f"queue.{action}", selector, outcome)
         return node(result)
 
     @app.post("/api/queue/hold", tags=["queue"])
@@ -725,7 +843,7 @@ def build_app(admin: AdminServer) -> FastAPI:
         return node({"file": cfg.source, "config": config_json(cfg)})
 
     @app.get("/api/config/raw", tags=["config"], response_class=PlainTextResponse)
-    async def config_raw(caller: Reader) -> PlainTextResponse:
+    async def config_raw(caller: RawAdmin) -> PlainTextResponse:
         try:
             text = Path(admin.worker.path).read_text(encoding="utf-8")
         except OSError as exc:

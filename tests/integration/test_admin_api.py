@@ -182,7 +182,10 @@ def test_admin_listen_in_use_refuses_the_start(make_mta):
 
 
 def test_openapi_document(mta):
-    status, _, doc = api(mta, "GET", "/api/openapi.json")
+    status, _, _ = api(mta, "GET", "/api/openapi.json")
+    assert status == 401  # any token; and no Swagger UI (it would load scripts from a CDN into this origin)
+    assert api(mta, "GET", "/api/docs", token=mta.admin_token())[0] == 404
+    status, _, doc = api(mta, "GET", "/api/openapi.json", token=mta.admin_token())
     assert status == 200 and doc["openapi"].startswith("3.")
     for path in ("/api/queue/stats", "/api/queue/messages", "/api/queue/messages/{queue_id}", "/api/queue/hold",
                  "/api/queue/release", "/api/queue/requeue", "/api/queue/delete", "/api/queue/flush", "/api/queue/shape",

@@ -16,6 +16,7 @@ import pytest
 from conftest import deep_merge
 from helpers import Sink, cli, delivering, send, wait_for
 
+
 def stats(mta) -> dict[str, int]:
     return json.loads(cli(mta, "stats", "--json").stdout)["queues"]
 
@@ -191,7 +192,7 @@ def _admin_api(make_mta, overrides: dict | None = None):
     try:
         import urllib.request
 
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/openapi.json", timeout=5).close()
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5).close()
     except OSError:
         pytest.skip("the admin API does not serve yet")
     from mtaserver.supervisor import holder_pid

@@ -48,7 +48,7 @@ from .admin.tokens import TokenFileError, load_tokens
 from .config import Config, ConfigError, Listener
 from .filters.definitions import DefinitionsUpdater
 from .queue.manager import QueueManager, notify
-from .queue.store import QueueStore
+from .queue.store import DIRS, QueueStore
 from .runtime import Runtime, check_files
 from .smtp.protocol import SmtpServer
 from .values import Endpoint
@@ -349,12 +349,16 @@ def run(path: str) -> int:
     if problems:
         return 1
     if cfg.admin.listen is not None:  # made on first start (0600, one admin token); a bad line refuses the start
+        token_path = cfg.data_path / cfg.admin.token_file
+        made = not os.path.lexists(token_path)
         try:
-            load_tokens(cfg.data_path / cfg.admin.token_file)
+            load_tokens(token_path)
         except TokenFileError as exc:
             for line in exc.errors:
                 log.error("%s", line)
             return 1
+        if made:  # outside data_dir own_tree does not reach it: the API reads it as server.user
+            supervisor.own_file(token_path, ident)
     lock = supervisor.lock_instance(cfg)  # before recovery: it moves active/ back to incoming/
     if lock is None:
         return 1
@@ -365,13 +369,27 @@ def run(path: str) -> int:
 
 
 def _run_locked(cfg: Config, path: str, ident: supervisor.Identity | None) -> int:
+    if supervisor.own_tree(cfg.data_path, ident):  # fd-relative, never following a link
+        log.info("data_dir %s given to %s:%d", cfg.data_path, ident.user if ident else "", ident.gid if ident else 0)
+    links = supervisor.symlinked_dirs(cfg.data_path, DIRS)
+    if links:
+        log.error("%s: a symbolic link where a directory belongs (planted?): remove it; not starting", ", ".join(links))
+        return 1
+    if cfg.admin.listen is not None and ident is not None:  # the API reads it after the drop
+        tokens = cfg.data_path / cfg.admin.token_file
+        try:
+            with supervisor.as_user(ident):
+                open(tokens, "rb").close()  # only: can it be opened
+        except OSError as exc:
+            log.error("admin.token_file %s cannot be read by server.user %s: %s: give it to %s (chown) or make it "
+                      "readable by server.group; not starting", tokens, ident.user, exc.strerror or exc, ident.user)  # fmt: skip
+            return 1
     store = QueueStore(cfg.queue_path)
-    counts = store.recover()
-    metrics.setup(cfg.data_path / "metrics", cfg.queue_path)  # emptied; before own_tree and any fork
+    with supervisor.as_user(ident):  # root's work in the mail user's tree touches only what it could
+        counts = store.recover()
+        metrics.setup(cfg.data_path / "metrics", cfg.queue_path)  # emptied; before any fork
     if any(counts.values()):
         log.info("queue recovery: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-    if supervisor.own_tree(cfg.data_path, ident):
-        log.info("data_dir %s given to %s:%d", cfg.data_path, ident.user if ident else "", ident.gid if ident else 0)
     n = cfg.server.worker_count()
     try:
         socks = [[bind(lst.address, reuse_port=n > 1) for lst in cfg.server.listeners] for _ in range(n)]

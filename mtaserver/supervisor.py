@@ -24,8 +24,11 @@ DESCRIPTION
     whether a server runs, and acquires the same lock to act on the spool when none does.
 
     Privileges (Postfix's mail_owner): with `server.user` set, the server is started as root,
-    binds its listeners, acquires the lock, recovers the queue, gives the whole data_dir tree
-    to server.user:server.group (`own_tree`), and then every process that serves (the worker
+    binds its listeners, acquires the lock, gives the whole data_dir tree to
+    server.user:server.group (`own_tree`), refuses to start when data_dir/queue, one of its
+    directories or data_dir/metrics is a symbolic link (`symlinked_dirs`), recovers the queue
+    and empties data_dir/metrics with the mail user's effective ids (`as_user`: root's work
+    in the user's tree can only touch what the user could), and then every process that serves (the worker
     processes, the queue manager's, the only one with `workers: 1`) drops to that user
     (`drop_privileges`: initgroups, setgid, setuid, and a check that root cannot be regained)
     before it opens its event loop. The supervisor of `workers: N` stays root: it reads no
@@ -36,8 +39,10 @@ DESCRIPTION
 
 SECURITY
     No client data here. The pid read from the lock file is only printed. `own_tree` never
-    follows a symbolic link (lchown, os.walk without followlinks), so a link planted in the
-    data directory cannot give a file elsewhere to the mail user. After the drop a worker
+    follows a symbolic link: it walks with os.fwalk (each directory opened relative to its
+    parent's descriptor and checked to be the one listed) and changes each entry relative to
+    that descriptor without following it, so neither a planted link nor a directory swapped
+    for a link meanwhile can give a file elsewhere to the mail user. After the drop a worker
     cannot become root again (checked), so a compromised session holds only the mail user's
     files. Files the workers read after the drop (TLS key, users file, the config file on
     reload) must be readable by server.user or server.group.
@@ -48,13 +53,16 @@ CONFIG
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import logging
 import os
 import signal
+import stat
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,21 +191,53 @@ def own_tree(root: Path, ident: Identity | None) -> int:
         return 0
     changed = 0
 
-    def fix(path: str) -> None:
+    def fix(name: str, dir_fd: int | None) -> None:
         nonlocal changed
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if st.st_uid != ident.uid or st.st_gid != ident.gid:
-            os.lchown(path, ident.uid, ident.gid)
+            os.chown(name, ident.uid, ident.gid, dir_fd=dir_fd, follow_symlinks=False)
             changed += 1
 
-    fix(str(root))
-    for top, dirs, files in os.walk(root, followlinks=False):
+    fix(str(root), None)
+    for _top, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
         for name in dirs + files:
             try:
-                fix(os.path.join(top, name))
+                fix(name, dir_fd)
             except FileNotFoundError:  # a file that went meanwhile
                 pass
     return changed
+
+
+def symlinked_dirs(data_dir: Path, queue_dirs: tuple[str, ...]) -> list[str]:
+    """The directories root works in at start (data_dir/queue, its `queue_dirs`, data_dir/metrics)
+    that are symbolic links: a start with one is refused (the mail user may have planted it)."""
+    out = []
+    for path in [data_dir / "queue", *(data_dir / "queue" / d for d in queue_dirs), data_dir / "metrics"]:
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                out.append(str(path))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+@contextlib.contextmanager
+def as_user(ident: Identity | None) -> Iterator[None]:
+    """Work with the mail user's effective uid, gid and groups, then be root again (root keeps
+    its saved uid meanwhile). A no-op without a user or when not root."""
+    if ident is None or os.geteuid() != 0:
+        yield
+        return
+    groups, egid = os.getgroups(), os.getegid()
+    os.setgroups([ident.gid])
+    os.setegid(ident.gid)
+    os.seteuid(ident.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+        os.setgroups(groups)
 
 
 def own_file(path: Path | str, ident: Identity | None) -> None:

@@ -162,6 +162,8 @@ def setup(directory: Path, queue_root: Path | None = None) -> None:
     is set: it chooses its multiprocess value class at import)."""
     global _m, _dir, _queue_root
     directory = Path(directory)
+    if directory.is_symlink():  # root empties it at start (as the mail user, app.py): never through a link
+        raise OSError(f"{directory} is a symbolic link: remove it")
     if directory.is_dir():
         for entry in os.scandir(directory):
             if entry.is_dir(follow_symlinks=False):

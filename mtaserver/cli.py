@@ -173,7 +173,8 @@ def _queue_selector(args: argparse.Namespace) -> object:
 
 
 def _queue_token(args: argparse.Namespace, cfg: config_mod.Config) -> str | None:
-    """--token, else $MTASERVER_TOKEN, else the token file's first admin (then operator, read) token."""
+    """--token, else $MTASERVER_TOKEN, else the token file's first token of the lowest role the
+    verb needs: read for stats, list, show, shape; operator for the actions (then the higher roles)."""
     import os
 
     if args.token or os.environ.get("MTASERVER_TOKEN"):
@@ -187,7 +188,9 @@ def _queue_token(args: argparse.Namespace, cfg: config_mod.Config) -> str | None
         words = line.split()
         if len(words) >= 2 and not words[0].startswith("#"):
             tokens.setdefault(words[0], words[1])
-    return tokens.get("admin") or tokens.get("operator") or tokens.get("read")
+    reads = args.queue_command in ("stats", "list", "show", "shape")
+    order = ("read", "operator", "admin") if reads else ("operator", "admin")
+    return next((tokens[r] for r in order if r in tokens), None)
 
 
 def _queue_print(ops: object, args: argparse.Namespace) -> int:
@@ -257,8 +260,16 @@ def _queue(args: argparse.Namespace) -> int:
         return 1
     verb = args.queue_command
     try:
-        if supervisor.holder_pid(cfg.data_path) is not None:
+        try:
+            running = supervisor.holder_pid(cfg.data_path) is not None
+        except PermissionError:
+            raise OpsError(f"cannot read {cfg.data_path} (it belongs to the server's user): run this as root "
+                           "or as that user") from None  # fmt: skip
+        if running:
             ep = cfg.admin.listen
+            if ep is None:
+                raise OpsError("the server is running without an admin API (admin.listen: null): set admin.listen and "
+                               "restart it, or stop it to act on the spool directly")  # fmt: skip
             if ep.unix_path:
                 raise OpsError("admin.listen is a UNIX socket: the queue commands need it on host:port")
             host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(ep.host, ep.host)

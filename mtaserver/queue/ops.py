@@ -636,6 +636,8 @@ class RemoteQueueOps:
         self.base = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        # Never through $http_proxy: the server is local, and the bearer token must not leave.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict | None:
         data = json.dumps(body).encode() if body is not None else None
@@ -646,7 +648,7 @@ class RemoteQueueOps:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and method == "GET" and path.startswith("/api/queue/messages/"):

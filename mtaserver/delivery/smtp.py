@@ -94,6 +94,7 @@ from .content import Content
 from .wire import (
     Connection,
     DataStuffer,
+    DsnRequest,
     Lost,
     Outcome,
     ProtocolError,
@@ -139,6 +140,7 @@ class _SmtpConnection(Connection):
         super().__init__(reader, writer, remote, COMMAND_TIMEOUT)
         self.ext: dict[str, str] = {}
         self.expiry: asyncio.TimerHandle | None = None
+        self.dsn: DsnRequest | None = None  # the sender's DSN request for the transaction in progress (send sets it)
 
 
 class SmtpClient:
@@ -233,6 +235,7 @@ class SmtpClient:
         name: str | None = None,
         smtputf8: bool = False,
         eightbit: bool = False,
+        dsn: DsnRequest | None = None,
     ) -> dict[str, Outcome]:
         """Deliver one message to the host at `address` (an IP, or a name for the system
         resolver); `name` is its DNS name, for logs, DSNs and the TLS server name. `body`: the
@@ -245,6 +248,7 @@ class SmtpClient:
         conn = self._take(key)
         if conn is not None:
             try:
+                conn.dsn = dsn
                 return await self._deliver(key, conn, sender, recipients, body, smtputf8, eightbit, reused=True)
             except _Stale:
                 log.debug("%s: cached connection was stale, opening a new one", conn.remote)
@@ -259,6 +263,7 @@ class SmtpClient:
                 conn = await self._open(address, port, name, starttls=False)
         except _Failed as exc:
             return {r: exc.outcome for r in recipients}
+        conn.dsn = dsn
         return await self._deliver(key, conn, sender, recipients, body, smtputf8, eightbit, reused=False)
 
     async def _deliver(
@@ -461,6 +466,9 @@ class SmtpClient:
         if "SIZE" in ext:
             params.append(f"SIZE={len(body)}")  # RFC 1870: without the stuffing and the final dot
 
+        dsn = conn.dsn if "DSN" in ext else None  # RFC 3461: passed on only to a host that offers DSN
+        if dsn is not None:
+            params += dsn.mail_params()
         if not smtputf8 and not sender.isascii():
             return everyone(Outcome(Fate.BOUNCED, "5.6.7", "non-ASCII sender address without SMTPUTF8", remote, False))
         try:
@@ -473,7 +481,7 @@ class SmtpClient:
                 results[r] = Outcome(Fate.BOUNCED, "5.6.7", "non-ASCII recipient address without SMTPUTF8", remote, False)
                 continue
             try:
-                rcpts[r] = command("RCPT TO:", f"<{r}>")
+                rcpts[r] = command("RCPT TO:", f"<{r}>", dsn.rcpt_params(r) if dsn is not None else None)
             except ValueError:
                 results[r] = Outcome(Fate.BOUNCED, "5.1.3", "bad recipient address syntax", remote, False)
         todo = list(rcpts)
@@ -543,6 +551,8 @@ class SmtpClient:
         reply = await conn.reply("after end of data", DATA_DONE_TIMEOUT)
         _expect(reply, "end of data")
         o = from_reply(reply, remote)
+        if dsn is not None and o.fate is Fate.SENT:  # the next hop reports successes from now on
+            o = Outcome(o.fate, o.status, o.text, o.remote, o.smtp_reply, dsn_passed=True)
         for r in accepted:
             results[r] = o
         if reply.ok:

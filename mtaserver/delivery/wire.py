@@ -78,6 +78,44 @@ class Outcome:
     text: str  # the remote reply or our reason
     remote: str | None = None  # "host[ip]:port"
     smtp_reply: bool = True  # text is a remote SMTP reply (DSN Diagnostic-Code: smtp;)
+    dsn_passed: bool = False  # the next hop took our DSN request (RFC 3461): it reports success from now on
+
+
+@dataclass(frozen=True, slots=True)
+class DsnRequest:
+    """What the sender asked of DSNs (RFC 3461, queue envelope), passed on to a next hop that
+    offers DSN: RET and ENVID with MAIL, NOTIFY and ORCPT with each RCPT (decoded here,
+    xtext on the wire)."""
+
+    ret: str | None  # FULL | HDRS
+    envid: str | None
+    recipients: dict[str, tuple[str | None, str | None]]  # address -> (NOTIFY, ORCPT "type;address")
+
+    def mail_params(self) -> list[str]:
+        out = [f"RET={self.ret}"] if self.ret else []
+        return out + [f"ENVID={xtext(self.envid)}"] if self.envid else out
+
+    def rcpt_params(self, address: str) -> list[str]:
+        notify, orcpt = self.recipients.get(address, (None, None))
+        out = [f"NOTIFY={notify}"] if notify else []
+        if orcpt:
+            kind, _, addr = orcpt.partition(";")
+            out.append(f"ORCPT={kind};{xtext(addr, utf8=kind == 'utf-8')}")
+        return out
+
+
+def xtext(text: str, *, utf8: bool = False) -> str:
+    """RFC 3461 4 xtext: "+" and two hex digits for '+', '=' and everything outside '!'..'~'
+    (RFC 6533 utf-8-addr-xtext, `utf8`: non-ASCII characters as \\x{HEX})."""
+    out = []
+    for c in text:
+        if "!" <= c <= "~" and c not in "+=":
+            out.append(c)
+        elif utf8 and c > "\x7f":
+            out.append(f"\\x{{{ord(c):X}}}")
+        else:
+            out.extend(f"+{b:02X}" for b in c.encode())
+    return "".join(out)
 
 
 def from_reply(reply: Reply, remote: str | None, default_detail: str = "0.0") -> Outcome:

@@ -61,11 +61,12 @@ from ..delivery import lmtp, maildir
 from ..delivery.content import Content
 from ..delivery.mx import NextHop, parse_nexthop, plan_mx
 from ..delivery.smtp import Outcome, SmtpClient
+from ..delivery.wire import DsnRequest
 from ..dns import NotFound, Resolver, TempFail
 from ..logutil import sanitize
 from ..model import ClientInfo, Envelope, Fate, RcptState, Recipient
 from . import backoff
-from .dsn import MAX_ORIGINAL, RecipientStatus, build_dsn
+from .dsn import MAX_ORIGINAL, RecipientStatus, build_dsn, notify_wants
 from .ops import FLUSH_TOKEN, SCAN_TOKEN, apply
 from .store import CorruptEnvelope, QueueStore, is_queue_id
 
@@ -618,7 +619,7 @@ class QueueManager:
                 sem = self._dest.get(dest) or self._dest.setdefault(dest, asyncio.Semaphore(n))
                 async with sem:
                     part = await tools.smtp.send(ip, hop.port, env.sender, rcpts, body, name=host,
-                                                smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME")  # fmt: skip
+                                                smtputf8=env.smtputf8, eightbit=env.body_type == "8BITMIME", dsn=_dsn_request(env))  # fmt: skip
                 if not all(o.fate is Fate.DEFERRED for o in part.values()):
                     return part  # this host answered for the domain: its word is final for now
                 if any(o.status != CONNECT_FAILED for o in part.values()):
@@ -653,6 +654,7 @@ class QueueManager:
         delay = now - env.arrival
         q = cfg.queue
         bounced: list[RecipientStatus] = []
+        delivered: list[RecipientStatus] = []  # NOTIFY=SUCCESS (RFC 3461)
         keep = []
         is_expired = backoff.expired(
             arrival=env.arrival, now=now, null_sender=not env.sender, max_lifetime=q.max_lifetime, bounce_lifetime=q.bounce_lifetime
@@ -666,12 +668,18 @@ class QueueManager:
             log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", qid, sanitize(r.address), relay, delay, o.status, o.fate.value, sanitize(o.text, 300))
             metrics.delivery("expired" if is_expired and o.fate is Fate.DEFERRED else o.fate.value, delay)
             if o.fate is Fate.SENT:
+                if r.notify and not o.dsn_passed and notify_wants(r.notify, Fate.SENT):
+                    # "relayed": the next hop takes no DSN responsibility (RFC 3464 2.3.3)
+                    delivered.append(RecipientStatus(address=r.address, status=o.status, diagnostic=o.text,
+                                                     remote_mta=_remote_mta(o.remote), smtp_diagnostic=o.smtp_reply, orcpt=r.orcpt,
+                                                     action="delivered" if _is_local(r.address, cfg) else "relayed"))  # fmt: skip
                 continue
             if o.fate is Fate.BOUNCED or is_expired:
                 # An expired recipient is reported with its last temporary status, as Postfix does.
                 remote_mta = _remote_mta(o.remote)
-                bounced.append(RecipientStatus(address=r.address, status=o.status, diagnostic=o.text,
-                                               remote_mta=remote_mta, smtp_diagnostic=o.smtp_reply))  # fmt: skip
+                if notify_wants(r.notify, Fate.BOUNCED):  # NOTIFY=NEVER, or without FAILURE: no bounce (RFC 3461)
+                    bounced.append(RecipientStatus(address=r.address, status=o.status, diagnostic=o.text,
+                                                   remote_mta=remote_mta, smtp_diagnostic=o.smtp_reply, orcpt=r.orcpt))  # fmt: skip
                 continue
             r.state = RcptState.DEFERRED
             r.attempts += 1
@@ -682,6 +690,8 @@ class QueueManager:
             metrics.queue_event("expired")
         if bounced and env.sender:
             await self._notify(cfg, env, bounced, body, Fate.BOUNCED, now)
+        if delivered and env.sender:
+            await self._notify(cfg, env, delivered, body, Fate.SENT, now)
         if not keep:
             # In the loop, as the moves and reads are: a hand-off to a thread cost more CPU
             # than the unlink itself (bench/RESULTS.md, step 9).
@@ -697,8 +707,10 @@ class QueueManager:
         if env.sender and not env.extra.get("delay_warned") and backoff.delay_warning_due(
             arrival=env.arrival, now=now, delay_warning=q.delay_warning, already_warned=False
         ):
-            warn = [RecipientStatus(address=r.address, status="4.0.0", diagnostic=r.last_reply or "deferred", smtp_diagnostic=False) for r in keep]
-            await self._notify(cfg, env, warn, body, Fate.DEFERRED, now)
+            warn = [RecipientStatus(address=r.address, status="4.0.0", diagnostic=r.last_reply or "deferred", smtp_diagnostic=False,
+                                    orcpt=r.orcpt) for r in keep if notify_wants(r.notify, Fate.DEFERRED)]  # fmt: skip
+            if warn:
+                await self._notify(cfg, env, warn, body, Fate.DEFERRED, now)
             env.extra["delay_warned"] = "1"
         due = backoff.next_attempt(arrival=env.arrival, now=now, min_backoff=q.min_backoff, max_backoff=q.max_backoff, jitter=random.random())
         self.store.rewrite("active", env)
@@ -711,17 +723,21 @@ class QueueManager:
     async def _notify(self, cfg: Config, env: Envelope, rcpts: list[RecipientStatus], body: bytes | Content, kind: Fate, now: float) -> None:
         q = cfg.queue
         content = Content.of(body)
-        whole = kind is Fate.BOUNCED and len(content) <= MAX_ORIGINAL  # else only the header section is read
+        # else only the header section is read (RET=HDRS: the sender asked for no more)
+        whole = kind is Fate.BOUNCED and len(content) <= MAX_ORIGINAL and env.ret != "HDRS"
         original = await asyncio.to_thread(content.read_all) if whole else content.head()
         dsn = build_dsn(
             kind=kind, hostname=cfg.server.hostname, queue_id=env.queue_id, sender=env.sender, arrival=env.arrival,
             recipients=rcpts, original=original, now=now, delay_hours=q.delay_warning / 3600, lifetime_days=q.max_lifetime / 86400,
+            ret_hdrs=env.ret == "HDRS", envid=env.envid,
             max_original=MAX_ORIGINAL if whole else -1,
         )  # fmt: skip
         new = await self.store.inject(sender="", recipients=[env.sender], body=dsn, client=LOCAL_CLIENT)
-        what = "sender non-delivery notification" if kind is Fate.BOUNCED else "sender delay notification"
+        what = {Fate.BOUNCED: "sender non-delivery notification", Fate.DEFERRED: "sender delay notification"}.get(
+            kind, "sender delivery status notification"
+        )
         log.info("%s: %s: %s", env.queue_id, what, new)
-        metrics.dsn("bounce" if kind is Fate.BOUNCED else "delay")
+        metrics.dsn({Fate.BOUNCED: "bounce", Fate.DEFERRED: "delay"}.get(kind, "success"))
         log.info("%s: from=<>, size=%d, nrcpt=1 (queue active)", new, len(dsn))
 
 
@@ -749,6 +765,14 @@ def _remote_mta(remote: str | None) -> str | None:
     if text.startswith("["):
         return text[1:].split("]", 1)[0]
     return text.rsplit(":", 1)[0] if ":" in text else text
+
+
+def _dsn_request(env: Envelope) -> DsnRequest | None:
+    """The sender's DSN parameters to pass on (RFC 3461 6.1), None when it gave none."""
+    rcpts = {r.address: (r.notify, r.orcpt) for r in env.recipients if r.notify or r.orcpt}
+    if not (rcpts or env.ret or env.envid):
+        return None
+    return DsnRequest(env.ret, env.envid, rcpts)
 
 
 def _is_local(address: str, cfg: Config) -> bool:

@@ -89,35 +89,6 @@ antivirus: {{enabled: false}}
     return config.load(str(tmp_path / "mtaserver.yaml"), text=text)
 
 
-async def test_flush_retries_every_deferred_message_not_only_those_a_free_slot_takes_at_once(tmp_path):
-    from mtaserver.queue.manager import QueueManager
-
-    now = 1795600000.0
-    cfg = _local_cfg(tmp_path)
-    store = QueueStore(cfg.queue_path)
-    store.open()
-    ids = [await _commit(store, rcpts=("user@example.test",)) for _ in range(4)]
-    for qid in ids:
-        store.move(qid, "incoming", "deferred")
-        store.set_due("deferred", qid, now + 3600)  # not due for an hour
-    # A clock that never moves and one slot: a flush must not stop at the first message.
-    manager = QueueManager(lambda: cfg, store, clock=lambda: now)
-    manager._slots = asyncio.Semaphore(1)
-    manager._next_incoming_scan = manager._next_deferred_scan = now + 3600  # nothing due, nothing new
-    ops = QueueOps(store, manager, clock=lambda: now, config=lambda: cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(manager.run(stop, listen=False))
-    try:
-        await ops.flush()
-        async with asyncio.timeout(20):
-            while store.list("deferred") or store.list("active"):
-                await asyncio.sleep(0.02)
-    finally:
-        stop.set()
-        await task
-        store.close()
-
-
 async def test_delete_bounce_of_a_message_under_delivery_lists_only_the_recipients_left(tmp_path):
     from mtaserver.queue.manager import QueueManager
     from mtaserver.queue.store import split_queue_file

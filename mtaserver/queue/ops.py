@@ -21,14 +21,19 @@ DESCRIPTION
                 filters again on such a message is the filter chain's decision (DESIGN.md)
       delete    hold, incoming, active, deferred (corrupt when named) -> removed, silently
                 (postsuper -d); `bounce=True` first queues a non-delivery notification to the
-                sender (never for the null sender), as the queue manager does for a bounce
+                sender (never for the null sender), as the queue manager does for a bounce,
+                naming the recipients the message still has (for one under delivery: when
+                the attempt ends, those it did not deliver)
       flush     every deferred message due now (postqueue -f)
       shape     Postfix qshape: messages per recipient domain and age bucket (a message counts
                 once per domain it has recipients in)
 
     Every action takes a `Selector` (ids, ALL, queue, sender, recipient, age) and `dry_run`,
     which touches nothing and returns what it would touch. A message moves while it is being
-    listed; a listing may miss it or (between two queues) see it twice: ids are reported once.
+    listed; a listing may miss it or (between two queues) see it twice: ids are reported once;
+    a page is filled past messages that went meanwhile. ALL together with ids is an error. An
+    action that fails on one message (an OSError) reports it under `errors` and goes on; the
+    selection (which may read every envelope) runs in a thread.
 
     The queue manager owns active/ (DESIGN.md "Queue on disk"). With a `manager` (inside the
     server) actions go through QueueManager.control, in its event loop: a message that is not

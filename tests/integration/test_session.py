@@ -296,7 +296,9 @@ def test_empty_message_and_dot_lines(srv):
         c.send(b"..\r\n...\r\n. \r\n.x\r\n..\r\nend\r\n.\r\n")  # dot-stuffed lines of dots
         q2 = queue_id_of(c.reply())
     b1 = srv.body(q1)
-    assert b1.startswith(b"Received: from client.test") and b1.endswith(b"\r\n") and b1.count(b"\r\n") == 3  # the trace only
+    # the trace and our DKIM verdict only (dkim.verify is on by default)
+    assert b1.startswith(b"Received: from client.test") and b1.endswith(b"\r\nAuthentication-Results: mx.example.test; dkim=none\r\n")
+    assert b1.count(b"\r\n") == 4
     assert srv.body(q2).endswith(b"\r\n" + b".\r\n..\r\n \r\nx\r\n.\r\nend\r\n")
     env = envelope_of(srv, q2)
     assert env.body_type == "8BITMIME" and env.size == len(srv.body(q2))

@@ -29,21 +29,18 @@ CONFIG
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .history import History, Sampler, load, read_metrics
+from .pages import router
 from .render import STATIC, render
 from .session import PageError, SessionStore, SigninLimiter
-
-router = APIRouter(include_in_schema=False)
 
 
 class Panel:
@@ -96,7 +93,4 @@ def install(app: FastAPI, admin: Any) -> Panel:
     return panel
 
 
-from . import routes  # noqa: F401 - the pages register on `router`
-
-if importlib.util.find_spec(f"{__name__}.settings") is not None:
-    importlib.import_module(f"{__name__}.settings")  # the settings pages (another module's routes)
+from . import routes, settings  # noqa: F401 - the pages register on `router`

@@ -42,9 +42,9 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ...logutil import sanitize
 from ..tokens import Role, find_token
-from . import router
 from .attention import attention
 from .history import DAY_SLOTS, DAY_STEP, HOUR_SLOTS, SAMPLE_STEP
+from .pages import router
 from .render import render
 from .session import (
     COOKIE,

@@ -63,7 +63,7 @@ from fastapi.responses import RedirectResponse, Response
 from ...filters.attachments import COMMON_BLOCKED
 from ...values import check_domain, parse_duration, parse_network
 from ..tokens import Role
-from . import router
+from .pages import router
 from .render import render
 from .session import Session, client_ip, require_session
 

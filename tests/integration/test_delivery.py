@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email
 import smtplib
-import time
 
 from conftest import free_port
 from helpers import Sink, delivering, maildir_messages, queue_empty, send, wait_for
@@ -55,10 +54,8 @@ def test_fallback_is_not_used_after_a_5xx(make_mta):
 def test_4xx_then_accept_is_delivered_on_retry(make_mta):
     with Sink(data_replies=["451 4.3.0 try again later"]) as sink:
         mta = make_mta(delivering(relay=sink.port))
-        t0 = time.monotonic()
         send(mta, "s@client.test", ["a@remote.test"])
-        wait_for(lambda: sink.messages, timeout=20, what="delivery on retry")
-        assert time.monotonic() - t0 >= 0.9, "the retry waits min_backoff"
+        wait_for(lambda: sink.messages, timeout=20, what="delivery on retry")  # when: queue/backoff.py, unit-tested with a given now
         assert "status=deferred (451 4.3.0 try again later)" in mta.log()
         wait_for(lambda: queue_empty(mta), what="empty queue")
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 from conftest import deep_merge
-from helpers import MSG, WAIT, RedisServer, connect, nsd, start  # noqa: F401 (nsd is a fixture)
+from helpers import MSG, RedisServer, connect, nsd, start  # noqa: F401 (nsd is a fixture)
 from smtpclient import SmtpClient, queue_id_of, wait_for, wait_for_log
 
 
@@ -30,9 +30,8 @@ def deliver(c: SmtpClient) -> str:
 
 def test_dnsbl_drop(make_mta, nsd):
     m = start(make_mta, nsd, {"dnsbl": {"action": "drop"}})
-    c, g, dt = connect(m, "127.0.0.2")
+    c, g, _ = connect(m, "127.0.0.2")
     assert g.code == 521 and g.text == "5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test", g
-    assert dt >= WAIT * 0.9  # Postfix decides when the greet wait is over
     assert c.closed_by_server(2)
     wait_for_log(m, "DNSBL rank 2 for [127.0.0.2]:")
     assert "addr 127.0.0.2 listed by domain bl.test as 127.0.0.2" in m.log()
@@ -87,14 +86,16 @@ def test_weights_and_filters_add_up(make_mta, nsd):
 
 
 def test_dnswl_skips_the_greet_wait(make_mta, nsd):
-    m = start(make_mta, nsd, {"greet": {"wait": 3}, "dnsbl": {"whitelist_threshold": -1}})
-    c, g, dt = connect(m, "127.0.0.4")
-    assert g.code == 220 and dt < 1.5, dt  # the DNS answer ended the 3 s wait
+    # A greet wait far longer than the client waits for its greeting (5 s): only the DNSWL answer
+    # ending the wait early lets the greeting arrive at all.
+    m = start(make_mta, nsd, {"greet": {"wait": 120}, "dnsbl": {"whitelist_threshold": -1}})
+    c, g, _ = connect(m, "127.0.0.4")
+    assert g.code == 220
     deliver(c)
     c.close()
     wait_for_log(m, "PASS NEW [127.0.0.4]")
-    c, g, dt = connect(m, "127.0.0.4")
-    assert len(g.lines) == 1 and dt < 0.5  # PASS OLD, no teaser
+    c, g, _ = connect(m, "127.0.0.4")
+    assert len(g.lines) == 1  # PASS OLD: no teaser, no greet wait
     c.close()
     wait_for_log(m, "PASS OLD [127.0.0.4]")
 
@@ -144,8 +145,8 @@ def test_bare_newline(make_mta, nsd, action):
     # smtpd's own bare-newline policy must let the line through for the session to go on
     extra = {"inbound": {"bare_newline": "normalize"}}
     m = start(make_mta, nsd, deep_merge(DEEP_OFF, {"bare_newline": {"enable": True, "action": action}}), extra=extra)
-    c, g, dt = connect(m, "127.0.0.3")
-    assert g.code == 220 and len(g.lines) == 1 and dt < WAIT
+    c, g, _ = connect(m, "127.0.0.3")
+    assert g.code == 220 and len(g.lines) == 1
     c.send(b"EHLO bare.test\n")
     r = c.reply()
     if action == "drop":
@@ -200,24 +201,24 @@ def test_pipelining_not_offered(make_mta, nsd, action):
 
 def test_clean_client_delivers_in_its_first_session_then_pass_old(make_mta, nsd):
     m = start(make_mta, nsd, {"pipelining": {"enable": True}, "bare_newline": {"enable": True}, "non_smtp_command": {"enable": True}})
-    c, g, dt = connect(m, "127.0.0.3")
-    assert len(g.lines) == 2 and dt >= WAIT * 0.9  # teaser, full greet wait
+    c, g, _ = connect(m, "127.0.0.3")
+    assert len(g.lines) == 2  # the teaser: a greet wait ran
     assert "PIPELINING" not in c.ehlo().lines
     deliver(c)  # accepted in the same session: no 450, no reconnect
     c.expect("QUIT", 221)
     assert len(m.queued()) == 1
     wait_for_log(m, "PASS NEW [127.0.0.3]")
-    c, g, dt = connect(m, "127.0.0.3")
-    assert len(g.lines) == 1 and dt < 0.3, (g, dt)
+    c, g, _ = connect(m, "127.0.0.3")
+    assert len(g.lines) == 1, g  # no teaser: no greet wait
     assert "PIPELINING" in c.ehlo().lines  # a cached client gets the normal session
     c.close()
     wait_for_log(m, "PASS OLD [127.0.0.3]")
     # the SQLite cache survives a restart
     m.stop()
     m.start()
-    wait_for(lambda: m.log().count("ready:") == 2, 10, "restart")
-    c, g, dt = connect(m, "127.0.0.3")
-    assert len(g.lines) == 1 and dt < 0.3
+    wait_for(lambda: m.log().count("worker 0 ready:") == 2, 10, "restart")  # the listener again, not any "ready:"
+    c, g, _ = connect(m, "127.0.0.3")
+    assert len(g.lines) == 1
     c.close()
     assert m.log().count("PASS OLD [127.0.0.3]") == 2
 
@@ -238,8 +239,8 @@ def test_deep_tests_require_reconnect(make_mta, nsd):
 
 def test_postscreen_off_is_the_plain_session(make_mta, nsd):
     m = start(make_mta, nsd, {"dnsbl": {"action": "drop"}}, postscreen=False)
-    c, g, dt = connect(m, "127.0.0.2")
-    assert g.code == 220 and len(g.lines) == 1 and dt < 0.3
+    c, g, _ = connect(m, "127.0.0.2")
+    assert g.code == 220 and len(g.lines) == 1
     assert "PIPELINING" in c.ehlo().lines
     c.close()
     assert "mtaserver/postscreen" not in m.log() and "CONNECT from" not in m.log()
@@ -269,8 +270,8 @@ def test_redis_cache_is_shared_by_two_servers(make_mta, nsd, tmp_path):
         assert len(g.lines) == 2
         c.close()
         wait_for_log(a, "PASS NEW [127.0.0.3]")
-        c, g, dt = connect(b, "127.0.0.3")
-        assert len(g.lines) == 1 and dt < 0.3
+        c, g, _ = connect(b, "127.0.0.3")
+        assert len(g.lines) == 1
         c.close()
         wait_for_log(b, "PASS OLD [127.0.0.3]")
     finally:
@@ -281,8 +282,8 @@ def test_redis_cache_is_shared_by_two_servers(make_mta, nsd, tmp_path):
 
 def test_denylist_drop(make_mta, nsd):
     m = start(make_mta, nsd, {"access_list": ["127.0.0.3 permit", "127.0.0.0/24 reject"], "blacklist_action": "drop"})
-    c, g, dt = connect(m, "127.0.0.3")
-    assert g.code == 220 and len(g.lines) == 1 and dt < 0.3  # ALLOWLISTED: no tests at all
+    c, g, _ = connect(m, "127.0.0.3")
+    assert g.code == 220 and len(g.lines) == 1  # ALLOWLISTED: no tests at all, no teaser
     c.close()
     c, g, _ = connect(m, "127.0.0.2")
     assert (g.code, g.text) == (521, "5.3.2 Service currently unavailable")

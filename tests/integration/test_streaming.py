@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 from smtpclient import TRUSTED, SmtpClient, queue_id_of
 
@@ -48,14 +47,12 @@ def test_50mb_message_is_streamed_to_disk(make_mta):
         c.expect("DATA", 354)
         digest = hashlib.sha256()
         sent = 0
-        t0 = time.monotonic()
         for chunk in _lines(50 * MB):
             digest.update(chunk)  # the content; what goes on the wire is dot-stuffed
             sent += len(chunk)
             c.send(_stuff(chunk))
         c.send(b".\r\n")
         r = c.reply()
-        elapsed = time.monotonic() - t0
         qid = queue_id_of(r)
         after = mta.rss_kib()["VmHWM"]
     assert sent >= 50 * MB
@@ -77,7 +74,6 @@ def test_50mb_message_is_streamed_to_disk(make_mta):
     assert h.hexdigest() == digest.hexdigest()
     growth_mb = (after - before) / 1024
     assert growth_mb < 20, f"peak RSS grew by {growth_mb:.1f} MB for a 50 MB message"
-    assert elapsed < 30
 
 
 def _stuff(chunk: bytes) -> bytes:

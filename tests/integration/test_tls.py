@@ -9,7 +9,6 @@ import ssl
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, wait_for, wait_for_log
@@ -163,8 +162,7 @@ def test_client_silent_after_starttls_is_timed_out(tmp_path_factory, cert):
             c.greeting()
             c.ehlo()
             assert c.cmd("STARTTLS").code == 220
-            t0 = time.monotonic()
-            c.sock.settimeout(5)
+            c.sock.settimeout(5)  # command_timeout is 1s: a server that never closes fails the test here
             try:
                 rest = c.sock.recv(4096)
                 while rest and not rest.endswith(b"\r\n"):  # whatever the server says, then EOF
@@ -172,7 +170,6 @@ def test_client_silent_after_starttls_is_timed_out(tmp_path_factory, cert):
                 assert c.sock.recv(4096) == b""
             except ConnectionResetError:
                 pass
-            assert time.monotonic() - t0 < 4
         log = wait_for_log(m, "disconnect from unknown[127.0.0.2]")
         assert "timeout after STARTTLS from unknown[127.0.0.2]" in log
         assert "TLS connection established" not in log  # no TLS session was made

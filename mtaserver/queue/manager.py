@@ -36,7 +36,7 @@ CONFIG
     queue.* (queue.wakeup_delay: the workers' side), domains.local, domains.local_delivery, outbound.relay_host,
     outbound.fallback_relay_host, outbound.helo_name, outbound.tls, outbound.relay_auth.*, outbound.smtp_port,
     outbound.mx_address_limit, outbound.mx_session_limit,
-    server.hostname, server.dns.*, advanced.threads.lmtp
+    server.hostname, server.dns.*, server.limits.hop_count, advanced.threads.lmtp
 """
 
 from __future__ import annotations
@@ -78,7 +78,6 @@ SCAN_INTERVAL = 60.0  # at most this long between looks at deferred/ (Postfix qu
 INCOMING_SCAN = 1.0  # a full listing of incoming/ at least this often (a lost wake-up costs at most this)
 RESCAN = "*"  # a wake-up that asks for a full listing (the sender lost some of its earlier ones)
 CONNECT_FAILED = "4.4.1"  # the status of an outcome whose connection was never made (delivery/smtp.py)
-MAX_HOPS = 50  # Received: headers; more is a mail loop (Postfix hopcount_limit)
 _RECEIVED = re.compile(rb"(?im)^received:")
 LOCAL_CLIENT = ClientInfo(ip="127.0.0.1", port=0, name="localhost", helo="localhost", protocol="local", trusted=True)
 
@@ -513,7 +512,9 @@ class QueueManager:
         env.recipients = unique_recipients(env.recipients)
         pending = [r.address for r in env.recipients]
         results: dict[str, Outcome] = {}
-        if len(_RECEIVED.findall(body.head())) > MAX_HOPS:
+        # The SMTP server's limit (Postfix hopcount_limit), for mail that did not pass its check
+        # at the end of DATA (sendmail, a requeue, a limit lowered since): ours included, it is a loop.
+        if len(_RECEIVED.findall(body.head())) >= cfg.server.limits.hop_count:
             o = Outcome(Fate.BOUNCED, "5.4.6", "mail forwarding loop: too many hops", None, False)
             results = {r: o for r in pending}
         else:

@@ -102,17 +102,6 @@ def test_expired_message_returns_to_sender(make_mta):
         assert sink.messages == []
 
 
-def test_mail_loop_bounces(make_mta):
-    """The queue manager's own check, for mail that came in past the SMTP server's (which refuses
-    it at the end of DATA with the default server.limits.hop_count: test_session_hardening.py)."""
-    mta = make_mta({**delivering(), "server": {"limits": {"hop_count": 100}}})
-    hops = b"".join(b"Received: from h%d by h%d; Tue, 1 Jan 2030 00:00:00 +0000\r\n" % (i, i) for i in range(60))
-    send(mta, "s@example.test", ["loop@example.test"], hops + b"Subject: loop\r\n\r\nx\r\n")
-    [dsn] = wait_for(lambda: maildir_messages(mta, "s@example.test"), what="the loop DSN")
-    assert b"Status: 5.4.6" in dsn
-    assert maildir_messages(mta, "loop@example.test") == []
-
-
 def test_kill_9_during_delivery_loses_nothing(make_mta):
     n = 60
     with Sink(delay=0.05) as sink:

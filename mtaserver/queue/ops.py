@@ -46,6 +46,9 @@ DESCRIPTION
 
 SECURITY
     Queue ids from the caller are checked (is_queue_id) before any path is built from them.
+    Nothing in a queue directory is followed: entries are stat'd without following links and
+    opened with store.open_regular (O_NOFOLLOW, a regular file or NotOurs), so a symlink planted
+    there shows as a stray entry and what it points to is never read (show, list, delete --bounce).
     Envelope text (addresses, replies, headers) is printed through logutil.sanitize.
 
 STANDARDS
@@ -70,7 +73,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..logutil import sanitize
@@ -79,10 +81,12 @@ from .dsn import RecipientStatus, build_dsn
 from .store import (
     STATES,
     CorruptEnvelope,
+    NotOurs,
     QueueStore,
     envelope_doc,
     head_end,
     is_queue_id,
+    open_regular,
     split_queue_file,
 )
 
@@ -328,6 +332,13 @@ def _requeue(store: QueueStore, state: str, queue_id: str) -> bool:
     return True
 
 
+def _read_regular(path: str) -> bytes:
+    """A whole queue file, opened as store.open_regular does (never through a symlink; anything
+    but a regular file raises NotOurs)."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read()
+
+
 class QueueOps:
     def __init__(
         self, store: QueueStore, manager: QueueManager | None = None, clock: Callable[[], float] = time.time,
@@ -365,7 +376,7 @@ class QueueOps:
 
     def locate(self, queue_id: str, queues: Iterable[str] = STATES) -> str | None:
         for state in queues:
-            if os.path.exists(self.store.path(state, queue_id)):
+            if os.path.lexists(self.store.path(state, queue_id)):  # a planted symlink is an entry, never followed
                 return state
         return None
 
@@ -374,7 +385,7 @@ class QueueOps:
         for _ in range(3):
             st = None
             try:
-                st = os.stat(self.store.path(state, queue_id))
+                st = os.stat(self.store.path(state, queue_id), follow_symlinks=False)
                 if state == "corrupt":
                     return state, None, st, "corrupt queue file"
                 return state, self.store.peek(state, queue_id), st, None
@@ -444,8 +455,8 @@ class QueueOps:
 
     def _headers(self, state: str, queue_id: str, size: int) -> list[str]:
         try:
-            fd = os.open(self.store.path(state, queue_id), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = open_regular(self.store.path(state, queue_id))
+        except (FileNotFoundError, NotOurs):  # moved meanwhile, or swapped for something not ours
             return []
         try:
             window = os.pread(fd, min(size, HEAD_LIMIT + 4), 0)
@@ -567,7 +578,7 @@ class QueueOps:
             return None
         try:
             # A large message is read in a thread: this may be the queue manager's loop.
-            _, content = split_queue_file(await asyncio.to_thread(Path(self.store.path(state, qid)).read_bytes))
+            _, content = split_queue_file(await asyncio.to_thread(_read_regular, self.store.path(state, qid)))
             env = self.store.peek(state, qid)
         except (FileNotFoundError, CorruptEnvelope):
             return None

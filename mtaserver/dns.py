@@ -13,6 +13,14 @@ DESCRIPTION
     section is out of reach: the zone's own SOA is asked for instead (the record that
     section carries), and min(SOA TTL, SOA MINIMUM) is kept for the SOA's TTL.
 
+    CNAME chains are followed by the DNS server, never here: a lookup is one question
+    (c-ares' query does not chase CNAMEs), and of the answer only the records of the type
+    asked are kept; the CNAMEs on the way are skipped. A chain the server did not finish (or
+    a loop) answers no record of that type: NotFound(nxdomain=False). Nothing in mtaserver
+    asks for a CNAME's target itself (MX, A/AAAA, TXT, PTR lookups all come through here), so
+    the chain's length is bounded by the recursive resolver (Unbound, BIND), not by us.
+    tests/integration/test_cname_chain.py counts the questions: 10 CNAMEs are one question.
+
 SECURITY
     Answers come from the network: names are returned as text, never used as paths or
     commands; callers validate what they use.

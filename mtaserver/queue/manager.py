@@ -14,8 +14,10 @@ DESCRIPTION
 
     A message with no recipient left is removed (envelope first, then body). A crash in the
     middle leaves the message in active/, which the next start moves back to incoming/:
-    delivery is at least once. DSNs are committed before the original is updated, so a
-    crash may duplicate a DSN but never lose one.
+    delivery is at least once. So does the queue manager's own start (a queue manager process
+    that died is started again by the supervisor, with no recovery: active/ is only ever the
+    queue manager's). DSNs are committed before the original is updated, so a crash may
+    duplicate a DSN but never lose one.
 
     Routes: domains.local -> local delivery (maildir or LMTP); everything else -> outbound.relay_host
     (then outbound.fallback_relay_host within the same attempt for what the first deferred).
@@ -312,6 +314,23 @@ class QueueManager:
         except Exception as exc:  # noqa: BLE001 - an OSError, a damaged file: logged, the message stays
             log.error("%s: %s after the delivery attempt failed: %s", qid, action, exc)
 
+    def _reclaim_active(self) -> int:
+        """What a queue manager before this one left in active/ goes back to incoming/ (at least
+        once, as the server's recovery at start). Only the queue manager moves files out of active/:
+        one killed mid-delivery and started again by the supervisor (not a restart of the server,
+        whose recovery does this) would otherwise strand its messages there until the next start."""
+        n = 0
+        for qid in self.store.list("active"):
+            try:
+                self.store.move(qid, "active", "incoming")
+                n += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # incoming/<id> is a directory, say: never stops the start
+                log.warning('cannot move "%s" from queue "active" to queue "incoming": %s', qid, exc.strerror or exc)
+                self.store.set_aside("active", qid)
+        return n
+
     async def run(self, stop: asyncio.Event, *, listen: bool = True) -> None:
         loop = asyncio.get_running_loop()
         transport = None
@@ -325,7 +344,8 @@ class QueueManager:
             sock.bind(str(path))
             os.chmod(path, 0o600)
             transport, _ = await loop.create_datagram_endpoint(lambda: _Wake(self.announce), sock=sock)
-        log.info("queue manager started")
+        reclaimed = self._reclaim_active()
+        log.info("queue manager started" + (f": {reclaimed} message(s) from active/ back to incoming/" if reclaimed else ""))
 
         async def stop_wakes_us() -> None:
             await stop.wait()

@@ -33,7 +33,7 @@ DESCRIPTION
       in corrupt/, restart times, the wall time.
 
     Exit status 0 when nothing was lost and every restart happened, 1 otherwise. Not part of
-    `make test`: a cycle takes about 2 s here (100 cycles: about 3 minutes on 2 cores).
+    `make test`: a cycle takes about 2 s here (100 cycles: about 4 minutes on 2 cores, extrapolated).
 
     Work directory bench/out/soak-<time>/ (config, data_dir, server log), removed at the end
     unless --keep or something was lost.

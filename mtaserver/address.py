@@ -62,13 +62,16 @@ class Mailbox:
 NULL = Mailbox("", "")
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+# RFC 6531 UTF-8: any non-ASCII character but the C1 controls, the line and paragraph separators
+# and surrogates (what bytes that are not UTF-8 decode to with surrogateescape).
+_UTF8 = r"\u00a0-\u2027\u202a-\ud7ff\ue000-\U0010ffff"
 _DOT_STRING = re.compile(rf"^[{_ATEXT}]+(\.[{_ATEXT}]+)*$")
-_DOT_STRING_UTF8 = re.compile(rf"^[{_ATEXT}\u0080-\U0010ffff]+(\.[{_ATEXT}\u0080-\U0010ffff]+)*$")
+_DOT_STRING_UTF8 = re.compile(rf"^[{_ATEXT}{_UTF8}]+(\.[{_ATEXT}{_UTF8}]+)*$")
 _QUOTED = re.compile(r'^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*)"$')
-_QUOTED_UTF8 = re.compile(r'^"((?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*)"$')
+_QUOTED_UTF8 = re.compile(rf'^"((?:[\x20\x21\x23-\x5b\x5d-\x7e{_UTF8}]|\\[\x20-\x7e])*)"$')
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
-_LABEL_UTF8 = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_LABEL_UTF8 = rf"[A-Za-z0-9{_UTF8}](?:[A-Za-z0-9\-{_UTF8}]*[A-Za-z0-9{_UTF8}])?"
 _DOMAIN_UTF8 = re.compile(rf"^{_LABEL_UTF8}(\.{_LABEL_UTF8})*\.?$")
 _ROUTE = re.compile(rf"^@{_LABEL}(\.{_LABEL})*(,@{_LABEL}(\.{_LABEL})*)*:")
 _PARAM_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
@@ -126,6 +129,8 @@ def parse_mailbox(text: str, *, utf8: bool = False) -> Mailbox:
     """Parse what stands between the angle brackets (without them)."""
     if text == "":
         return NULL
+    if _CONTROL.search(text):  # also a final newline, which the patterns' "$" would let through
+        raise AddressError("control character")
     routed = False
     m = _ROUTE.match(text)
     if m:

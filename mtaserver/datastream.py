@@ -66,6 +66,9 @@ class DataProblem(str, Enum):
     TOO_MANY_HOPS = "too many hops"
 
 
+_PROBLEM_ORDER = list(DataProblem)
+
+
 class DataDeadline:
     """When a DATA transfer times out, by bytes read and `now` (a monotonic clock)."""
 
@@ -128,6 +131,9 @@ class DataScanner:
     def _problem(self, p: DataProblem) -> None:
         if p not in self.problems:
             self.problems.append(p)
+            # In DataProblem's order, not in the order found: which comes first (the session
+            # answers problems[0]) must not depend on how the client's bytes were cut into reads.
+            self.problems.sort(key=_PROBLEM_ORDER.index)
 
     def feed(self, chunk: bytes) -> FeedResult:
         buf = self._pending + chunk if self._pending else chunk
@@ -144,8 +150,13 @@ class DataScanner:
                 seg, self._pending, leftover, done = buf[:cut], buf[cut:], b"", False
                 if len(self._pending) >= self._max_line:
                     # One line longer than the limit: keep only its last byte, which may be
-                    # the CR of a CRLF that ends it.
+                    # the CR of a CRLF that ends it. A CR in what is dropped is a bare CR (no LF
+                    # follows it): noted as if the line had been scanned whole.
                     self._problem(DataProblem.LINE_TOO_LONG)
+                    if b"\r" in self._pending[:-1]:
+                        self.bare_seen = True
+                        if self._policy is BareNewline.REJECT:
+                            self._problem(DataProblem.BARE_CR)
                     self._pending = self._pending[-1:]
                     self._crlf_start = False
         if done:

@@ -75,6 +75,7 @@ import asyncio
 import errno
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -196,6 +197,23 @@ def dump_envelope(env: Envelope) -> bytes:
     return envelope_trailer(env)
 
 
+_OPT_STR = (str, type(None))
+_ENVELOPE_TYPES = (("queue_id", (str,)), ("sender", (str,)), ("recipients", (list,)), ("arrival", (int, float)), ("size", (int,)),
+                   ("body_type", _OPT_STR), ("smtputf8", (bool,)), ("ret", _OPT_STR), ("envid", _OPT_STR), ("extra", (dict,)),
+                   ("trail", (list,)))  # fmt: skip
+_RECIPIENT_TYPES = (("address", (str,)), ("orcpt", _OPT_STR), ("notify", _OPT_STR), ("attempts", (int,)), ("last_reply", _OPT_STR))
+_CLIENT_TYPES = (("ip", (str,)), ("port", (int,)), ("name", (str,)), ("helo", _OPT_STR), ("protocol", (str,)), ("login", _OPT_STR),
+                 ("trusted", (bool,)))  # fmt: skip
+
+
+def _check_types(obj: object, fields: tuple[tuple[str, tuple[type, ...]], ...]) -> None:
+    """Every field of the JSON has the type the code that reads it expects (a bool is no number)."""
+    for name, types in fields:
+        v = getattr(obj, name)
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise CorruptEnvelope(f"bad content: {name} is {type(v).__name__}")
+
+
 def _envelope_from_json(body: bytes) -> Envelope:
     try:
         doc = json.loads(body.decode("utf-8", "surrogateescape"))
@@ -204,6 +222,16 @@ def _envelope_from_json(body: bytes) -> Envelope:
         env = Envelope(**doc)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptEnvelope(f"bad content: {exc}") from None
+    # A file of ours with a good checksum has these types; anything else (a hand-made file, a
+    # bug of an older version) is damage here, not a TypeError in the queue manager later.
+    _check_types(env, _ENVELOPE_TYPES)
+    _check_types(env.client, _CLIENT_TYPES)
+    for r in env.recipients:
+        _check_types(r, _RECIPIENT_TYPES)
+    if not math.isfinite(env.arrival) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.extra.items()):
+        raise CorruptEnvelope("bad content: arrival or extra")
+    if not all(isinstance(t, dict) for t in env.trail):
+        raise CorruptEnvelope("bad content: trail")
     if not is_queue_id(env.queue_id) or not env.recipients:
         raise CorruptEnvelope("bad queue id or no recipients")
     return env

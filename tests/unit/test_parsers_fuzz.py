@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import unicodedata
 import zlib
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -296,3 +298,62 @@ def test_found_queue_file_types():
         except CorruptEnvelope:
             continue
         raise AssertionError(f"{key}={value!r} accepted")
+
+
+# -- DSN parameters (RFC 3461 NOTIFY, ORCPT, ENVID: smtp/engine.py decodes, delivery/wire.py encodes) --
+
+XTEXT_LIKE = st.lists(st.one_of(st.sampled_from(["+2B", "+3D", "+41", "+0A", "+7F", "+", "+G1", "\\x{E9}", "\\x{D800}", "\\x{110000}",
+                                                 "\\x{5C}", "\\", "rfc822;", "utf-8;", "a@b.test", "="]), ANY_CHAR), max_size=20).map("".join)  # fmt: skip
+
+
+@FUZZ
+@given(st.one_of(TEXT, XTEXT_LIKE), st.booleans())
+def test_dsn_text_and_orcpt(value, utf8):
+    from mtaserver.smtp.engine import dsn_orcpt, dsn_text
+
+    assume(not re.search(r"\\x\{0*D[89A-F][0-9A-F]{2}\}", value, re.IGNORECASE))  # found, not fixed yet: test_found_dsn_surrogate
+    for out in (dsn_text(value, utf8=utf8), dsn_orcpt(value)):
+        if out is None:
+            continue
+        out.encode("utf-8")  # goes into a DSN and onwards: must be real UTF-8 (no lone surrogate)
+        assert not any(unicodedata.category(c) == "Cc" for c in out), ascii(out)
+
+
+@FUZZ
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=40))
+def test_xtext_round_trip(text):
+    from mtaserver.delivery.wire import xtext
+    from mtaserver.smtp.engine import dsn_text
+
+    assume("\\" not in text)  # found, not fixed yet: test_found_xtext_backslash
+    assert dsn_text(xtext(text, utf8=True), utf8=True) == text
+    if text.isascii():
+        assert dsn_text(xtext(text)) == text
+
+
+@FUZZ
+@given(st.one_of(TEXT, st.lists(st.sampled_from(["SUCCESS", "FAILURE", "DELAY", "NEVER", "never", "", "X"]), max_size=4).map(",".join)))
+def test_dsn_notify(value):
+    from mtaserver.smtp.engine import dsn_notify
+
+    out = dsn_notify(value)
+    assert out is None or out == "NEVER" or set(out.split(",")) <= {"SUCCESS", "FAILURE", "DELAY"}
+
+
+# Found by the fuzzing in smtp/engine.py and delivery/wire.py, which others are editing now: strict
+# xfails, so the fix turns them into failures that ask for the mark (and the assume above) to go.
+
+
+@pytest.mark.xfail(strict=True, reason="engine.dsn_text decodes \\x{D800} to a lone surrogate, which no UTF-8 encoder takes")
+def test_found_dsn_surrogate():
+    from mtaserver.smtp.engine import dsn_orcpt
+
+    assert dsn_orcpt("utf-8;\\x{D800}@example.test") is None
+
+
+@pytest.mark.xfail(strict=True, reason="wire.xtext leaves a backslash as it is; RFC 6533 utf-8-addr-xtext encodes it as \\x{5C}")
+def test_found_xtext_backslash():
+    from mtaserver.delivery.wire import xtext
+    from mtaserver.smtp.engine import dsn_text
+
+    assert dsn_text(xtext("a\\x{41}b", utf8=True), utf8=True) == "a\\x{41}b"

@@ -1,4 +1,5 @@
-"""The queue manager against a real queue directory and maildir delivery (no network)."""
+"""The queue manager against a real queue directory and maildir delivery (no network; it polls
+the spool, so it is an integration test: moved from tests/unit)."""
 
 import asyncio
 import os

@@ -109,7 +109,9 @@ def xtext(text: str, *, utf8: bool = False) -> str:
     (RFC 6533 utf-8-addr-xtext, `utf8`: non-ASCII characters as \\x{HEX})."""
     out = []
     for c in text:
-        if "!" <= c <= "~" and c not in "+=":
+        if utf8 and c == "\\":  # RFC 6533: a literal backslash would start a \x{...} escape
+            out.append("\\x{5C}")
+        elif "!" <= c <= "~" and c not in "+=":
             out.append(c)
         elif utf8 and c > "\x7f":
             out.append(f"\\x{{{ord(c):X}}}")

@@ -959,8 +959,8 @@ def dsn_text(value: str, *, utf8: bool = False) -> str | None:
             text = _UTF8_HEX.sub(lambda m: chr(int(m.group(1), 16)), text)
         except (ValueError, OverflowError):
             return None
-    if any(c < " " or c == "\x7f" for c in text):
-        return None
+    if any(c < " " or c == "\x7f" or "\ud800" <= c <= "\udfff" for c in text):
+        return None  # controls, and lone surrogates (\x{D800}): no UTF-8 encoder takes them
     return text
 
 

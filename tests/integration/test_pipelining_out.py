@@ -1,7 +1,7 @@
 """Outbound PIPELINING against real servers: Postfix's smtp-sink, and a second mtaserver.
 
 Both offer PIPELINING (RFC 2920), so the client sends MAIL, the RCPTs and DATA in one write.
-That the client really pipelines is proven in tests/unit/test_smtp_client.py (a server that
+That the client really pipelines is proven in tests/integration/test_smtp_client_sessions.py (a server that
 will not answer MAIL before it has DATA); here the point is that real servers get every
 message intact: many messages over cached connections, several recipients each, lines that
 start with a dot, a large message, and a recipient refused in the middle of a group.

@@ -6,6 +6,7 @@ test fails on its timeout. Without PIPELINING it checks the opposite, that the c
 sends a command before the previous reply. Then: refusals at every step, a refused greeting,
 a server that hangs up, garbage, multi-line replies, STARTTLS (required and missing, refused,
 response injection, a real handshake), AUTH, SIZE, the connection cache and stale entries.
+(Moved from tests/unit/test_smtp_client.py: sockets, a subprocess and sleeps are the integration layer.)
 """
 
 from __future__ import annotations

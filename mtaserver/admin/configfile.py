@@ -21,6 +21,13 @@ DESCRIPTION
     string such as "on" is quoted so YAML 1.1 does not make it a boolean). Errors are
     `key.path: message`, without the file name and line of the loader's message.
 
+    `root_only_changes(old, new)`: under server.user the admin API's changes are written by
+    the root supervisor (rootwriter.py), which refuses those that name what root reads or
+    acts on: files, directories, identities and the admin surface (ROOT_ONLY), on the node's
+    effective settings and in every `servers.<name>` override. Exceptions that give nothing
+    away: a DKIM key added as `dkim/<name>` (the panel's keygen: data_dir belongs to the mail
+    user already) and custom signature URLs (only local files are refused).
+
     `write_atomically` replaces the file: the new text goes to a temporary file in the same
     directory (mkstemp: a random name, O_EXCL; same mode), fsync; the current file is copied
     to `<file>.bak` the same way; then rename over the file and fsync the directory. A
@@ -51,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError as RuamelError
@@ -251,6 +259,79 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# What only root may change (server.user set).
+
+# Dotted keys (or whole sections) that name files, directories, identities or the admin surface.
+ROOT_ONLY = (
+    "server.data_dir", "server.user", "server.group", "server.tls.cert", "server.tls.key", "admin",
+    "advanced.log_target", "advanced.log_file", "advanced.syslog_socket", "auth.users_file", "auth.dovecot_socket",
+    "domains.mailboxes", "domains.local_delivery.path", "outbound.relay_auth.password_file",
+    "antivirus.definitions.database_dir", "antivirus.definitions.freshclam_path", "antivirus.definitions.sigtool_path",
+    "antivirus.definitions.clamscan_path", "postscreen.cache.url",
+)  # fmt: skip
+ROOT_ONLY_WHY = "cannot be changed through the API while server.user is set; edit the file as root"
+_DKIM_KEY = re.compile(r"dkim\.sign\[\d+\]\.key")
+_SAFE_DKIM_KEY = re.compile(r"dkim/[A-Za-z0-9][A-Za-z0-9_.+-]{0,250}")  # filters/dkim.py key_path, relative to data_dir
+_CUSTOM = "antivirus.definitions.custom_signatures"
+
+
+def root_only_changes(old: Config, new: Config) -> list[str]:
+    """The changes from `old` to `new` that only root may make (DESCRIPTION): `key.path: why`
+    lines, empty when none. Pure."""
+    pairs = [("", _fields(old), _fields(new))]
+    for name in [*old.servers, *(n for n in new.servers if n not in old.servers)]:
+        pairs.append((f"servers.{name}.", old.servers.get(name), new.servers.get(name)))
+    out: list[str] = []
+    for prefix, a, b in pairs:
+        before, after = _leaves(a), _leaves(b)
+        for key in [*before, *(k for k in after if k not in before)]:
+            if before.get(key, _MISSING) != after.get(key, _MISSING) and _root_only(key):
+                out.append(f"{prefix}{key}: {ROOT_ONLY_WHY}")
+        old_keys = {v for k, v in before.items() if _DKIM_KEY.fullmatch(k)}
+        for key, value in after.items():
+            safe = isinstance(value, str) and _SAFE_DKIM_KEY.fullmatch(value) is not None
+            if _DKIM_KEY.fullmatch(key) and value not in old_keys and not safe:
+                out.append(f"{prefix}{key}: {ROOT_ONLY_WHY} (a key made by the panel, dkim/<name>, may be added)")
+        local_before = {s for s in before.get(_CUSTOM) or [] if "://" not in str(s)}
+        added = [s for s in after.get(_CUSTOM) or [] if "://" not in str(s) and s not in local_before]
+        if added:
+            out.append(f"{prefix}{_CUSTOM}: {ROOT_ONLY_WHY} (a local file {str(added[0])!r}; http(s) URLs may be added)")
+    return out
+
+
+def _fields(value: Any) -> Any:
+    """A Config as plain data for _leaves (without `servers` and `source`); values that are not
+    sections (an Endpoint, a NetMatch) stay whole. Pure."""
+    if isinstance(value, BaseModel):
+        return {k: _fields(getattr(value, k)) for k in type(value).model_fields if k not in ("servers", "source")}
+    if isinstance(value, (list, tuple)):
+        return [_fields(v) for v in value]
+    return value
+
+
+def _root_only(key: str) -> bool:
+    for p in ROOT_ONLY:
+        if key == p or key.startswith(p + ".") or p.startswith(key + "."):
+            return True
+    return False
+
+
+def _leaves(value: Any, path: str = "") -> dict[str, Any]:
+    """Plain data as {dotted key: value}: mappings and lists of mappings are walked (`a.b[0].c`);
+    anything else (a scalar, a list of scalars, an empty list) is one value. Pure."""
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):  # an empty one has nothing to compare
+        for k, v in value.items():
+            out.update(_leaves(v, f"{path}.{k}" if path else str(k)))
+    elif isinstance(value, list) and any(isinstance(x, dict) for x in value):
+        for i, v in enumerate(value):
+            out.update(_leaves(v, f"{path}[{i}]"))
+    elif path:
+        out[path] = value
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

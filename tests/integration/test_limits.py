@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -153,18 +154,18 @@ def _clear(srv: Mta) -> None:
 
 
 def test_command_timeout(make_mta):
+    """The configured 1 s, not the default 300 s: the 421 comes within the client's 5 s read timeout.
+    Not at once either: the busy session is served (EHLO, MAIL) before its timeout."""
     mta = make_mta({"server": {"limits": {"command_timeout": "1s"}}})
     idle = SmtpClient(mta.port, UNTRUSTED)
     busy = SmtpClient(mta.port, UNTRUSTED2)  # in the middle of a transaction, at the same time
     with idle, busy:
-        t0 = time.monotonic()
         idle.greeting()
         busy.greeting()
         busy.ehlo()
         busy.expect("MAIL FROM:<s@client.test>", 250)
         busy.send(b"RCPT TO:<a@exa")  # half a command does not reset the clock
         assert idle.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
-        assert 0.8 < time.monotonic() - t0 < 3
         assert busy.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
         assert idle.closed_by_server(2) and busy.closed_by_server(2)
     wait_for_log(mta, "timeout after CONNECT from unknown[127.0.0.2]")
@@ -174,7 +175,10 @@ def test_command_timeout(make_mta):
 def test_data_timeout(make_mta):
     """No progress within DATA for data_timeout: 421 and nothing queued. A slow but steady
     sender (every gap shorter than the timeout, the whole longer) is not cut off when no minimum
-    data rate is asked (min_data_rate: test_session_hardening.py)."""
+    data rate is asked (min_data_rate: test_session_hardening.py). The slow one starts when the
+    stalled one stops and sends until that one is cut off, and once more: its whole is longer than
+    the timeout by construction, measured by the server. (When the deadline falls, for any gaps and
+    sizes: DataDeadline, unit-tested with given times in tests/unit/test_datastream.py.)"""
     mta = make_mta({"server": {"limits": {"data_timeout": "1s", "min_data_rate": 0}}})
     stalled = SmtpClient(mta.port, UNTRUSTED)
     slow = SmtpClient(mta.port, UNTRUSTED2)
@@ -185,17 +189,16 @@ def test_data_timeout(make_mta):
             start_data(c)
         stalled.send(b"Subject: stalled\r\n\r\n" + b"x" * 5000 + b"\r\npartial")
         slow.send(b"Subject: slow\r\n\r\n")
-        t0 = time.monotonic()
-        for _ in range(3):
-            time.sleep(0.45)
+        lines = 0
+        while not (got := stalled.pending(0.3)) and lines < 30:  # a line every 0.3 s until the stalled one is cut off
             slow.send(b"line\r\n")
-        assert stalled.reply().line == "421 4.4.2 mx.example.test Error: timeout exceeded"
-        assert 0.8 < time.monotonic() - t0 < 3
+            lines += 1
+        assert got == b"421 4.4.2 mx.example.test Error: timeout exceeded\r\n"
         assert stalled.closed_by_server(2)
-        slow.send(b".\r\n")
+        slow.send(b"line\r\n.\r\n")
         qid = queue_id_of(slow.reply())
     wait_for_log(mta, "timeout after DATA from unknown[127.0.0.2]")
-    assert mta.body(qid).endswith(b"Subject: slow\r\n\r\n" + b"line\r\n" * 3)
+    assert mta.body(qid).endswith(b"Subject: slow\r\n\r\n" + b"line\r\n" * (lines + 1))
     time.sleep(0.1)
     assert mta.queued() == [qid] and mta.queued("tmp") == []
 
@@ -226,18 +229,27 @@ def test_error_count_restarts_after_a_delivered_message(make_mta):
         assert c.cmd("NOOP").line == "250 2.0.0 Ok"
 
 
+def _nothing_arrived(c: SmtpClient) -> bool:
+    """Nothing from the server yet: neither buffered nor readable in the socket (a poll that does not wait)."""
+    return not c.buf and not select.select([c.sock], [], [], 0)[0]
+
+
 def test_soft_error_limit_slows_the_client_down(make_mta):
-    mta = make_mta({"server": {"limits": {"soft_error_limit": 1, "error_sleep": 0.8}}})
-    with SmtpClient(mta.port, UNTRUSTED) as c:
+    """Past soft_error_limit the session pauses error_sleep after an error reply: its next command
+    waits while another session is served, then it is answered and the session goes on. (Which
+    errors pause, not the first with soft_error_limit 1: the engine, tests/unit/test_smtp_engine.py.)"""
+    mta = make_mta({"server": {"limits": {"soft_error_limit": 1, "error_sleep": 2}}})
+    with SmtpClient(mta.port, UNTRUSTED) as c, SmtpClient(mta.port, UNTRUSTED2) as other:
         c.greeting()
-        t0 = time.monotonic()
+        other.greeting()
         assert c.cmd("BOGUS").code == 502
         assert c.cmd("NOOP").code == 250
-        assert time.monotonic() - t0 < 0.6  # first error: no delay
         assert c.cmd("BOGUS").code == 502  # second error: past the soft limit
-        t1 = time.monotonic()
+        c.send(b"NOOP\r\n")
+        assert other.cmd("NOOP").code == 250 and other.cmd("NOOP").code == 250  # sent later, answered first
+        assert _nothing_arrived(c), "the session did not pause"
+        assert c.reply().line == "250 2.0.0 Ok"
         assert c.cmd("NOOP").code == 250
-        assert time.monotonic() - t1 >= 0.75
 
 
 def test_junk_command_limit(mta):
@@ -301,8 +313,7 @@ def test_client_that_never_reads_is_cut_off(make_mta):
             except OSError:
                 break
         assert sent > 100_000
-        wait_for_log(mta, "timeout after EHLO from unknown[127.0.0.2]", timeout=5)
-        assert time.monotonic() - t0 < 5
+        wait_for_log(mta, "timeout after EHLO from unknown[127.0.0.2]", timeout=5)  # the 1 s timeout, not the default 300 s
     finally:
         s.close()
     # the session is gone (the server aborts a closed connection it cannot flush, at the latest)

@@ -4,9 +4,12 @@ DESCRIPTION
     `run(path)` loads the config, recovers the queue (tmp/ swept, active/ requeued), binds
     one listening socket per listener per worker (SO_REUSEPORT: the kernel spreads new
     connections over the workers, all of one client IP to the same worker), and then
-    either serves in this process (`workers: 1`) or forks the workers and supervises them:
-    a worker that dies is started again on the same sockets, so no queued connection is
-    lost with it.
+    either serves in this process (`workers: 1` without server.user) or forks the workers
+    and supervises them: a worker that dies is started again on the same sockets, so no
+    queued connection is lost with it. The queue manager (and the admin API) then runs in
+    a process of its own. With server.user set there is always a supervisor, `workers: 1`
+    included (one SMTP worker, the queue manager's process): it stays root, and writes the
+    config file for the admin API over a private channel (admin/rootwriter.py).
 
     Signals (to the supervisor; it forwards them):
       SIGHUP   validate the file again and hot-apply it; a bad file is refused, logged with
@@ -32,6 +35,7 @@ import errno
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import ssl
@@ -43,7 +47,8 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import logutil, supervisor
-from .admin import metrics
+from .admin import metrics, rootwriter
+from .admin.rootwriter import RootWriter
 from .admin.tokens import TokenFileError, load_tokens
 from .config import Config, ConfigError, Listener
 from .filters.definitions import DefinitionsUpdater
@@ -123,7 +128,8 @@ class Worker:
     """One process serving every listener; owns its event loop, sessions and queue handle."""
 
     def __init__(
-        self, cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool, admin: socket.socket | None = None
+        self, cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool,
+        admin: socket.socket | None = None, root_channel: socket.socket | None = None,
     ) -> None:
         self.with_manager = manager
         self.config = cfg  # what the queue manager reads; swapped with the runtime on reload
@@ -140,6 +146,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._implicit_tls: ssl.SSLContext | None = None  # the context the tls: implicit sockets were made with
         self.admin_socket = admin  # admin.listen, bound by run(): the queue manager's process serves the admin API
+        self.root_channel = root_channel  # under server.user: to the root supervisor, which writes the config (rootwriter.py)
         self.manager: QueueManager | None = None  # the admin API's queue actions go through it
         self.reloads = 0  # reloads tried (SIGHUP or the admin API), applied or refused
         self.reload_hooks: list[Callable[[], None]] = []  # run after each (the admin API: tokens, waiting PUT/PATCH)
@@ -306,10 +313,13 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # no silent half-MTA: stop, the supervisor or admin restarts
 
 
-def _run_worker(cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool, admin: socket.socket | None = None) -> None:
+def _run_worker(
+    cfg: Config, path: str, sockets: list[socket.socket], index: int, *, manager: bool, admin: socket.socket | None = None,
+    root_channel: socket.socket | None = None,
+) -> None:
     import uvloop
 
-    worker = Worker(cfg, path, sockets, index, manager=manager, admin=admin)
+    worker = Worker(cfg, path, sockets, index, manager=manager, admin=admin, root_channel=root_channel)
     # What exists now (modules, config) lives as long as the process: out of every collection.
     # A message makes about a thousand short-lived objects, so the young generation is
     # collected every 5,000 allocations instead of 700 (bench/RESULTS.md, step 9).
@@ -404,13 +414,14 @@ def _run_locked(cfg: Config, path: str, ident: supervisor.Identity | None) -> in
     if n > 1 and steering_wanted(cfg):
         set_steering(socks, n, True)
     log.info("mtaserver starting: %d worker(s), queue %s", n, cfg.queue_path)
-    if n == 1:
+    if n == 1 and ident is None:  # one process (the tests and the bench rely on it)
         signal.signal(signal.SIGUSR1, lambda _sig, _frame: logutil.reopen())  # until the loop's handler
         supervisor.drop_privileges(ident)
         _run_worker(cfg, path, socks[0], 0, manager=True, admin=admin)
         log.info("mtaserver stopped")
         return 0
-    # The queue manager gets a process of its own: a worker with no sockets.
+    # The queue manager gets a process of its own: a worker with no sockets. Under server.user
+    # even with one worker: the root supervisor writes the config file for the admin API.
     return _supervise(cfg, path, socks + [[]], admin)
 
 
@@ -419,6 +430,17 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
     stopping = False
     ident = supervisor.identity(cfg.server.user, cfg.server.group)
     me = os.getpid()
+    writer: RootWriter | None = None
+    theirs: socket.socket | None = None  # the queue manager's end of the channel, kept for its restarts
+    if ident is not None and admin is not None:  # before any fork: the channel of admin/rootwriter.py
+
+        def check_as_user(new: Config) -> list[tuple[str, str]]:
+            with supervisor.as_user(ident):  # as the workers will read them; root reads nothing of the mail user's tree
+                return check_files(new)
+
+        ours, theirs = rootwriter.channel()
+        writer = RootWriter(ours, path, check_files=check_as_user, reload=lambda: hup())
+    wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) if writer is not None else None  # SIGCHLD wakes the select loop
 
     def spawn(i: int) -> None:
         # Signals stay blocked across the fork: a SIGTERM that arrives meanwhile is handled
@@ -439,10 +461,18 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
                         s.close()
             if admin is not None and socks[i]:
                 admin.close()  # the admin API is served by the queue manager's process only
+            if writer is not None and theirs is not None and wake is not None:
+                writer.sock.close()  # the supervisor's end: never in a child
+                if socks[i]:
+                    theirs.close()  # the channel is the queue manager's process's only
+                signal.set_wakeup_fd(-1)
+                os.close(wake[0])
+                os.close(wake[1])
             code = 0
             try:
                 supervisor.enter_worker(ident, me)  # server.user; a SIGTERM when the supervisor dies
-                _run_worker(cfg, path, socks[i], i, manager=not socks[i], admin=None if socks[i] else admin)
+                _run_worker(cfg, path, socks[i], i, manager=not socks[i], admin=None if socks[i] else admin,
+                            root_channel=None if socks[i] else theirs)  # fmt: skip
             except BaseException:
                 log.exception("worker %d crashed", i)
                 code = 1
@@ -459,14 +489,24 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
         if sig == signal.SIGUSR1:
             logutil.reopen()  # first: the file the workers then open exists, owned by server.user
         if sig == signal.SIGHUP:
-            try:
-                new = config_mod.load(path)
-            except ConfigError as exc:
-                for line in exc.errors:
-                    log.error("reload refused: %s", line)
-                return
-            logutil.set_level(new.advanced.log_level)
+            hup()
+            return
+        send(sig)
+
+    def hup() -> None:
+        """SIGHUP (or a change written for the admin API): validate, apply our part, forward."""
+        try:
+            new = config_mod.load(path)
+        except ConfigError as exc:
+            for line in exc.errors:
+                log.error("reload refused: %s", line)
+            return
+        logutil.set_level(new.advanced.log_level)
+        if len(socks) > 2:  # one SMTP worker (under server.user): no reuseport group to steer
             set_steering(socks, len(socks) - 1, steering_wanted(new))
+        send(signal.SIGHUP)
+
+    def send(sig: int) -> None:
         for pid in children:
             try:
                 os.kill(pid, sig)
@@ -479,22 +519,50 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
         if stopping:  # SIGTERM during start-up: do not start the rest
             break
         spawn(i)
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
+
+    def reap(pid: int, status: int) -> None:
         i = children.pop(pid, None)
         metrics.process_dead(pid)  # its live gauges go; its counters stay in the sums
         if i is None:
-            continue
+            return
         if not stopping:
             log.error("worker %d (pid %d) exited with status %d; restarting", i, pid, status)
             time.sleep(RESTART_DELAY)
             if not stopping:
                 spawn(i)
+
+    if writer is None or wake is None:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            reap(pid, status)
+        log.info("mtaserver stopped")
+        return 0
+    # With the channel: wait for a child's end (SIGCHLD through the wake-up pipe) or a request.
+    signal.set_wakeup_fd(wake[1])
+    signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
+    try:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                reap(pid, status)
+                continue
+            ready, _, _ = select.select([wake[0], writer], [], [], writer.timeout(time.monotonic()))
+            if wake[0] in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake[0], 4096)
+            if writer in ready and not stopping:
+                writer.on_readable()
+            writer.expire(time.monotonic())
+    finally:
+        signal.set_wakeup_fd(-1)
     log.info("mtaserver stopped")
     return 0
 

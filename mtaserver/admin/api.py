@@ -37,12 +37,15 @@ DESCRIPTION
     (config.diff). A reload refused after the write (it should not be: the same checks ran
     first), or a SIGHUP that cannot be sent, restores the old file and says so.
 
-    With server.user set, PUT and PATCH are refused (409, audited) and the file is never
-    written: the serving processes run as the mail user and the file is root's, read by root
-    at the next start (data_dir, log_file, server.user...). Letting the mail user's process
-    change it, directly or through the root supervisor, would let a compromised worker choose
-    what root does; SIGHUP to the root supervisor is not even permitted. The operator edits
-    the file as root and reloads (`systemctl reload mtaserver`, SIGHUP).
+    With server.user set this process runs as the mail user and the file is root's: it
+    prepares and validates the new text as above, then hands it to the root supervisor over
+    the private channel made before forking (rootwriter.py), which validates it again with
+    the same loader, refuses a change to any key that names a file, a directory, an identity
+    or the admin surface (configfile.ROOT_ONLY: 409, the key named; edit those as root and
+    `systemctl reload mtaserver`), writes the file (atomic, .bak, owner and mode kept) and
+    reloads through its own SIGHUP path. The answer still waits for this process's reload;
+    if it refused, the supervisor is asked to put the previous file back. Without the
+    channel (no supervisor: cannot happen with server.user) the change is refused (409).
 
     Roles (tokens.py): read = every GET but /api/config/raw; operator = queue actions and the
     postscreen drop; admin = PUT/PATCH /api/config and the raw file. No token or an unknown one: 401 with WWW-Authenticate:
@@ -98,6 +101,7 @@ from ..logutil import sanitize
 from ..values import Endpoint, NetMatch, parse_duration
 from . import configfile, metrics
 from .audit import AuditLog
+from .rootwriter import ChannelError, RootChannel
 from .tokens import Role, Token, TokenFileError, find_token, load_tokens
 
 log = logging.getLogger("admin")
@@ -308,8 +312,10 @@ class AdminServer:
         cfg = worker.config
         # The config `run` started with decides the process layout until a restart: one process,
         # or a supervisor (our parent) with SMTP workers and this queue manager process.
-        self._single_process = cfg.server.worker_count() == 1
-        self._mail_user = cfg.server.user  # set: the file is root's, never changed from here (DESCRIPTION)
+        self._single_process = cfg.server.worker_count() == 1 and cfg.server.user is None
+        self._mail_user = cfg.server.user  # set: the file is root's; the root supervisor writes it (DESCRIPTION)
+        channel = getattr(worker, "root_channel", None)
+        self._root = RootChannel(channel) if channel is not None and self._mail_user is not None else None
         self.tokens: list[Token] = []
         self._token_path = self._path(cfg, cfg.admin.token_file)
         self._read_tokens(at_start=True)
@@ -467,10 +473,10 @@ class AdminServer:
 
     async def change_config(self, caller: Caller, action: str, body: bytes, *, yaml_body: bool) -> JSONResponse:
         selector = {"keys": patch_keys(body)} if action == "config.patch" else {"document": len(body)}
-        if self._mail_user is not None:
-            errors = [(f"(server.user): the server runs as {self._mail_user} and {self.worker.path} is read by root when it "
-                       "starts: it is never changed from here. Edit it as root, then reload (systemctl reload mtaserver, "
-                       "or SIGHUP to the supervisor)")]  # fmt: skip
+        if self._mail_user is not None and self._root is None:
+            errors = [(f"(server.user): the server runs as {self._mail_user} and {self.worker.path} is root's, with no "
+                       "channel to the root supervisor here: it is not changed from here. Edit it as root, then reload "
+                       "(systemctl reload mtaserver, or SIGHUP to the supervisor)")]  # fmt: skip
             self.audit.write(caller.name, caller.ip, action, selector, {"status": 409, "errors": errors})
             return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 409)
         async with self._config_lock:  # one change at a time: each reads the file the last one wrote
@@ -478,16 +484,23 @@ class AdminServer:
             try:
                 current = path.read_text(encoding="utf-8")
                 # Validation loads every file the config names (check_files): not in this event loop.
+                ro = self._mail_user is not None  # the root supervisor refuses these too (rootwriter.py); say it first
                 if action == "config.put":
-                    text, _ = await asyncio.to_thread(configfile.prepare_put, str(path), current, body, yaml_body=yaml_body)
+                    text, _ = await asyncio.to_thread(configfile.prepare_put, str(path), current, body, yaml_body=yaml_body,
+                                                      root_only=ro)  # fmt: skip
                 else:
-                    text, _ = await asyncio.to_thread(configfile.prepare_patch, str(path), current, body)
+                    text, _ = await asyncio.to_thread(configfile.prepare_patch, str(path), current, body, root_only=ro)
+            except configfile.RootOnlyError as exc:
+                self.audit.write(caller.name, caller.ip, action, selector, {"status": 409, "errors": exc.errors})
+                return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": exc.errors}, 409)
             except configfile.DocumentError as exc:
                 self.audit.write(caller.name, caller.ip, action, selector, {"status": 422, "errors": exc.errors})
                 return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": exc.errors}, 422)
             except OSError as exc:
                 raise HTTPException(500, f"cannot read {path}: {exc.strerror or exc}") from None
             old = self.worker.config
+            if self._root is not None:
+                return await self._change_as_root(caller, action, selector, text, old)
             try:
                 await asyncio.to_thread(configfile.write_atomically, path, text)
             except OSError as exc:  # e.g. the server runs as server.user and the file belongs to root
@@ -513,6 +526,41 @@ class AdminServer:
             backup = str(path) + ".bak"
             return JSONResponse({"node": self.node, "applied": True, "changed": changed, "file": str(path), "backup": backup})
 
+    async def _change_as_root(
+        self, caller: Caller, action: str, selector: dict[str, Any], text: str, old: Config
+    ) -> JSONResponse:
+        """Under server.user: the root supervisor checks, writes and reloads (rootwriter.py); we wait for our reload."""
+        count = self.worker.reloads  # before the request: its SIGHUP may come before its answer
+        self._reloaded.clear()
+        try:
+            answer = await self._root.request("change", text)  # type: ignore[union-attr]
+        except ChannelError as exc:
+            errors = [f"(supervisor): {exc}; the file may have been changed (see the log)"]
+            self.audit.write(caller.name, caller.ip, action, selector, {"status": 503, "errors": errors})
+            return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 503)
+        if not answer.get("ok"):
+            status = int(answer.get("status") or 500)
+            errors = [str(e) for e in answer.get("errors") or []] or ["(supervisor): refused"]
+            self.audit.write(caller.name, caller.ip, action, selector, {"status": status, "errors": errors})
+            return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, status)
+        if not await self._wait_reload(count, old):
+            try:
+                put_back = await self._root.request("revert")  # type: ignore[union-attr]
+            except ChannelError as exc:
+                put_back = {"ok": False, "errors": [str(exc)]}
+            again = "the previous file was put back"
+            if not put_back.get("ok"):
+                again = f"the previous file was NOT put back: {put_back.get('errors')}"
+            errors = [f"(reload): this process refused the new file (see its log); {again}"]
+            self.audit.write(caller.name, caller.ip, action, selector, {"status": 409, "errors": errors})
+            return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 409)
+        changed = config_mod.diff(old, self.worker.config)
+        self.audit.write(caller.name, caller.ip, action, selector, {"status": 200, "changed": changed})
+        log.info("admin API: configuration %s by %s from %s (written by the supervisor): %s", action.removeprefix("config."),
+                 caller.name, caller.ip, f"changed {', '.join(changed)}" if changed else "no change")  # fmt: skip
+        return JSONResponse({"node": self.node, "applied": True, "changed": changed, "file": answer.get("file"),
+                             "backup": answer.get("backup")})  # fmt: skip
+
     async def _reload(self) -> bool:
         """Apply the file as SIGHUP does; True when this process took the new config."""
         before = self.worker.config
@@ -523,6 +571,10 @@ class AdminServer:
         count = self.worker.reloads
         self._reloaded.clear()
         os.kill(os.getppid(), signal.SIGHUP)
+        return await self._wait_reload(count, before)
+
+    async def _wait_reload(self, count: int, before: Config) -> bool:
+        """Wait for this process's next reload after `count`; True when it took a new config."""
         deadline = time.monotonic() + RELOAD_WAIT
         while self.worker.reloads == count:
             remaining = deadline - time.monotonic()

@@ -76,6 +76,10 @@ class DocumentError(Exception):
         self.errors = errors
 
 
+class RootOnlyError(DocumentError):
+    """A valid document that changes what only root may change (root_only_changes)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure helpers: merge patch, sync, error text.
 
@@ -338,16 +342,25 @@ def _leaves(value: Any, path: str = "") -> dict[str, Any]:
 # Validation and writing.
 
 
-def validate(path: str, text: str, intended: dict[str, Any] | None = None) -> Config:
+def validate(path: str, text: str, intended: dict[str, Any] | None = None, *, root_only_from: str | None = None) -> Config:
     """The Config this text gives when the server loads it from `path`; DocumentError if none.
 
-    `intended`: the plain data the text was rendered from; reading it back must give the same."""
+    `intended`: the plain data the text was rendered from; reading it back must give the same.
+    `root_only_from`: the current file's text (server.user set): a change root_only_changes
+    names raises RootOnlyError, before any file the new text names is opened."""
     try:
         cfg = config_mod.load(path, text=text)
     except ConfigError as exc:
         raise DocumentError([strip_location(line, path) for line in exc.errors]) from None
     if intended is not None and yaml.safe_load(text) != intended:
         raise DocumentError(["(document): cannot be written as YAML that reads back the same"])
+    if root_only_from is not None:
+        try:
+            refused = root_only_changes(config_mod.load(path, text=root_only_from), cfg)
+        except ConfigError:
+            refused = []  # the current file does not load: the root supervisor says so
+        if refused:
+            raise RootOnlyError(refused)
     from ..runtime import (
         check_files,  # late: the runtime imports the whole receive pipeline
     )
@@ -411,25 +424,28 @@ def _write_replace(target: Path, data: bytes, like: os.stat_result) -> None:
         os.close(dfd)
 
 
-def prepare_put(path: str, current: str, body: bytes, *, yaml_body: bool) -> tuple[str, Config]:
-    """PUT: (the new file text, its Config). DocumentError when it cannot be applied."""
+def prepare_put(path: str, current: str, body: bytes, *, yaml_body: bool, root_only: bool = False) -> tuple[str, Config]:
+    """PUT: (the new file text, its Config). DocumentError when it cannot be applied (RootOnlyError,
+    with `root_only`, when it changes what only root may)."""
+    ro = current if root_only else None
     data = parse_body(body)
     if not isinstance(data, dict):
         raise DocumentError(["(top): expected a mapping of sections"])
     if yaml_body:
         text = body.decode("utf-8")
-        return text, validate(path, text)
+        return text, validate(path, text, root_only_from=ro)
     copied = effective_markers(data)
     if copied:
         raise DocumentError(copied)
     doc = load_document(current)
     sync(doc, data)
     text = render(doc, current)
-    return text, validate(path, text, data)
+    return text, validate(path, text, data, root_only_from=ro)
 
 
-def prepare_patch(path: str, current: str, body: bytes) -> tuple[str, Config]:
-    """PATCH (a JSON merge patch): (the new file text, its Config). DocumentError when it cannot be applied."""
+def prepare_patch(path: str, current: str, body: bytes, *, root_only: bool = False) -> tuple[str, Config]:
+    """PATCH (a JSON merge patch): (the new file text, its Config). DocumentError when it cannot be
+    applied (RootOnlyError, with `root_only`, when it changes what only root may)."""
     patch = parse_body(body)
     if not isinstance(patch, dict):
         raise DocumentError(["(top): a merge patch is an object of the keys to change"])
@@ -439,4 +455,4 @@ def prepare_patch(path: str, current: str, body: bytes) -> tuple[str, Config]:
     doc = load_document(current)
     apply_patch(doc, patch)
     text = render(doc, current)
-    return text, validate(path, text, merge_patch(base, patch))
+    return text, validate(path, text, merge_patch(base, patch), root_only_from=current if root_only else None)

@@ -8,10 +8,13 @@ queue manager's process."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pwd
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,11 @@ import pytest
 import yaml
 from conftest import Mta, _children
 from smtpclient import UNTRUSTED, SmtpClient, wait_for_log
+
+from mtaserver.admin import rootwriter
+from mtaserver.admin.configfile import ROOT_ONLY_WHY
+from mtaserver.admin.rootwriter import RootWriter
+from mtaserver.runtime import check_files
 
 pytestmark = pytest.mark.integration
 
@@ -146,3 +154,82 @@ def test_an_invalid_document_is_refused_at_its_key_and_the_channel_stays_usable(
         assert status == 200 and body["changed"] == ["inbound.blocked_extensions"], body
     finally:
         assert mta.stop() == 0
+
+
+# -- the supervisor's side alone, over a real socket pair: it does not rely on the API's checks ------
+
+
+def writer(tmp_path: Path) -> tuple[RootWriter, socket.socket, Path, list[int]]:
+    path = tmp_path / "mtaserver.yaml"
+    path.write_text(HEAD + yaml.safe_dump({"server": {"hostname": "mx.example.test", "data_dir": str(tmp_path / "var")}}))
+    ours, theirs = rootwriter.channel()
+    theirs.settimeout(5)
+    reloads: list[int] = []
+    return RootWriter(ours, str(path), check_files=check_files, reload=lambda: reloads.append(1)), theirs, path, reloads
+
+
+def ask(w: RootWriter, theirs: socket.socket, op: str, text: str = "", rid: int = 1) -> dict:
+    data = text.encode()
+    theirs.send(b"B" + json.dumps({"id": rid, "op": op, "size": len(data)}).encode())
+    w.on_readable()
+    for i in range(0, len(data), rootwriter.CHUNK):
+        theirs.send(b"D" + data[i : i + rootwriter.CHUNK])
+        w.on_readable()
+    packet = theirs.recv(1 << 20)
+    assert packet[:1] == b"A"
+    return json.loads(packet[1:])
+
+
+def edited(path: Path, **section: dict) -> str:
+    doc = yaml.safe_load(path.read_text())
+    for k, v in section.items():
+        doc.setdefault(k, {}).update(v)
+    return HEAD + yaml.safe_dump(doc)
+
+
+def test_the_supervisor_applies_the_policy_itself_writes_reverts_and_reloads(tmp_path):
+    w, theirs, path, reloads = writer(tmp_path)
+    before = path.read_text()
+    answer = ask(w, theirs, "change", edited(path, server={"data_dir": "/etc"}))
+    assert answer["status"] == 409 and answer["errors"] == [f"server.data_dir: {ROOT_ONLY_WHY}"], answer
+    assert path.read_text() == before and reloads == []
+    answer = ask(w, theirs, "change", "server: [not, a, mapping]\n", rid=2)
+    assert answer["id"] == 2 and answer["status"] == 422 and answer["errors"][0].startswith("server:"), answer
+    new = edited(path, inbound={"blocked_extensions": ["exe"]})
+    answer = ask(w, theirs, "change", new, rid=3)
+    assert answer["ok"] and answer["changed"] == ["inbound.blocked_extensions"], answer
+    assert path.read_text() == new and Path(str(path) + ".bak").read_text() == before and reloads == [1]
+    assert ask(w, theirs, "revert", rid=4)["ok"] and path.read_text() == before and reloads == [1, 1]
+    answer = ask(w, theirs, "revert", rid=5)  # only once, and only over what the change wrote
+    assert answer["status"] == 409 and path.read_text() == before
+
+
+def test_a_broken_request_is_dropped_and_the_channel_goes_on(tmp_path):
+    w, theirs, path, reloads = writer(tmp_path)
+    answer = ask(w, theirs, "change", "", rid=1)  # an empty file: every default, data_dir's included
+    assert answer["status"] == 409 and answer["errors"][0].startswith("server.data_dir: "), answer
+    theirs.send(b"B" + json.dumps({"id": 2, "op": "change", "size": rootwriter.MAX_TEXT + 1}).encode())
+    w.on_readable()
+    assert json.loads(theirs.recv(65536)[1:])["status"] == 400  # too large: refused before a byte of it
+    theirs.send(b"B" + json.dumps({"id": 3, "op": "rm -rf", "size": 0}).encode())
+    w.on_readable()
+    assert json.loads(theirs.recv(65536)[1:])["status"] == 400
+    for junk in (b"Xjunk", b"B{not json", b"Dstray data"):
+        theirs.send(junk)
+    w.on_readable()
+    # Incomplete: half a request, then nothing until it expires (now injected); its rest is then stray.
+    theirs.send(b"B" + json.dumps({"id": 4, "op": "change", "size": 10}).encode())
+    theirs.send(b"D12345")
+    w.on_readable()
+    assert w.timeout(time.monotonic()) is not None
+    w.expire(time.monotonic() + rootwriter.REQUEST_TIMEOUT + 1)
+    assert w.timeout(time.monotonic()) is None
+    theirs.send(b"D67890")
+    w.on_readable()
+    theirs.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        theirs.recv(65536)  # no answer to any of that
+    theirs.settimeout(5)
+    answer = ask(w, theirs, "change", edited(path, inbound={"blocked_extensions": ["iso"]}), rid=5)
+    assert answer["id"] == 5 and answer["ok"], answer
+    assert reloads == [1]

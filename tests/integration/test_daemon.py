@@ -122,11 +122,11 @@ def test_server_user_workers_run_as_it_and_own_the_queue(open_dir, workers):
     mta = Mta(open_dir, {"server": {"workers": workers, "user": "nobody"}})
     try:
         mta.start()
-        serving = [mta.proc.pid] if workers == 1 else _children(mta.proc.pid)
+        serving = _children(mta.proc.pid)  # under server.user a supervisor even with workers: 1 (it writes the config)
+        assert len(serving) == workers + 1  # the SMTP workers and the queue manager's process
         for pid in serving:
             assert uid_of(pid) == [nobody.pw_uid] * 4, pid
-        if workers > 1:
-            assert uid_of(mta.proc.pid)[0] == 0  # the supervisor stays root: it only forks and signals
+        assert uid_of(mta.proc.pid)[0] == 0  # the supervisor stays root: it forks, signals, writes the config file
         qid = one_message_sent(mta.port)
         st = os.stat(mta.queue / "incoming" / qid)
         assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)

@@ -29,10 +29,11 @@ DESCRIPTION
     directories or data_dir/metrics is a symbolic link (`symlinked_dirs`), recovers the queue
     and empties data_dir/metrics with the mail user's effective ids (`as_user`: root's work
     in the user's tree can only touch what the user could), and then every process that serves (the worker
-    processes, the queue manager's, the only one with `workers: 1`) drops to that user
-    (`drop_privileges`: initgroups, setgid, setuid, and a check that root cannot be regained)
-    before it opens its event loop. The supervisor of `workers: N` stays root: it reads no
-    client byte; it forks, forwards signals and restarts a dead worker on the same sockets.
+    processes, the queue manager's; with server.user there is a supervisor even with `workers: 1`)
+    drops to that user (`drop_privileges`: initgroups, setgid, setuid, and a check that root
+    cannot be regained) before it opens its event loop. The supervisor stays root: it reads no
+    client byte; it forks, forwards signals, restarts a dead worker on the same sockets, and
+    writes the config file for the admin API after its own checks (admin/rootwriter.py).
     Everything a worker creates afterwards (queue files, status files, the postscreen cache,
     maildirs) belongs to it; what root made in data_dir meanwhile (`mtaserver dkim keygen`, a
     run as root before server.user was set) is given to it at the next start.

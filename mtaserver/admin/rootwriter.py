@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -236,7 +237,7 @@ class RootChannel:
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
-        self._next = 1
+        self._next = secrets.randbits(31) + 1  # not 1: a late answer meant for a restarted process's request never matches
 
     async def request(self, op: str, text: str = "", *, timeout: float = ANSWER_WAIT) -> dict[str, Any]:
         """Send one request; the supervisor's answer (a dict, DESCRIPTION). ChannelError when none."""

@@ -3,7 +3,8 @@ root: the root supervisor writes the file for the admin API. A PATCH of inbound.
 applies live (the next message with that attachment gets 550) and keeps the file's comments, owner
 and mode; a PATCH of a key that names a file (server.data_dir, a DKIM key) is refused naming it,
 and nothing changes; `workers: 1` with server.user runs a supervisor, one SMTP worker and the
-queue manager's process."""
+queue manager's process; the supervisor's side alone refuses, bounds and drops what it must; the
+channel survives a restart of the queue manager's process."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import base64
 import json
 import os
 import pwd
+import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -21,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import Mta, _children
-from smtpclient import UNTRUSTED, SmtpClient, wait_for_log
+from smtpclient import UNTRUSTED, SmtpClient, wait_for, wait_for_log
 
 from mtaserver.admin import rootwriter
 from mtaserver.admin.configfile import ROOT_ONLY_WHY
@@ -233,3 +236,16 @@ def test_a_broken_request_is_dropped_and_the_channel_goes_on(tmp_path):
     answer = ask(w, theirs, "change", edited(path, inbound={"blocked_extensions": ["iso"]}), rid=5)
     assert answer["id"] == 5 and answer["ok"], answer
     assert reloads == [1]
+
+
+def test_the_queue_manager_restarted_keeps_the_channel(open_dir):
+    mta = started(open_dir)
+    try:
+        manager = int(re.search(r"\[(\d+)\]: queue manager process ready", mta.log()).group(1))
+        os.kill(manager, signal.SIGKILL)
+        wait_for(lambda: mta.log().count("admin API ready") == 2, timeout=15, what="the queue manager's process restarted")
+        status, _, body = mta.api("PATCH", "/api/config", {"inbound": {"blocked_extensions": ["exe"]}}, token=mta.admin_token())
+        assert status == 200 and body["changed"] == ["inbound.blocked_extensions"], body
+        assert send(mta, attachment_message("setup.exe"))[0] == 550
+    finally:
+        assert mta.stop() == 0

@@ -435,8 +435,12 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
     if ident is not None and admin is not None:  # before any fork: the channel of admin/rootwriter.py
 
         def check_as_user(new: Config) -> list[tuple[str, str]]:
-            with supervisor.as_user(ident):  # as the workers will read them; root reads nothing of the mail user's tree
-                return check_files(new)
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # `forward` runs as root, after
+            try:
+                with supervisor.as_user(ident):  # as the workers will read them; root reads nothing of the mail user's tree
+                    return check_files(new)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
         ours, theirs = rootwriter.channel()
         writer = RootWriter(ours, path, check_files=check_as_user, reload=lambda: hup())

@@ -47,7 +47,10 @@ def panel_mta(make_mta: Any, overrides: dict[str, Any] | None = None) -> Mta:
     return mta
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop marked as running in this
+# thread while it is started, and every asyncio test after it (pytest-asyncio) would then fail with
+# "Runner.run() cannot be called from a running event loop". Stopped at the end of each panel module.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     path = require_tool("chromium")
     try:

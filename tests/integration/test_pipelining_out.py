@@ -148,7 +148,7 @@ def test_relay_to_another_mtaserver(make_mta):
         assert len(got) == n
         assert {email.message_from_bytes(m)["Subject"] for m in got} == {f"m{i}" for i in range(n)}
         for m in got:
-            assert m.endswith(b"\r\n.a line that starts with a dot\r\n..two dots\r\n.\r\nafter a lone dot\r\n")
+            assert m.endswith(b"\n.a line that starts with a dot\n..two dots\n.\nafter a lone dot\n")  # maildir: LF lines
     assert len(dsns) == n
     for d in dsns:
         assert b"Final-Recipient: rfc822; nobody@elsewhere.test" in d and b"Status: 5.7.1" in d

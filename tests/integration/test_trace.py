@@ -123,11 +123,13 @@ def test_client_bytes_are_escaped_in_the_log(mta):
     wait_for_log(mta, "non-SMTP command")
     wait_for_log(mta, "disconnect from unknown[127.0.0.2]")
     raw = mta.log_path.read_bytes()
-    assert b"helo=<evil\\x01\\x1b[31m\\xc3\\xa9\\xff\\\\name>" in raw, raw.decode(errors="replace")
+    # controls and invalid bytes escaped; valid UTF-8 (é) shown as UTF-8 (issue 15)
+    assert "helo=<evil\\x01\\x1b[31mé\\xff\\\\name>".encode() in raw, raw.decode(errors="replace")
     assert b"GET /\\x1b]0;pwned\\x07" in raw
-    # nothing but printable ASCII and newlines in the whole log
-    bad = {b for b in raw if not (0x20 <= b < 0x7F or b == 0x0A)}
-    assert not bad, f"raw bytes in the log: {sorted(bad)}"
+    # nothing but printable UTF-8 and newlines in the whole log: no control character, no invalid byte
+    text = raw.decode("utf-8")  # raises on an invalid byte
+    bad = {c for c in text if (c < " " and c != "\n") or "\x7f" <= c <= "\x9f"}
+    assert not bad, f"raw control characters in the log: {sorted(bad)}"
 
 
 def test_received_header_escapes_the_helo_name(make_mta):

@@ -397,7 +397,7 @@ def _run_locked(cfg: Config, path: str, ident: supervisor.Identity | None) -> in
     store = QueueStore(cfg.queue_path)
     with supervisor.as_user(ident):  # root's work in the mail user's tree touches only what it could
         counts = store.recover()
-        metrics.setup(cfg.data_path / "metrics", cfg.queue_path)  # emptied; before any fork
+        metrics.setup(metrics.directory_for(cfg.data_path), cfg.queue_path)  # on tmpfs, emptied; before any fork
     if any(counts.values()):
         log.info("queue recovery: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     n = cfg.server.worker_count()

@@ -3,9 +3,12 @@
 DESCRIPTION
     prometheus-client in multiprocess mode. `setup(directory)` runs once, in the process that
     starts the server (the supervisor, or the only process with `workers: 1`), before any
-    worker exists: it empties `directory` (data_dir/metrics), points PROMETHEUS_MULTIPROC_DIR
+    worker exists: it empties `directory` (`directory_for(data_dir)`: /dev/shm/mtaserver-<hash of
+    data_dir>, on tmpfs, so a full spool disk never fails a write into an mmap'ed page, which
+    would be a SIGBUS; data_dir/metrics without /dev/shm), points PROMETHEUS_MULTIPROC_DIR
     at it, and only then imports prometheus_client (which picks its value class at import)
-    and defines the metrics below. Each process then writes its numbers into its own
+    and defines the metrics below. A number that cannot be recorded (ENOSPC, EMFILE) is lost
+    and logged once a minute; it never fails the session or delivery recording it. Each process then writes its numbers into its own
     mmap'ed files there (<type>_<pid>.db); a fork is noticed by the library at the next
     write, which moves the child to files of its own pid. `process_dead(pid)` is called by
     the supervisor when it reaps a worker: the dead process's live gauges go, its counters
@@ -64,11 +67,18 @@ CONFIG
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("master")
 
 # -- the definitions ---------------------------------------------------------------------------
 # (kind, name, help, labels[, extra]) -- the one table of every metric; `setup` builds them.
@@ -156,6 +166,29 @@ _dir: Path | None = None
 _queue_root: Path | None = None
 
 
+SHM = Path("/dev/shm")
+
+
+def directory_for(data_dir: Path, shm: Path = SHM) -> Path:
+    """Where this instance's metrics files live: a directory of its own on /dev/shm (tmpfs), named
+    after data_dir, so that a full spool disk never fails a metric write (a write into an mmap'ed
+    page the disk cannot back is a SIGBUS, not an error); data_dir/metrics when /dev/shm is not
+    there or the name is taken by something that is not ours (another user's, a link)."""
+    fallback = Path(data_dir) / "metrics"
+    if not shm.is_dir() or not os.access(shm, os.W_OK | os.X_OK):
+        return fallback
+    tag = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+    path = shm / f"mtaserver-{tag}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700:
+        return path
+    log.warning("metrics: %s is not a directory of ours (mode 0700): using %s instead", path, fallback)
+    return fallback
+
+
 def setup(directory: Path, queue_root: Path | None = None) -> None:
     """Start recording: empty `directory`, point prometheus-client at it and define the metrics.
     Call once, before any worker is forked (the library must be imported after the variable
@@ -210,7 +243,30 @@ def process_dead(pid: int) -> None:
 
 # -- recording (each a no-op before setup) -----------------------------------------------------
 
+_last_failure = 0.0
 
+
+def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    """A metric that cannot be recorded (its file cannot be created or grown: ENOSPC, EMFILE)
+    costs that one number, never the session or the delivery that records it; logged at most
+    once a minute."""
+
+    @functools.wraps(fn)
+    def record(*args: Any, **kwargs: Any) -> None:
+        global _last_failure
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (counting must never break mail)
+            now = time.monotonic()
+            if now - _last_failure > 60:
+                _last_failure = now
+                log.warning("metrics: %s not recorded: %s", fn.__name__, exc)
+
+    return record
+
+
+
+@_guarded
 def connected(listener: Any, transport: Any = None) -> None:
     """An SMTP connection was accepted on `listener` (a config Listener); an implicit-TLS one
     counts as a TLS session too."""
@@ -223,12 +279,14 @@ def connected(listener: Any, transport: Any = None) -> None:
         tls_established(name, transport.get_extra_info("ssl_object"))
 
 
+@_guarded
 def disconnected(listener: Any) -> None:
     if _m is None:
         return
     _child("mtaserver_smtpd_sessions", listener.name).dec()
 
 
+@_guarded
 def tls_established(listener: str, ssl_obj: Any) -> None:
     if _m is None or ssl_obj is None:
         return
@@ -236,6 +294,7 @@ def tls_established(listener: str, ssl_obj: Any) -> None:
     _child("mtaserver_smtpd_tls_connections", listener, ssl_obj.version() or "?", cipher[0], cipher[2]).inc()
 
 
+@_guarded
 def auth(mechanism: str, result: str) -> None:
     """result: success, failure or tempfail; `mechanism` is one the engine knows (PLAIN, LOGIN)."""
     if _m is None:
@@ -243,12 +302,14 @@ def auth(mechanism: str, result: str) -> None:
     _child("mtaserver_smtpd_auth", mechanism, result).inc()
 
 
+@_guarded
 def accepted(sasl_method: str) -> None:
     if _m is None:
         return
     _child("mtaserver_smtpd_messages_accepted", sasl_method).inc()
 
 
+@_guarded
 def rejected(stage: str, code: int, reason: str) -> None:
     """A refusal sent to a client. `reason`: a verdict's reason (mapped by reason_label) or a
     label of REASONS."""
@@ -258,12 +319,14 @@ def rejected(stage: str, code: int, reason: str) -> None:
     _child("mtaserver_smtpd_rejects", stage, code, label).inc()
 
 
+@_guarded
 def postscreen(test: str, result: str) -> None:
     if _m is None:
         return
     _child("mtaserver_postscreen_results", test, result).inc()
 
 
+@_guarded
 def filter_steps(trail: Iterable[dict[str, Any]]) -> None:
     """The decision trail of one message: each filter's result and time."""
     if _m is None:
@@ -274,18 +337,21 @@ def filter_steps(trail: Iterable[dict[str, Any]]) -> None:
         _child("mtaserver_filter_duration_seconds", f).observe(step["ms"] / 1000.0)
 
 
+@_guarded
 def filter_error(filter_name: str, kind: str) -> None:
     if _m is None:
         return
     _child("mtaserver_filter_errors", filter_name, kind).inc()
 
 
+@_guarded
 def dns_error(qtype: str, kind: str) -> None:
     if _m is None:
         return
     _child("mtaserver_dns_errors", qtype, kind).inc()
 
 
+@_guarded
 def delivery(status: str, delay: float) -> None:
     """One recipient's result (sent, deferred, bounced, expired); `delay` since arrival."""
     if _m is None:
@@ -295,6 +361,7 @@ def delivery(status: str, delay: float) -> None:
         _child("mtaserver_delivery_delay_seconds").observe(delay)
 
 
+@_guarded
 def queue_event(event: str) -> None:
     """A message left the queue (removed), expired, or went to deferred/."""
     if _m is None:
@@ -302,6 +369,7 @@ def queue_event(event: str) -> None:
     _child(f"mtaserver_queue_messages_{event}").inc()
 
 
+@_guarded
 def dsn(kind: str) -> None:
     if _m is None:
         return

@@ -133,3 +133,33 @@ def test_recording_before_setup_does_nothing():
     M.filter_steps([{"filter": "antivirus", "result": "clean", "ms": 3.0}])
     M.delivery("sent", 1.0)
     assert M._children == {}
+
+
+def test_a_metric_that_cannot_be_recorded_never_breaks_the_caller(tmp_path):
+    from mtaserver.admin import metrics
+
+    def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    assert metrics._guarded(full_disk)() is None
+
+
+def test_the_metrics_directory_is_on_tmpfs_and_only_ever_ours(tmp_path):
+    import os
+
+    from mtaserver.admin import metrics
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    data = tmp_path / "var"
+    mine = metrics.directory_for(data, shm)
+    assert mine.parent == shm and mine.name.startswith("mtaserver-")
+    assert metrics.directory_for(data, shm) == mine, "the same data_dir, the same directory"
+    mine.symlink_to(tmp_path)  # planted by someone else: not followed
+    assert metrics.directory_for(data, shm) == data / "metrics"
+    mine.unlink()
+    mine.mkdir(mode=0o755)
+    os.chmod(mine, 0o755)
+    assert metrics.directory_for(data, shm) == data / "metrics", "not 0700: not ours"
+    os.chmod(mine, 0o700)
+    assert metrics.directory_for(data, shm) == mine

@@ -236,6 +236,15 @@ def test_screenshots_of_the_settings_pages(make_mta, page):  # noqa: F811
         assert page.locator("h1").inner_text()
         if name in ("inbound", "outbound", "advanced"):
             p.shot(name)
+    # Phone width: the settings pages fit the screen (no sideways scrolling) and the nav wraps.
+    p.goto("/inbound")
+    p.shot("inbound-phone", width=375)
+    page.set_viewport_size({"width": 375, "height": 800})
+    for path in PAGES.values():
+        p.goto(path)
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 1, f"{path}: {overflow} px wider than a 375 px screen"
+    page.set_viewport_size({"width": 1280, "height": 900})
     p.goto("/advanced")
     assert page.locator("#f-advanced-max-message-size-mb").input_value() == "9.77"
     assert page.locator("#f-advanced-max-message-size").is_checked()  # Custom, not No limit

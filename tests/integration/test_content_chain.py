@@ -20,7 +20,7 @@ from scanners import (  # noqa: F401  (the fixtures spamd and clamd)
     message_with_attachment,
     spamd_fixture,
 )
-from smtpclient import TRUSTED, UNTRUSTED, SmtpClient, queue_id_of, wait_for_log
+from smtpclient import TRUSTED, UNTRUSTED, SmtpClient, queue_id_of, wait_for, wait_for_log
 
 from conftest import free_port
 
@@ -295,3 +295,21 @@ def test_bounce_for_an_outsider_is_a_reject_in_data(make_mta):
     r = send(mta, message_with_attachment(b"MZ", filename="a.exe"), client=UNTRUSTED)
     assert r.line == '550 5.7.1 Attachment type not allowed. File "a.exe" has the unacceptable extension "exe"'
     assert mta.queued() == [], "no bounce to a sender who may be forged"
+
+
+def test_the_notices_reach_the_postmasters_and_the_recipients_mailboxes(make_mta):
+    mta = make_mta({"inbound": {"blocked_extensions": ["exe"]}, "advanced": {"postmaster": "postmaster@example.test"},
+                    "queue": {"manager": True}})  # fmt: skip
+    r = send(mta, message_with_attachment(b"MZ" * 50, filename="tool.exe"), rcpts=("a@example.test",))
+    assert r.code == 550
+    maildir = mta.data_dir / "mail" / "example.test"
+
+    def delivered(user: str) -> list[bytes]:
+        new = maildir / user / "new"
+        return [f.read_bytes() for f in new.iterdir()] if new.is_dir() else []
+
+    wait_for(lambda: delivered("a") and delivered("postmaster"), 15, what="both notices in their mailboxes")
+    (to_rcpt,), (to_admin,) = delivered("a"), delivered("postmaster")
+    assert b"Subject: A message for you was blocked" in to_rcpt and b"Delivered-To: a@example.test" in to_rcpt
+    assert b"Subject: Blocked message from <s@client.test>" in to_admin and b"tool.exe" in to_admin
+    assert b"MZMZ" not in to_rcpt + to_admin

@@ -143,6 +143,8 @@ def combine(outcomes: Sequence[Outcome]) -> Combined:
 _SUBJECT = re.compile(rb"(?im)^subject:[ \t]*")
 _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
 SPAM_HEADERS = frozenset((b"x-spam-flag", b"x-spam-score", b"x-spam-level", b"x-spam-status"))
+_HAS_AR = re.compile(rb"(?im)^authentication-results[ \t]*:")
+_HAS_SPAM = re.compile(rb"(?im)^x-spam-(?:flag|score|level|status)[ \t]*:")
 HEAD_MAX = 256 * 1024  # the header section looked at for From, Subject, forged headers
 SIGN_ON_LOOP = 32 * 1024  # a larger message is signed in the filters' threads (RSA-2048: ~14 ms at 1 KB, ~50 ms at 256 KB)
 
@@ -344,9 +346,10 @@ class FilterChain:
             from .dkim import strip_forged
 
             hostname = cfg.server.hostname
-            self.strips += (lambda head: strip_forged(head, hostname),)
+            # A regex search first: the field parser only runs on a head that has such a field.
+            self.strips += (lambda head: strip_forged(head, hostname) if _HAS_AR.search(head) else head,)
         if cfg.antispam.enabled:
-            self.strips += (lambda head: strip_fields(head, SPAM_HEADERS),)
+            self.strips += (lambda head: strip_fields(head, SPAM_HEADERS) if _HAS_SPAM.search(head) else head,)
 
     @property
     def wanted(self) -> bool:

@@ -375,6 +375,7 @@ def run(path: str) -> int:
     try:
         return _run_locked(cfg, path, ident)
     finally:
+        metrics.teardown()  # the tmpfs files go with the server (after a kill -9, the next start empties them)
         lock.release()
 
 

@@ -232,6 +232,19 @@ def _child(name: str, *labels: Any) -> Any:
     return c
 
 
+def teardown() -> None:
+    """The server stops: its metrics directory goes if it is the one on tmpfs (memory, not disk)."""
+    global _m
+    if _dir is None or _dir.parent != SHM:
+        return
+    _m = None
+    try:
+        if _dir.is_dir() and not _dir.is_symlink():
+            shutil.rmtree(_dir)
+    except OSError as exc:
+        log.warning("metrics: %s not removed: %s", _dir, exc)
+
+
 def process_dead(pid: int) -> None:
     """A worker was reaped: its live gauges no longer count (its counters do)."""
     if _m is None or _dir is None:

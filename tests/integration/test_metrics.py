@@ -213,3 +213,13 @@ def test_every_metric_is_described_with_no_token_on_loopback(make_mta):
                  "mtaserver_queue_messages", "mtaserver_queue_oldest_age_seconds"):  # fmt: skip
         assert f"# HELP {name} " in text, name
     assert 'mtaserver_queue_messages{queue="incoming"} 0.0' in text
+
+
+def test_the_tmpfs_metrics_directory_goes_with_the_server(make_mta):
+    from mtaserver.admin.metrics import SHM, directory_for
+
+    mta = make_mta()
+    where = directory_for(mta.data_dir)
+    assert where.parent == SHM and where.is_dir(), "the multiprocess files live on tmpfs while it runs"
+    assert mta.stop() == 0
+    assert not where.exists(), "a stopped server leaves nothing in /dev/shm"

@@ -102,7 +102,6 @@ class Notices:
 class Outcome:
     verdict: Verdict
     step: Step | None
-    strip: Callable[[bytes], bytes] | None = None  # an edit of the header section (forged headers out)
     notices: Notices | None = None
 
 
@@ -110,7 +109,6 @@ class Outcome:
 class Combined:
     verdict: Verdict  # CONTINUE with every filter's headers and tag, or the winning final verdict
     winner: Outcome | None
-    strips: tuple[Callable[[bytes], bytes], ...] = ()
 
 
 def combine(outcomes: Sequence[Outcome]) -> Combined:
@@ -132,9 +130,8 @@ def combine(outcomes: Sequence[Outcome]) -> Combined:
             tag = tag or v.subject_tag
             if v.reason:
                 reasons.append(v.reason)
-    strips = tuple(o.strip for o in outcomes if o.strip is not None)
     base = winner.verdict if winner is not None else CONTINUE
-    return Combined(replace(base, headers=headers, subject_tag=tag, reason="; ".join(reasons)), winner, strips)
+    return Combined(replace(base, headers=headers, subject_tag=tag, reason="; ".join(reasons)), winner)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +375,7 @@ class FilterChain:
             log.info("%s: filters: %s", msg.queue_id, ", ".join(o.step.text() for o in outcomes if o.step is not None))
         verdict = result.verdict
         if verdict.decision in (Decision.CONTINUE, Decision.HOLD, Decision.ACCEPT):
-            strips = (*self.strips, *result.strips)
+            strips = self.strips
             if verdict.headers or verdict.subject_tag or strips:
                 offset = msg.header_offset
                 await msg.edit_head(lambda head: edit_head(head, offset, verdict, strips))

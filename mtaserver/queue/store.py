@@ -468,6 +468,8 @@ class Spool:
                 window = src.read(limit + 4)
                 end = head_end(window, limit)
                 head = edit(window[:end])
+                if head == window[:end]:
+                    return  # nothing changed: no copy of a large message
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 with os.fdopen(fd, "wb", buffering=65536) as dst:
                     dst.write(head)
@@ -629,7 +631,9 @@ class QueueStore:
         if not spool.on_disk:
             data = b"".join(spool._chunks)
             end = head_end(data, limit)
-            spool.replace(edit(data[:end]) + data[end:])
+            head = edit(data[:end])
+            if head != data[:end]:  # an edit that changes nothing (no forged header to strip) costs no copy
+                spool.replace(head + data[end:])
             return
         assert self._pool is not None
         await asyncio.get_running_loop().run_in_executor(self._pool, spool.edit_file_head, edit, limit)

@@ -45,17 +45,25 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
         proc.wait()
 
 
+# Ports handed out for servers come from below the kernel's ephemeral range (32768-60999 on
+# Debian): a port taken there by bind(0) and released can be grabbed as the local port of any
+# outgoing connection before the server under test binds it ("Address already in use").
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+_next_port = _PORT_LOW + (os.getpid() * 97) % (_PORT_HIGH - _PORT_LOW)
+
+
 def free_port(*also: str) -> int:
-    """A TCP port free on 127.0.0.1 and on every address in `also` (a server that binds one
-    port on several 127.0.0.x must not meet a client's ephemeral port there)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    """A port free for TCP and UDP on 127.0.0.1 and on every address in `also`, outside the ephemeral
+    range so that no client socket can take it between this call and the server's bind."""
+    global _next_port
+    for _ in range(_PORT_HIGH - _PORT_LOW):
+        port = _next_port
+        _next_port = _PORT_LOW + (_next_port + 1 - _PORT_LOW) % (_PORT_HIGH - _PORT_LOW)
         try:
-            for host in also:
-                with socket.socket() as t:
-                    t.bind((host, port))
+            for host in ("127.0.0.1", *also):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):  # a DNS server binds both
+                    with socket.socket(socket.AF_INET, kind) as t:
+                        t.bind((host, port))
         except OSError:
             continue
         return port

@@ -577,12 +577,7 @@ class Session(asyncio.Protocol):
         handed = False  # to _end_of_message, which discards it when it is not committed
         try:
             e.data_started()
-            self._data = []
-            self._data_bytes = 0
-            rest = e.take_input()
-            if rest:
-                self._data.append(rest)
-                self._data_bytes = len(rest)
+            self._collect_input()
             await self._flush()  # the header is made while the client starts sending
             received = self._received_header(qid, tx)
             spool.write(received)
@@ -634,34 +629,14 @@ class Session(asyncio.Protocol):
         """Exactly `size` bytes of input into the message (what follows them is given back to
         the engine: pipelined commands). False: the connection was lost or timed out."""
         e = self.engine
-        loop = self.loop
-        chunks: list[bytes] = []
-        self._data = chunks
-        self._data_bytes = 0
-        first = e.take_input()
-        if first:
-            chunks.append(first)
-            self._data_bytes = len(first)
-        deadline = DataDeadline(loop.time(), self.limits.data_timeout, self.limits.min_data_rate)
+        self._collect_input()
+        deadline = DataDeadline(self.loop.time(), self.limits.data_timeout, self.limits.min_data_rate)
         need = size
         try:
             while need:
-                if not chunks:
-                    if self._eof or self._closing:
-                        return False
-                    self._arm(deadline.at - loop.time())
-                    try:
-                        await self._wait_input()
-                    finally:
-                        self._disarm()
-                    continue
-                chunk = chunks.pop() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._data_bytes = 0
-                if self._reading_paused and self.transport is not None:
-                    self._reading_paused = False  # paused by a full engine buffer or DATA_BUFFER: taken now
-                    self.transport.resume_reading()
-                deadline.progress(len(chunk), loop.time())
+                chunk = await self._next_input(deadline)
+                if chunk is None:
+                    return False
                 if len(chunk) > need:
                     e.unread(chunk[need:])  # the next commands
                     chunk = chunk[:need]
@@ -793,31 +768,13 @@ class Session(asyncio.Protocol):
         return False
 
     async def _receive(self, spool: Spool, scanner: DataScanner) -> DataScanner | None:
-        chunks = self._data
-        assert chunks is not None
-        loop = self.loop
         # server.limits.min_data_rate: a slow sender's reads buy it less time than they take
-        deadline = DataDeadline(loop.time(), self.limits.data_timeout, self.limits.min_data_rate)
+        deadline = DataDeadline(self.loop.time(), self.limits.data_timeout, self.limits.min_data_rate)
         while True:
-            if not chunks:
-                if self._eof or self._closing:
-                    log.info("lost connection after DATA (%d bytes) from %s", scanner.size, self._label())
-                    return None
-                self._arm(deadline.at - loop.time())
-                try:
-                    await self._wait_input()
-                finally:
-                    self._disarm()
-                continue
-            # Everything that arrived meanwhile in one piece: one scan of many small reads
-            # (busy workers get them in pieces), at most DATA_BUFFER and a read.
-            chunk = chunks.pop() if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            self._data_bytes -= len(chunk)
-            deadline.progress(len(chunk), loop.time())
-            if self._reading_paused and self._data_bytes < DATA_BUFFER // 2 and self.transport is not None:
-                self._reading_paused = False
-                self.transport.resume_reading()
+            chunk = await self._next_input(deadline)
+            if chunk is None:
+                log.info("lost connection after DATA (%d bytes) from %s", scanner.size, self._label())
+                return None
             result = scanner.feed(chunk)
             if result.content:
                 spool.write(result.content)
@@ -826,6 +783,38 @@ class Session(asyncio.Protocol):
                 self._data_bytes = 0
                 self.engine.unread(result.leftover)  # pipelined commands after the dot
                 return scanner
+
+    def _collect_input(self) -> None:
+        """From here on data_received hands the message bytes to `_next_input`, beginning with
+        what the engine holds already (pipelined behind DATA's 354 or the BDAT command)."""
+        rest = self.engine.take_input()
+        self._data = [rest] if rest else []
+        self._data_bytes = len(rest)
+
+    async def _next_input(self, deadline: DataDeadline) -> bytes | None:
+        """The message bytes (DATA or BDAT) that arrived since the last call, in one piece: one
+        scan of many small reads (busy workers get them in pieces), at most DATA_BUFFER and a
+        read; reading resumes if a full buffer paused it. None: the connection was lost, or the
+        deadline passed (the timer closed it)."""
+        chunks = self._data
+        assert chunks is not None
+        loop = self.loop
+        while not chunks:
+            if self._eof or self._closing:
+                return None
+            self._arm(deadline.at - loop.time())
+            try:
+                await self._wait_input()
+            finally:
+                self._disarm()
+        chunk = chunks.pop() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._data_bytes = 0
+        deadline.progress(len(chunk), loop.time())
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False  # paused by DATA_BUFFER or a full engine buffer: taken now
+            self.transport.resume_reading()
+        return chunk
 
     def _protocol_name(self, tx: E.Transaction) -> str:
         e = self.engine

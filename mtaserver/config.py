@@ -17,6 +17,7 @@ CONFIG
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -644,10 +645,32 @@ def _admin_listen(v: Any) -> Endpoint | None:
     return ep
 
 
+def _allowed_host(v: Any) -> str:
+    """An admin.allowed_hosts entry: `*`, a host name (lower case, no trailing dot) or an IP address
+    (its canonical text, an IPv6 one without brackets). No port: the Host header's is not compared."""
+    if not isinstance(v, str):
+        raise ValueError(f"expected a host name, an IP address or *, not {v!r}")
+    text = v.strip().lower()
+    if text == "*":
+        return text
+    try:
+        return str(ipaddress.ip_address(text.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        pass
+    if ":" in text:
+        raise ValueError(f"{v!r}: a host name or an IP address without a port (the port of the Host header is not compared)")
+    if text.startswith("."):
+        raise ValueError(f"{v!r}: one host name per entry (no .domain patterns), or * for any")
+    return check_domain(text)
+
+
 class AdminConfig(Strict):
     listen: Annotated[Endpoint | None, BeforeValidator(_admin_listen)] = parse_endpoint("127.0.0.1:8025")  # null: no admin API
     token_file: str = Field("admin.token", min_length=1)  # relative to data_dir; "<role> <token> [name]" lines
     audit_log: str = Field("admin-audit.log", min_length=1)  # relative to data_dir; one line per state-changing request
+    # Host header names the API and the panel answer besides localhost, a loopback address, admin.listen's
+    # address and server.hostname (DNS rebinding: admin/api.py Guard); "*": any.
+    allowed_hosts: list[Annotated[str, BeforeValidator(_allowed_host)]] = []
 
 
 class Config(Strict):

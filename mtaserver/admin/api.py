@@ -55,7 +55,12 @@ DESCRIPTION
 SECURITY
     Listens on loopback by default. Tokens are compared in constant time and never logged.
     The client IP is the socket's peer (proxy headers are ignored: they would let a local
-    client write any IP into the audit log). `Guard`, an ASGI layer in front of the app,
+    client write any IP into the audit log). `Guard`, an ASGI layer in front of the app (the
+    API, /metrics and the panel alike), first answers 421 to a request whose Host header names
+    none of localhost, a loopback address, the address the connection came in on (admin.listen),
+    server.hostname and admin.allowed_hosts: a web page whose name an attacker points at
+    127.0.0.1 (DNS rebinding) gets nothing from a browser on this machine, not even the
+    token-free /metrics of a loopback listener; one warning line per minute says so. It then
     answers 401 to a request under /api/ (but /api/health) without a known token before any
     routing or body parsing, and reads every body itself up to MAX_BODY bytes (413 past it,
     declared or streamed): an unauthenticated client never gets a body parsed, nor memory
@@ -65,10 +70,11 @@ SECURITY
     log only through logutil.sanitize.
 
 STANDARDS
-    RFC 6750 (bearer tokens), RFC 7396 (JSON merge patch), RFC 9110 (HTTP semantics).
+    RFC 6750 (bearer tokens), RFC 7396 (JSON merge patch), RFC 9110 (HTTP semantics; 7.2 Host,
+    15.5.20 421 Misdirected Request).
 
 CONFIG
-    admin.listen, admin.token_file, admin.audit_log, server.hostname, server.data_dir; reads
+    admin.listen, admin.token_file, admin.audit_log, admin.allowed_hosts, server.hostname, server.data_dir; reads
     every key for GET /api/config; postscreen.cache.* for the cache; antispam.spamd,
     antivirus.clamd, auth.*, dkim.* for the services view.
 """
@@ -635,18 +641,108 @@ async def _read_body(request: Request) -> bytes:
 
 
 OPEN_PATHS = ("/api/health",)  # under /api/, the only path without a token
+HOST_WARN_INTERVAL = 60.0  # seconds between two log lines about refused Host headers (the others are counted)
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+_HOST_PORT = re.compile(r"(:[0-9]{0,5})?")
+
+
+def host_name(value: str) -> str | None:
+    """The name part of a Host header value (RFC 9110 7.2, `uri-host [":" port]`): lower case, no
+    port, no trailing dot, an IP address in its canonical text (an IPv6 one without brackets).
+    None when it is not a valid Host value. Pure."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        name, bracket, port = v[1:].partition("]")
+        if not bracket or "%" in name:  # no zone id (%eth0) in a URL's host
+            return None
+        try:
+            name = str(ipaddress.IPv6Address(name))
+        except ValueError:
+            return None
+    else:
+        name, colon, port = v.partition(":")
+        port = colon + port
+        if not _HOST_NAME.fullmatch(name):
+            return None
+        name = name.rstrip(".")
+        with contextlib.suppress(ValueError):
+            name = str(ipaddress.IPv4Address(name))
+    if not _HOST_PORT.fullmatch(port):
+        return None
+    return name
+
+
+def host_allowed(value: str | None, names: frozenset[str], local_ip: str | None = None) -> bool:
+    """May a request with this Host header (None: none was sent) be answered? Allowed: localhost, a
+    loopback address (127.0.0.0/8, ::1), `local_ip` (the address the connection came in on) and
+    `names` (canonical: admin.listen's address, server.hostname, admin.allowed_hosts; "*": any).
+    A browser always sends Host, so a request without one is no DNS rebinding. Pure."""
+    if "*" in names or value is None:
+        return True
+    name = host_name(value)
+    if name is None:
+        return False
+    if name == "localhost" or name in names or name == local_ip:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_names(cfg: Config) -> frozenset[str]:
+    """The `names` of host_allowed for a configuration. Pure."""
+    out = {cfg.server.hostname.lower().rstrip("."), *cfg.admin.allowed_hosts}
+    if cfg.admin.listen is not None and cfg.admin.listen.host:
+        out.add(host_name(f"[{cfg.admin.listen.host}]" if ":" in cfg.admin.listen.host else cfg.admin.listen.host) or "")
+    out.discard("")
+    return frozenset(out)
 
 
 class Guard:
-    """ASGI layer in front of the FastAPI app (SECURITY): a token before routing, a bounded body."""
+    """ASGI layer in front of the FastAPI app (SECURITY): the Host header (DNS rebinding) and a token
+    before routing, a bounded body. Every path goes through it: the API, /metrics, the panel's pages
+    and its static files."""
 
     def __init__(self, app: ASGIApp, admin: AdminServer) -> None:
         self.app = app
         self.admin = admin
+        self._names: tuple[Config | None, frozenset[str]] = (None, frozenset())
+        self._quiet_until = float("-inf")  # time.monotonic() before which a refused Host is counted, not logged
+        self._unlogged = 0
+
+    def _host_ok(self, scope: Scope) -> bool:
+        hosts = [v for k, v in scope["headers"] if k.lower() == b"host"]
+        if len(hosts) > 1:  # RFC 9112 3.2: 400 for more than one Host; h11 refuses it already
+            return False
+        cfg = self.admin.worker.config
+        if self._names[0] is not cfg:  # once per configuration (a reload may change the names)
+            self._names = (cfg, host_names(cfg))
+        local = scope.get("server")
+        local_ip = host_name(f"[{local[0]}]" if ":" in local[0] else local[0]) if local else None
+        return host_allowed(hosts[0].decode("latin-1") if hosts else None, self._names[1], local_ip)
+
+    def _host_refused(self, scope: Scope) -> None:
+        """The rate-limited warning: one line per HOST_WARN_INTERVAL, with the count of those not logged."""
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self._unlogged += 1
+            return
+        host = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"")
+        client = scope.get("client") or ("-", 0)
+        more = f" ({self._unlogged} more refused since the last such line)" if self._unlogged else ""
+        log.warning("admin API: %s %s from %s: Host %s is not a name of this server (admin.allowed_hosts): refused%s",
+                    scope["method"], sanitize(scope["path"], 100), client[0], sanitize(host, 100), more)  # fmt: skip
+        self._quiet_until = now + HOST_WARN_INTERVAL
+        self._unlogged = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if not self._host_ok(scope):
+            self._host_refused(scope)
+            await _answer(send, 421, "this server does not answer for that Host name (admin.allowed_hosts)")
             return
         path, method = scope["path"], scope["method"]
         headers = {k.lower(): v for k, v in scope["headers"]}

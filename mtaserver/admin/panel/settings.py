@@ -11,8 +11,10 @@ DESCRIPTION
       GET|POST /advanced     Advanced                    advanced.*
       GET|POST /server       Single Server               servers.<server.hostname>: inherited or overridden
 
-    A page is a list of `Field`s, each bound to one dotted config key and a kind of control.
-    The mapping is pure: `page_values` (the config as form values), `form_values` (what the
+    A page is a table of `Section`s (its cards, laid out in grids where a `Part` says) of `Field`s,
+    each bound to one dotted config key and a kind of control. That one table is what
+    templates/_settings.html lays out (with the controls of _fields.html) and what reads the
+    form back, for every page. The mapping is pure: `page_values` (the config as form values), `form_values` (what the
     user typed, to show it again), `form_patch` (the JSON merge patch of the keys whose value
     the form changed; unchanged keys are not written, so a key the operator left out of the
     file stays out), `server_values` / `server_patch` (the same for a node's overrides) and
@@ -99,11 +101,56 @@ class Field:
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """Fields of a section shown one under the other (columns 0) or side by side in a grid of 2 or 3
+    columns (narrow screens stack them)."""
+
+    fields: tuple[Field, ...]
+    columns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One card of a page: its heading (empty: none), its fields in parts, and `anchor`, its HTML id
+    after "section-" (empty: its position on the page)."""
+
+    heading: str
+    parts: tuple[Part, ...]
+    anchor: str = ""
+
+    @property
+    def fields(self) -> tuple[Field, ...]:
+        return tuple(f for part in self.parts for f in part.fields)
+
+
+def grid(columns: int, *fields: Field) -> Part:
+    return Part(fields, columns)
+
+
+def section(heading: str, *items: Field | Part, anchor: str = "") -> Section:
+    """A Section of fields and grids in page order: fields in a row make one plain part."""
+    parts: list[Part] = []
+    for item in items:
+        if isinstance(item, Part):
+            parts.append(item)
+        elif parts and not parts[-1].columns:
+            parts[-1] = Part((*parts[-1].fields, item))
+        else:
+            parts.append(Part((item,)))
+    return Section(heading, tuple(parts), anchor)
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
+    """A settings page: the one description its template lays out and its form is read by."""
+
     name: str  # URL segment and template name
     title: str
-    fields: tuple[Field, ...]
-    sections: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (heading, keys) in page order
+    sections: tuple[Section, ...]
+
+    @property
+    def fields(self) -> tuple[Field, ...]:
+        return tuple(f for s in self.sections for f in s.fields)
 
     def field(self, key: str) -> Field:
         for f in self.fields:
@@ -139,205 +186,200 @@ def _deep(test: str, label: str, what: str) -> tuple[Field, ...]:
 
 
 INBOUND = Page("inbound", "Inbound Flow & Security", (
-    Field("inbound.blocked_extensions", "Blocked extensions", "chips",
-          "Type an extension (letters and digits only, e.g. exe) and press space; click a chip to remove it. "
-          "Matched case-insensitively on the last extension of every attachment's file name, also inside "
-          "forwarded messages and zip, tar and gz archives.", placeholder="exe"),
-    Field("inbound.blocked_extensions_action", "When an attachment is blocked", "choice",
-          "reject tells the sending server at once (no bounce); bounce is only for trusted clients, an outsider's "
-          "message is refused as with reject (no backscatter)",
-          choices=(("reject", "Reject: 550 5.7.1 Attachment type not allowed, at the end of DATA"),
-                   ("bounce", "Bounce: accept, not delivered, a notice (headers only) to the sender"),
-                   ("discard", "Discard: accept, not delivered, nobody told but the notices below"))),
-    Field("inbound.notify_admin", "Notify admins about blocked extensions", "bool",
-          "a notice to advanced.postmaster for every blocked attachment (Carbonio's switch does nothing; this one does)"),
-    Field("inbound.notify_recipient", "Notify recipients about blocked extensions", "bool",
-          "a notice to the recipients in our own domains (never to remote ones: no backscatter)"),
-    Field("inbound.reject_unlisted_sender", "Reject unlisted sender", "bool",
-          "MAIL FROM in a local domain that is not a mailbox or alias: 550 5.1.0 User unknown (not \"no sender\")"),
-    Field("inbound.reject_unlisted_recipient", "Reject unlisted recipient", "bool",
-          "RCPT TO in a local domain that is not a mailbox or alias: 550 5.1.1 User unknown (not \"no recipient\")"),
-    Field("inbound.reject_sender_login_mismatch", "Reject sender login mismatch", "bool",
-          "a login may send only from the addresses it owns (553 5.7.1 not owned by user); an outsider may not use "
-          "an owned address (553 5.7.1 not logged in). mynetworks is exempt"),
-    Field("inbound.bare_newline", "Bare newline in SMTP (smuggling defence)", "choice",
-          "only <CRLF>.<CRLF> ever ends DATA",
-          choices=(("reject", "Reject: 550 5.5.2 Error: bare <LF> received, then close"),
-                   ("normalize", "Normalize: treat it as <CRLF> (Postfix 3.9 default)"),
-                   ("note", "Note: as normalize, and log it"))),
-    Field("inbound.protocol_checks.reject_unknown_client_hostname", "Client's IP address", "bool",
-          "no PTR, or its name does not resolve back to the client: 450 4.7.25 cannot find your hostname"),
-    Field("inbound.protocol_checks.reject_unknown_reverse_client_hostname", "Check client hostname", "bool",
-          "no PTR for the client: 450 4.7.1 cannot find your reverse hostname"),
-    Field("inbound.protocol_checks.reject_invalid_helo_hostname", "Hostname in greeting violates RFC", "bool",
-          "HELO neither a host name nor an address literal: 501 5.5.2 Invalid name"),
-    Field("inbound.protocol_checks.reject_non_fqdn_helo_hostname", "Client should have a qualified hostname", "bool",
-          "HELO without a dot: 504 5.5.2 need fully-qualified hostname"),
-    Field("inbound.protocol_checks.reject_unknown_helo_hostname", "Client should have a resolving hostname", "bool",
-          "HELO name with no A, AAAA or MX: 450 4.7.1 Host not found"),
-    Field("inbound.protocol_checks.reject_non_fqdn_sender", "Sender address must be fully qualified", "bool",
-          "MAIL FROM domain without a dot: 504 5.5.2 need fully-qualified address"),
-    Field("inbound.protocol_checks.reject_unknown_sender_domain", "Sender's domain", "bool",
-          "a sender domain with no MX, A or AAAA: 450 4.1.8 Domain not found (null MX: 550 5.7.27)"),
-    Field("inbound.protocol_checks.unknown_reject_code", "Reply code of the 'unknown' checks", "intchoice",
-          "450 (Postfix's default: the client retries) or 550 once you trust the checks; a DNS failure is always 450",
-          choices=(("450", "450 (temporary)"), ("550", "550 (permanent)"))),
-), sections=(
-    ("Settings", ("inbound.blocked_extensions", "inbound.blocked_extensions_action", "inbound.notify_admin",
-                  "inbound.notify_recipient")),
-    ("Rejection", ("inbound.reject_unlisted_sender", "inbound.reject_unlisted_recipient",
-                   "inbound.reject_sender_login_mismatch", "inbound.bare_newline")),
-    ("Protocol checks (at RCPT, for clients neither in mynetworks nor authenticated)", tuple(
-        f"inbound.protocol_checks.{k}" for k in (
-            "reject_unknown_client_hostname", "reject_unknown_reverse_client_hostname", "reject_invalid_helo_hostname",
-            "reject_non_fqdn_helo_hostname", "reject_unknown_helo_hostname", "reject_non_fqdn_sender",
-            "reject_unknown_sender_domain", "unknown_reject_code"))),
+    section("Settings",
+        Field("inbound.blocked_extensions", "Blocked extensions", "chips",
+              "Type an extension (letters and digits only, e.g. exe) and press space; click a chip to remove it. "
+              "Matched case-insensitively on the last extension of every attachment's file name, also inside "
+              "forwarded messages and zip, tar and gz archives.", placeholder="exe"),
+        Field("inbound.blocked_extensions_action", "When an attachment is blocked", "choice",
+              "reject tells the sending server at once (no bounce); bounce is only for trusted clients, an outsider's "
+              "message is refused as with reject (no backscatter)",
+              choices=(("reject", "Reject: 550 5.7.1 Attachment type not allowed, at the end of DATA"),
+                       ("bounce", "Bounce: accept, not delivered, a notice (headers only) to the sender"),
+                       ("discard", "Discard: accept, not delivered, nobody told but the notices below"))),
+        Field("inbound.notify_admin", "Notify admins about blocked extensions", "bool",
+              "a notice to advanced.postmaster for every blocked attachment (Carbonio's switch does nothing; this one does)"),
+        Field("inbound.notify_recipient", "Notify recipients about blocked extensions", "bool",
+              "a notice to the recipients in our own domains (never to remote ones: no backscatter)")),
+    section("Rejection",
+        Field("inbound.reject_unlisted_sender", "Reject unlisted sender", "bool",
+              "MAIL FROM in a local domain that is not a mailbox or alias: 550 5.1.0 User unknown (not \"no sender\")"),
+        Field("inbound.reject_unlisted_recipient", "Reject unlisted recipient", "bool",
+              "RCPT TO in a local domain that is not a mailbox or alias: 550 5.1.1 User unknown (not \"no recipient\")"),
+        Field("inbound.reject_sender_login_mismatch", "Reject sender login mismatch", "bool",
+              "a login may send only from the addresses it owns (553 5.7.1 not owned by user); an outsider may not use "
+              "an owned address (553 5.7.1 not logged in). mynetworks is exempt"),
+        Field("inbound.bare_newline", "Bare newline in SMTP (smuggling defence)", "choice",
+              "only <CRLF>.<CRLF> ever ends DATA",
+              choices=(("reject", "Reject: 550 5.5.2 Error: bare <LF> received, then close"),
+                       ("normalize", "Normalize: treat it as <CRLF> (Postfix 3.9 default)"),
+                       ("note", "Note: as normalize, and log it")))),
+    section("Protocol checks (at RCPT, for clients neither in mynetworks nor authenticated)",
+        Field("inbound.protocol_checks.reject_unknown_client_hostname", "Client's IP address", "bool",
+              "no PTR, or its name does not resolve back to the client: 450 4.7.25 cannot find your hostname"),
+        Field("inbound.protocol_checks.reject_unknown_reverse_client_hostname", "Check client hostname", "bool",
+              "no PTR for the client: 450 4.7.1 cannot find your reverse hostname"),
+        Field("inbound.protocol_checks.reject_invalid_helo_hostname", "Hostname in greeting violates RFC", "bool",
+              "HELO neither a host name nor an address literal: 501 5.5.2 Invalid name"),
+        Field("inbound.protocol_checks.reject_non_fqdn_helo_hostname", "Client should have a qualified hostname", "bool",
+              "HELO without a dot: 504 5.5.2 need fully-qualified hostname"),
+        Field("inbound.protocol_checks.reject_unknown_helo_hostname", "Client should have a resolving hostname", "bool",
+              "HELO name with no A, AAAA or MX: 450 4.7.1 Host not found"),
+        Field("inbound.protocol_checks.reject_non_fqdn_sender", "Sender address must be fully qualified", "bool",
+              "MAIL FROM domain without a dot: 504 5.5.2 need fully-qualified address"),
+        Field("inbound.protocol_checks.reject_unknown_sender_domain", "Sender's domain", "bool",
+              "a sender domain with no MX, A or AAAA: 450 4.1.8 Domain not found (null MX: 550 5.7.27)"),
+        Field("inbound.protocol_checks.unknown_reject_code", "Reply code of the 'unknown' checks", "intchoice",
+              "450 (Postfix's default: the client retries) or 550 once you trust the checks; a DNS failure is always 450",
+              choices=(("450", "450 (temporary)"), ("550", "550 (permanent)")))),
 ))  # fmt: skip
 
 POSTSCREEN = Page("postscreen", "Postscreen Tuning", (
-    Field("postscreen.access_list", "Access list", "lines",
-          "One entry per line, first match wins: permit_mynetworks, \"CIDR permit\", \"CIDR reject\", \"CIDR dunno\" "
-          "(\"!CIDR\" = outside it). permit: no test at all; reject: the blacklist action below. Not a path, and "
-          "permit_mynetworks restricts nobody", placeholder="permit_mynetworks\n192.0.2.0/24 reject"),
-    Field("postscreen.blacklist_action", "Blacklist action", "choice",
-          "for clients an access list entry rejects (521 / 550 5.3.2)", choices=ACTIONS),
-    Field("postscreen.greet.banner", "Pregreet teaser", "text",
-          "sent as \"220-...\" before the wait; a client talking before the 220 fails the pregreet test. "
-          "Empty turns the test off"),
-    Field("postscreen.greet.wait", "Greet wait", "duration", "DNSBL queries run meanwhile"),
-    Field("postscreen.greet.action", "Pregreet action", "choice", choices=ACTIONS),
-    Field("postscreen.greet.ttl", "Pregreet TTL", "duration", "how long a pass is remembered"),
-    Field("postscreen.dnsbl.sites", "DNS blacklist sites", "lines",
-          "DNS zones, not URLs, one per line: zone[=filter][*weight], e.g. zen.spamhaus.org=127.0.0.[2..11]*3; "
-          "a negative weight is an allowlist (list.dnswl.org=127.0.[0..255].[1..3]*-2). Queried live for each new client",
-          placeholder="zen.spamhaus.org=127.0.0.[2..11]*3"),
-    Field("postscreen.dnsbl.action", "DNS blacklist action", "choice", choices=ACTIONS),
-    Field("postscreen.dnsbl.threshold", "DNS blacklist threshold", "int",
-          "the action fires when the sum of the weights is at least this"),
-    Field("postscreen.dnsbl.whitelist_threshold", "DNS blacklist whitelist threshold", "int",
-          "must be negative to do anything: a score at or below it (allowlist weights) skips every other test "
-          "for the DNSBL TTL. Not being listed is not enough; 0 = off"),
-    Field("postscreen.dnsbl.min_ttl", "DNS blacklist min TTL", "duration", "the answers' TTL is clamped to min..max"),
-    Field("postscreen.dnsbl.max_ttl", "DNS blacklist max TTL", "duration"),
-    Field("postscreen.dnsbl.ttl", "DNS blacklist TTL", "duration", "used when the answers carry no TTL"),
-    Field("postscreen.dnsbl.timeout", "DNS blacklist timeout", "duration",
-          "per query, capped by the greet wait; DNS trouble fails open"),
-    *_deep("bare_newline", "Bare newline",
-           "a command line ending in LF without CR (the smuggling defence for DATA is inbound.bare_newline)"),
-    *_deep("non_smtp_command", "NonSMTP command", "CONNECT, GET, POST ... or a header (\"Subject:\") as a command"),
-    *_deep("pipelining", "Pipelining",
-           "a command sent before the previous reply; PIPELINING is not offered while the test is due"),
-    Field("postscreen.deep_tests_require_reconnect", "Deep tests require a reconnect", "bool",
-          "Postfix's behaviour: 450 4.3.2 after passing, the client must come back. Off: the mail is accepted in "
-          "the same session"),
-), sections=(
-    ("Blacklisting", ("postscreen.access_list", "postscreen.blacklist_action")),
-    ("Greeting", ("postscreen.greet.banner", "postscreen.greet.wait", "postscreen.greet.action", "postscreen.greet.ttl")),
-    ("DNS blacklisting", tuple(f"postscreen.dnsbl.{k}" for k in (
-        "sites", "action", "threshold", "whitelist_threshold", "min_ttl", "max_ttl", "ttl", "timeout"))),
-    ("Deep tests (after the 220 greeting)", tuple(
-        f"postscreen.{t}.{k}" for t in ("bare_newline", "non_smtp_command", "pipelining") for k in ("enable", "action", "ttl"))
-        + ("postscreen.deep_tests_require_reconnect",)),
+    section("Blacklisting",
+        Field("postscreen.access_list", "Access list", "lines",
+              "One entry per line, first match wins: permit_mynetworks, \"CIDR permit\", \"CIDR reject\", \"CIDR dunno\" "
+              "(\"!CIDR\" = outside it). permit: no test at all; reject: the blacklist action below. Not a path, and "
+              "permit_mynetworks restricts nobody", placeholder="permit_mynetworks\n192.0.2.0/24 reject"),
+        Field("postscreen.blacklist_action", "Blacklist action", "choice",
+              "for clients an access list entry rejects (521 / 550 5.3.2)", choices=ACTIONS),
+        anchor="blacklisting"),
+    section("Pregreet test",
+        grid(2,
+            Field("postscreen.greet.banner", "Pregreet teaser", "text",
+                  "sent as \"220-...\" before the wait; a client talking before the 220 fails the pregreet test. "
+                  "Empty turns the test off"),
+            Field("postscreen.greet.wait", "Greet wait", "duration", "DNSBL queries run meanwhile"),
+            Field("postscreen.greet.action", "Pregreet action", "choice", choices=ACTIONS),
+            Field("postscreen.greet.ttl", "Pregreet TTL", "duration", "how long a pass is remembered")),
+        anchor="greet"),
+    section("DNS blacklisting",
+        Field("postscreen.dnsbl.sites", "DNS blacklist sites", "lines",
+              "DNS zones, not URLs, one per line: zone[=filter][*weight], e.g. zen.spamhaus.org=127.0.0.[2..11]*3; "
+              "a negative weight is an allowlist (list.dnswl.org=127.0.[0..255].[1..3]*-2). Queried live for each new client",
+              placeholder="zen.spamhaus.org=127.0.0.[2..11]*3"),
+        grid(2,
+            Field("postscreen.dnsbl.action", "DNS blacklist action", "choice", choices=ACTIONS),
+            Field("postscreen.dnsbl.threshold", "DNS blacklist threshold", "int",
+                  "the action fires when the sum of the weights is at least this"),
+            Field("postscreen.dnsbl.whitelist_threshold", "DNS blacklist whitelist threshold", "int",
+                  "must be negative to do anything: a score at or below it (allowlist weights) skips every other test "
+                  "for the DNSBL TTL. Not being listed is not enough; 0 = off"),
+            Field("postscreen.dnsbl.timeout", "DNS blacklist timeout", "duration",
+                  "per query, capped by the greet wait; DNS trouble fails open"),
+            Field("postscreen.dnsbl.min_ttl", "DNS blacklist min TTL", "duration", "the answers' TTL is clamped to min..max"),
+            Field("postscreen.dnsbl.max_ttl", "DNS blacklist max TTL", "duration"),
+            Field("postscreen.dnsbl.ttl", "DNS blacklist TTL", "duration", "used when the answers carry no TTL")),
+        anchor="dnsbl"),
+    *(section(label, grid(3, *_deep(test, label, what)), anchor=test) for test, label, what in (
+        ("bare_newline", "Bare newline",
+         "a command line ending in LF without CR (the smuggling defence for DATA is inbound.bare_newline)"),
+        ("non_smtp_command", "NonSMTP command", "CONNECT, GET, POST ... or a header (\"Subject:\") as a command"),
+        ("pipelining", "Pipelining",
+         "a command sent before the previous reply; PIPELINING is not offered while the test is due"),
+    )),
+    section("",
+        Field("postscreen.deep_tests_require_reconnect", "Deep tests require a reconnect", "bool",
+              "Postfix's behaviour: 450 4.3.2 after passing, the client must come back. Off: the mail is accepted in "
+              "the same session"),
+        anchor="reconnect"),
 ))  # fmt: skip
 
 OUTBOUND = Page("outbound", "Outbound Flow", (
-    Field("outbound.add_client_ip_header", "Add client IP to the header", "bool",
-          "X-Originating-IP: [ip] on mail from authenticated and mynetworks clients"),
-    Field("outbound.add_username_header", "Add username to the header", "bool",
-          "X-Authenticated-User: <login> on mail from authenticated clients"),
-    Field("outbound.require_auth", "Enable authentication", "bool",
-          "on: AUTH is offered (auth: offer listeners) and authenticated clients may relay. Off: only mynetworks may "
-          "relay. Never an open relay: everyone else reaches only our domains (554 5.7.1 Relay access denied)"),
-    Field("outbound.mynetworks", "My networks", "lines",
-          "trusted clients, one per line: 192.0.2.0/24, [2001:db8::]/32, \"!cidr\" excludes; first match wins. They may "
-          "relay and skip postscreen, the protocol checks and the spam check (not the virus and attachment checks)",
-          placeholder="127.0.0.0/8"),
-    Field("outbound.relay_host", "Relay host", "text",
-          "all non-local mail goes here: [host]:port (that host) or host (its MX records). Empty: deliver by the "
-          "recipient domain's MX. Affects every domain", optional=True, placeholder="[relay.example.com]:25"),
-    Field("outbound.fallback_relay_host", "Fallback relay host", "text",
-          "gets, in the same attempt, what the relay host (or the MX) deferred or could not be reached for; never "
-          "what it refused with 5xx", optional=True, placeholder="[backup.example.com]:25"),
-    Field("outbound.tls", "TLS to other servers", "choice", "neither level verifies the server certificate (as Postfix)",
-          choices=(("none", "none"), ("may", "may: STARTTLS when offered"), ("encrypt", "encrypt: STARTTLS required, else defer"))),
-    Field("outbound.helo_name", "SMTP HELO name", "text", "empty: server.hostname", optional=True),
-), sections=(
-    ("General", ("outbound.add_client_ip_header", "outbound.add_username_header", "outbound.require_auth",
-                 "outbound.mynetworks")),
-    ("Relay", ("outbound.relay_host", "outbound.fallback_relay_host", "outbound.tls", "outbound.helo_name")),
+    section("General",
+        Field("outbound.add_client_ip_header", "Add client IP to the header", "bool",
+              "X-Originating-IP: [ip] on mail from authenticated and mynetworks clients"),
+        Field("outbound.add_username_header", "Add username to the header", "bool",
+              "X-Authenticated-User: <login> on mail from authenticated clients"),
+        Field("outbound.require_auth", "Enable authentication", "bool",
+              "on: AUTH is offered (auth: offer listeners) and authenticated clients may relay. Off: only mynetworks may "
+              "relay. Never an open relay: everyone else reaches only our domains (554 5.7.1 Relay access denied)"),
+        Field("outbound.mynetworks", "My networks", "lines",
+              "trusted clients, one per line: 192.0.2.0/24, [2001:db8::]/32, \"!cidr\" excludes; first match wins. They may "
+              "relay and skip postscreen, the protocol checks and the spam check (not the virus and attachment checks)",
+              placeholder="127.0.0.0/8")),
+    section("Relay",
+        Field("outbound.relay_host", "Relay host", "text",
+              "all non-local mail goes here: [host]:port (that host) or host (its MX records). Empty: deliver by the "
+              "recipient domain's MX. Affects every domain", optional=True, placeholder="[relay.example.com]:25"),
+        Field("outbound.fallback_relay_host", "Fallback relay host", "text",
+              "gets, in the same attempt, what the relay host (or the MX) deferred or could not be reached for; never "
+              "what it refused with 5xx", optional=True, placeholder="[backup.example.com]:25"),
+        Field("outbound.tls", "TLS to other servers", "choice", "neither level verifies the server certificate (as Postfix)",
+              choices=(("none", "none"), ("may", "may: STARTTLS when offered"),
+                       ("encrypt", "encrypt: STARTTLS required, else defer"))),
+        Field("outbound.helo_name", "SMTP HELO name", "text", "empty: server.hostname", optional=True)),
 ))  # fmt: skip
 
 TOLERANCE_HELP = "low | medium | high, or Custom: a percentage of 20 points (40%) or a SpamAssassin score (6.6)"
 ANTIVIRUS = Page("antivirus", "Antivirus & Antispam", (
-    Field("antispam.enabled", "Spam check", "bool", "spamd checks every message at the end of DATA"),
-    Field("antispam.subject_tag", "Add this prefix to the spam mail subject", "text",
-          "at most 64 characters; empty = no prefix", placeholder="[SPAM]"),
-    Field("antispam.delivery_tolerance", "Tolerance for spam delivery (tag level)", "tolerance_tag",
-          "at this score mail is delivered marked as spam (X-Spam-Flag: YES and the prefix). " + TOLERANCE_HELP),
-    Field("antispam.blocking_tolerance", "Tolerance for spam blocking (kill level)", "tolerance_kill",
-          "at this score the blocked spam action applies. " + TOLERANCE_HELP),
-    Field("antispam.blocked_spam_action", "Blocked spam", "choice",
-          choices=(("discard", "Discard: accepted, never delivered"), ("deliver", "Deliver it anyway (tagged)"),
-                   ("reject", "Reject: 550 5.7.1 at the end of DATA"))),
-    Field("antispam.check_outbound", "Also check outbound messages", "bool",
-          "also scan mail from authenticated and mynetworks clients (Carbonio's switch is bound backwards; this one is not)"),
-    Field("antispam.on_error", "When spamd is down", "choice", choices=ON_ERROR),
-    Field("dkim.verify", "Verify DKIM validity", "bool",
-          "check signatures of received mail and add Authentication-Results"),
-    Field("dkim.unsigned_from_signing_domain", "Mail from a signing domain without its signature", "choice",
-          "applies when the From domain is one of the signing domains below",
-          choices=(("reject", "Reject: 550 5.7.1"), ("tag", "Tag: X-DKIM-Policy header"), ("accept", "Accept (logged)"))),
-    Field("dkim.sign", "Signing keys", "dkim", "mail from authenticated and mynetworks clients whose From domain is one "
-          "of these (or a subdomain) is signed"),
-    Field("antivirus.enabled", "Virus check", "bool", "clamd scans every message at the end of DATA"),
-    Field("antivirus.action", "Virus found", "choice",
-          choices=(("reject", "Reject: 554 5.7.0 at the end of DATA"), ("discard", "Discard: 250, dropped"))),
-    Field("antivirus.notify_admin", "Warn admins when a virus is found", "bool", "a notice to advanced.postmaster"),
-    Field("antivirus.notify_recipient", "Warn recipients when a virus is found", "bool", "local recipients only"),
-    Field("antivirus.block_encrypted_archives", "Block encrypted archives", "bool",
-          "an encrypted zip member counts as a virus (Heuristics.Encrypted.Zip)"),
-    Field("antivirus.on_error", "When clamd is down", "choice", choices=ON_ERROR),
-    Field("antivirus.definitions.mirrors", "Definition mirrors", "addremove",
-          "host names (DatabaseMirror) or http(s)://host[:port] of private mirrors, not both kinds; used by freshclam",
-          placeholder="database.clamav.net"),
-    Field("antivirus.definitions.custom_signatures", "Additional virus definitions", "addremove",
-          "ClamAV signature files (.ndb .hdb .ldb ...): http(s):// URLs or local files; each is checked with sigtool "
-          "and clamscan before clamd loads it", placeholder="https://example.com/sigs/local.ndb"),
-    Field("antivirus.definitions.update_frequency", "Definition update frequency", "duration",
-          "any duration from 1s to weeks (30m, 2h, 1d, 1w): our own scheduler, not freshclam's checks per day"),
-    Field("antivirus.definitions.freshclam", "Also update the official databases (freshclam)", "bool",
-          "off when Debian's clamav-freshclam service already does it"),
-), sections=(
-    ("Antispam", ("antispam.enabled", "antispam.subject_tag", "antispam.delivery_tolerance", "antispam.blocking_tolerance",
-                  "antispam.blocked_spam_action", "antispam.check_outbound", "antispam.on_error")),
-    ("DKIM", ("dkim.verify", "dkim.unsigned_from_signing_domain", "dkim.sign")),
-    ("Antivirus", ("antivirus.enabled", "antivirus.action", "antivirus.notify_admin", "antivirus.notify_recipient",
-                   "antivirus.block_encrypted_archives", "antivirus.on_error")),
-    ("Antivirus definitions", ("antivirus.definitions.mirrors", "antivirus.definitions.custom_signatures",
-                               "antivirus.definitions.update_frequency", "antivirus.definitions.freshclam")),
+    section("Antispam",
+        Field("antispam.enabled", "Spam check", "bool", "spamd checks every message at the end of DATA"),
+        Field("antispam.subject_tag", "Add this prefix to the spam mail subject", "text",
+              "at most 64 characters; empty = no prefix", placeholder="[SPAM]"),
+        Field("antispam.delivery_tolerance", "Tolerance for spam delivery (tag level)", "tolerance_tag",
+              "at this score mail is delivered marked as spam (X-Spam-Flag: YES and the prefix). " + TOLERANCE_HELP),
+        Field("antispam.blocking_tolerance", "Tolerance for spam blocking (kill level)", "tolerance_kill",
+              "at this score the blocked spam action applies. " + TOLERANCE_HELP),
+        Field("antispam.blocked_spam_action", "Blocked spam", "choice",
+              choices=(("discard", "Discard: accepted, never delivered"), ("deliver", "Deliver it anyway (tagged)"),
+                       ("reject", "Reject: 550 5.7.1 at the end of DATA"))),
+        Field("antispam.check_outbound", "Also check outbound messages", "bool",
+              "also scan mail from authenticated and mynetworks clients (Carbonio's switch is bound backwards; this one is not)"),
+        Field("antispam.on_error", "When spamd is down", "choice", choices=ON_ERROR),
+        anchor="antispam"),
+    section("DKIM",
+        Field("dkim.verify", "Verify DKIM validity", "bool",
+              "check signatures of received mail and add Authentication-Results"),
+        Field("dkim.unsigned_from_signing_domain", "Mail from a signing domain without its signature", "choice",
+              "applies when the From domain is one of the signing domains below",
+              choices=(("reject", "Reject: 550 5.7.1"), ("tag", "Tag: X-DKIM-Policy header"), ("accept", "Accept (logged)"))),
+        Field("dkim.sign", "Signing keys", "dkim", "mail from authenticated and mynetworks clients whose From domain is one "
+              "of these (or a subdomain) is signed"),
+        anchor="dkim"),
+    section("Antivirus",
+        Field("antivirus.enabled", "Virus check", "bool", "clamd scans every message at the end of DATA"),
+        Field("antivirus.action", "Virus found", "choice",
+              choices=(("reject", "Reject: 554 5.7.0 at the end of DATA"), ("discard", "Discard: 250, dropped"))),
+        Field("antivirus.notify_admin", "Warn admins when a virus is found", "bool", "a notice to advanced.postmaster"),
+        Field("antivirus.notify_recipient", "Warn recipients when a virus is found", "bool", "local recipients only"),
+        Field("antivirus.block_encrypted_archives", "Block encrypted archives", "bool",
+              "an encrypted zip member counts as a virus (Heuristics.Encrypted.Zip)"),
+        Field("antivirus.on_error", "When clamd is down", "choice", choices=ON_ERROR),
+        anchor="antivirus"),
+    section("Antivirus definitions",
+        grid(2,
+            Field("antivirus.definitions.mirrors", "Definition mirrors", "addremove",
+                  "host names (DatabaseMirror) or http(s)://host[:port] of private mirrors, not both kinds; used by freshclam",
+                  placeholder="database.clamav.net"),
+            Field("antivirus.definitions.custom_signatures", "Additional virus definitions", "addremove",
+                  "ClamAV signature files (.ndb .hdb .ldb ...): http(s):// URLs or local files; each is checked with sigtool "
+                  "and clamscan before clamd loads it", placeholder="https://example.com/sigs/local.ndb")),
+        Field("antivirus.definitions.update_frequency", "Definition update frequency", "duration",
+              "any duration from 1s to weeks (30m, 2h, 1d, 1w): our own scheduler, not freshclam's checks per day"),
+        Field("antivirus.definitions.freshclam", "Also update the official databases (freshclam)", "bool",
+              "off when Debian's clamav-freshclam service already does it"),
+        anchor="definitions"),
 ))  # fmt: skip
 
 ADVANCED = Page("advanced", "Advanced", (
-    Field("advanced.log_level", "Log level", "choice", choices=LOG_LEVELS),
-    Field("advanced.log_client_port", "Log the remote SMTP client port", "bool", "name[ip]:port instead of name[ip]"),
-    Field("advanced.tls_log_level", "Logging of TLS activity (server and client)", "intchoice",
-          "received and sent SMTP sessions", choices=TLS_LEVELS),
-    Field("advanced.lmtp_tls_log_level", "LMTP client logging of TLS activity", "intchoice",
-          "accepted for the panel, no effect: our LMTP client does not use TLS", choices=TLS_LEVELS),
-    Field("advanced.threads.antivirus", "Antivirus threads", "int", "clamd scans at once, per worker process"),
-    Field("advanced.threads.lmtp", "LMTP threads", "int", "LMTP deliveries at once"),
-    Field("advanced.threads.milter", "Content filter threads", "int",
-          "content-filter chains at once (Carbonio: MILTER threads); more wait their turn"),
-    Field("advanced.max_message_size", "Maximum message size", "size_mb",
-          "advertised in EHLO SIZE; larger mail gets 552 5.3.4. 1 MB = 1,048,576 bytes"),
-    Field("advanced.postmaster", "Postmaster", "text", "receives the notices about blocked attachments and viruses"),
-    Field("advanced.filter_budget", "Content filter time budget", "duration",
-          "per message, every filter together; a filter without a verdict by then gives its on_error"),
-), sections=(
-    ("Logging", ("advanced.log_level", "advanced.log_client_port", "advanced.tls_log_level", "advanced.lmtp_tls_log_level")),
-    ("Tuning", ("advanced.threads.antivirus", "advanced.threads.lmtp", "advanced.threads.milter", "advanced.filter_budget",
-                "advanced.postmaster")),
-    ("Mail message size", ("advanced.max_message_size",)),
+    section("Logging",
+        Field("advanced.log_level", "Log level", "choice", choices=LOG_LEVELS),
+        Field("advanced.log_client_port", "Log the remote SMTP client port", "bool", "name[ip]:port instead of name[ip]"),
+        Field("advanced.tls_log_level", "Logging of TLS activity (server and client)", "intchoice",
+              "received and sent SMTP sessions", choices=TLS_LEVELS),
+        Field("advanced.lmtp_tls_log_level", "LMTP client logging of TLS activity", "intchoice",
+              "accepted for the panel, no effect: our LMTP client does not use TLS", choices=TLS_LEVELS)),
+    section("Tuning",
+        Field("advanced.threads.antivirus", "Antivirus threads", "int", "clamd scans at once, per worker process"),
+        Field("advanced.threads.lmtp", "LMTP threads", "int", "LMTP deliveries at once"),
+        Field("advanced.threads.milter", "Content filter threads", "int",
+              "content-filter chains at once (Carbonio: MILTER threads); more wait their turn"),
+        Field("advanced.filter_budget", "Content filter time budget", "duration",
+              "per message, every filter together; a filter without a verdict by then gives its on_error"),
+        Field("advanced.postmaster", "Postmaster", "text", "receives the notices about blocked attachments and viruses")),
+    section("Mail message size",
+        Field("advanced.max_message_size", "Maximum message size", "size_mb",
+              "advertised in EHLO SIZE; larger mail gets 552 5.3.4. 1 MB = 1,048,576 bytes")),
 ))  # fmt: skip
 
 # Single Server (SPEC 6): what Carbonio lets a server override, as our keys.
@@ -347,10 +389,12 @@ SERVER_KEYS = (
     "advanced.log_level", "advanced.tls_log_level", "advanced.lmtp_tls_log_level",
 )  # fmt: skip
 _ALL = {f.key: f for p in (INBOUND, POSTSCREEN, OUTBOUND, ANTIVIRUS, ADVANCED) for f in p.fields}
-SERVER = Page("server", "Single Server", tuple(_ALL[k] for k in SERVER_KEYS), sections=(
-    ("Authentication", SERVER_KEYS[:4]),
-    ("Antispam & antivirus", SERVER_KEYS[4:8]),
-    ("Logging", SERVER_KEYS[8:]),
+SERVER = Page("server", "Single Server", tuple(
+    section(heading, *(_ALL[k] for k in keys)) for heading, keys in (
+        ("Authentication", SERVER_KEYS[:4]),
+        ("Antispam & antivirus", SERVER_KEYS[4:8]),
+        ("Logging", SERVER_KEYS[8:]),
+    )
 ))  # fmt: skip
 
 PAGES: dict[str, Page] = {p.name: p for p in (INBOUND, POSTSCREEN, OUTBOUND, ANTIVIRUS, ADVANCED, SERVER)}
@@ -365,25 +409,21 @@ TOLERANCES = {  # spamassassin.TOLERANCE_TAG / TOLERANCE_KILL: percent of 20 poi
 # Pure helpers.
 
 Form = Mapping[str, list[str]]  # a submitted form: every value of each name
+_MISSING = object()
 
 
-def get_path(data: Any, key: str) -> Any:
-    """The value at a dotted key of plain data; None when a part is missing. Pure."""
+def get_path(data: Any, key: str, missing: Any = None) -> Any:
+    """The value at a dotted key of plain data; `missing` when a part is missing. Pure."""
     node = data
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return missing
         node = node[part]
     return node
 
 
 def has_path(data: Any, key: str) -> bool:
-    node = data
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return get_path(data, key, _MISSING) is not _MISSING
 
 
 def set_path(data: dict[str, Any], key: str, value: Any) -> None:
@@ -478,9 +518,7 @@ def field_value(f: Field, cfg: Any) -> Any:
         case "dkim":
             return [{"domain": e.get("domain", ""), "selector": e.get("selector", ""), "key": e.get("key", "")}
                     for e in v or [] if isinstance(e, dict)]  # fmt: skip
-        case "text":
-            return "" if v is None else str(v)
-        case _:
+        case _:  # text, int, choice, intchoice
             return "" if v is None else str(v)
 
 
@@ -537,17 +575,13 @@ def form_values(page: Page, form: Form) -> dict[str, Any]:
     for f in page.fields:
         v = submitted(f, form)
         match f.kind:
-            case "duration" | "int" | "intchoice":
-                out[f.key] = _first(form, f.key)
-            case "lines":
+            case "duration" | "int" | "intchoice" | "lines" | "text":
                 out[f.key] = _first(form, f.key)
             case "tolerance_tag" | "tolerance_kill":
                 info = tolerance_info(f.kind, v)
                 out[f.key] = info if info["level"] != "custom" else {**info, "custom": _first(form, f.key + ".custom")}
             case "size_mb":
                 out[f.key] = {"mode": "nolimit" if v == 0 else "custom", "mb": _first(form, f.key + ".mb"), "bytes": v}
-            case "text":
-                out[f.key] = _first(form, f.key)
             case _:
                 out[f.key] = v
     return out
@@ -672,9 +706,6 @@ def _diff_patch(old: Any, new: Any, path: tuple[str, ...], out: dict[str, Any]) 
             _diff_patch(old[k], v, path + (k,), out)
         elif old.get(k, _MISSING) != v:
             set_path(out, ".".join(path + (k,)), v)
-
-
-_MISSING = object()
 
 
 # -- errors at their fields ------------------------------------------------------------------------
@@ -804,8 +835,8 @@ async def _context(request: Request, page: Page, base: Any, override: Any, node:
     """What each page shows besides its fields."""
     admin = _admin(request)
     cfg = admin.worker.config
-    ctx: dict[str, Any] = {"page": page, "path": PATHS[page.name], "node_key": node, "levels": TOLERANCES,
-                           "overrides": [k for k in page.keys if has_path(override, k)] if page.name != "server" else []}  # fmt: skip
+    overrides = [k for k in page.keys if has_path(override, k)] if page.name != "server" else []
+    ctx: dict[str, Any] = {"page": page, "path": PATHS[page.name], "node_key": node, "levels": TOLERANCES, "overrides": overrides}
     if page.name == "inbound":
         ctx["common"] = _common()
     elif page.name == "postscreen":

@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= conf/mtaserver.yaml
 
-.PHONY: run check-config test test-services lint unit bench clean
+.PHONY: run check-config test test-services lint unit bench shots clean
 
 $(STAMP): pyproject.toml
 	bash scripts/bootstrap.sh $(PYTHON)
@@ -37,6 +37,9 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
+
+shots: $(STAMP) test-services
+	MTASERVER_SHOTS=$(CURDIR)/docs/panel $(BIN)/pytest -q tests/integration/test_panel_core.py tests/integration/test_panel_settings.py
 
 bench: $(STAMP)
 	bash bench/all.sh $(ARGS)

@@ -5,7 +5,7 @@ use the helpers:
 
     mta = panel_mta(make_mta, overrides)     a server whose token file has TOKENS (read, operator, admin)
     p = PanelPage(page, mta)                 p.signin("admin"), p.goto("/queues"), p.shot("queues")
-    p.shot(name, width=375)                  a full-page screenshot into docs/panel/<name>.png
+    p.shot(name, width=375)                  a full-page screenshot, <name>.png in $MTASERVER_SHOTS
 
 The browser is Debian's `chromium` package (scripts/test-services.sh installs it), launched
 through `executable_path`: never `playwright install`, which downloads browsers from a CDN. A
@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 from conftest import IN_CI, Mta, require_tool
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "panel"
+# Screenshots go to docs/panel/ only when asked for (`make shots`: MTASERVER_SHOTS=docs/panel): a
+# test run must not rewrite tracked files (the pages show the time and random keys).
+DOCS = Path(os.environ.get("MTASERVER_SHOTS") or Path(os.environ.get("TMPDIR", "/tmp")) / "mtaserver-panel-shots")
 TOKENS = {
     "read": ("r" * 24 + "readtoken", "viewer"),
     "operator": ("o" * 24 + "operatortoken", "ops"),
@@ -97,7 +99,7 @@ class PanelPage:
         self.page.wait_for_load_state()
 
     def shot(self, name: str, *, width: int = 1280) -> Path:
-        """A full-page screenshot of what the tab shows, at `width` px, into docs/panel/."""
+        """A full-page screenshot of what the tab shows, at `width` px, into DOCS ($MTASERVER_SHOTS)."""
         DOCS.mkdir(parents=True, exist_ok=True)
         size = self.page.viewport_size or {"width": 1280, "height": 900}
         if size["width"] != width:

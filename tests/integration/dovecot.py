@@ -22,30 +22,105 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
-
 from conftest import IN_CI, free_port, require_tool
 
 USERS = ("good@example.test", "other@example.test")
 LMTP_BINARY = "/usr/lib/dovecot/lmtp"  # Debian dovecot-lmtpd
 
 
-class Dovecot:
-    def __init__(self, users: tuple[str, ...] = USERS) -> None:
+class DovecotProcess:
+    """One throwaway `dovecot -F -c FILE` of ours: its directory, port, config, start and stop.
+    A subclass writes the config (`write_config`) and says when the service answers (`_answers`)."""
+
+    prefix = "mtaserver-dovecot-"  # of the instance directory
+    kept_log = "dovecot.log"  # the name stop(keep_log_in=...) copies the log to
+    own_session = False  # run in a process group of its own (stop_process may end the group)
+
+    def __init__(self) -> None:
         self.binary = require_tool("dovecot")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=self.prefix))
+        self.conf = self.dir / "dovecot.conf"
+        self.log_path = self.dir / "dovecot.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def write_config(self) -> None:
+        raise NotImplementedError
+
+    def _answers(self) -> bool:
+        raise NotImplementedError
+
+    def check_config(self) -> str:
+        """`dovecot -n`: the parsed configuration, or an exception naming the error."""
+        self.write_config()
+        r = subprocess.run([self.binary, "-n", "-c", str(self.conf)], check=False, capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"dovecot -n refused the config: {r.stderr}")
+        return r.stdout
+
+    def start(self, timeout: float = 15.0) -> Self:
+        self.check_config()
+        with open(self.dir / "stdout", "wb") as stdout:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [self.binary, "-F", "-c", str(self.conf)],
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.own_session,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = (self.dir / "stdout").read_text(errors="replace")
+                self.proc = None
+                raise RuntimeError(f"dovecot exited: {out}{self.log()}")
+            if self._answers():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"dovecot did not start: {self.log()}")
+
+    def stop_process(self) -> None:
+        """Stop this Dovecot, keep its directory: the master, by PID; it ends its own children (~2.5 s)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def stop(self, *, keep_log_in: Path | None = None) -> None:
+        """Stop Dovecot and remove its directory, first copying its log to `keep_log_in`."""
+        self.stop_process()
+        if keep_log_in is not None and self.log_path.exists():
+            shutil.copy(self.log_path, keep_log_in / self.kept_log)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Dovecot(DovecotProcess):
+    def __init__(self, users: tuple[str, ...] = USERS) -> None:
+        require_tool("dovecot")
         if not os.path.exists(LMTP_BINARY):
             msg = f"{LMTP_BINARY} is missing: install dovecot-lmtpd (make test-services)"
             if IN_CI:
                 pytest.fail(msg)
             pytest.skip(msg)
+        super().__init__()
         self.users = users
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="mtaserver-dovecot-"))
         self.dir.chmod(0o755)
-        self.conf = self.dir / "dovecot.conf"
-        self.log_path = self.dir / "dovecot.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -65,9 +140,6 @@ class Dovecot:
         md = self.maildir(address)
         files = [p for sub in ("new", "cur") if (md / sub).is_dir() for p in (md / sub).iterdir()]
         return [p.read_bytes() for p in sorted(files, key=lambda p: p.name)]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def write_config(self) -> None:
         d = self.dir
@@ -117,31 +189,6 @@ service anvil {{
 """
         )
 
-    def check_config(self) -> str:
-        """`dovecot -n`: the parsed configuration, or an exception naming the error."""
-        self.write_config()
-        r = subprocess.run([self.binary, "-n", "-c", str(self.conf)], capture_output=True, text=True, timeout=30)
-        if r.returncode != 0:
-            raise RuntimeError(f"dovecot -n refused the config: {r.stderr}")
-        return r.stdout
-
-    def start(self, timeout: float = 15.0) -> Dovecot:
-        self.check_config()
-        self.proc = subprocess.Popen(
-            [self.binary, "-F", "-c", str(self.conf)], stdout=open(self.dir / "stdout", "wb"), stderr=subprocess.STDOUT
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out = (self.dir / "stdout").read_text(errors="replace")
-                self.proc = None
-                raise RuntimeError(f"dovecot exited: {out}{self.log()}")
-            if self._answers():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"dovecot did not start: {self.log()}")
-
     def _answers(self) -> bool:
         """The LMTP greeting on the TCP port (the UNIX socket is up by then too)."""
         try:
@@ -149,23 +196,3 @@ service anvil {{
                 return s.recv(512).startswith(b"220 ")
         except OSError:
             return False
-
-    def stop(self, *, keep_log_in: Path | None = None) -> None:
-        """Stop Dovecot and remove its directory, first copying its log to `keep_log_in`."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # the master, by PID; it ends its own children (~2.5 s)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if keep_log_in is not None and self.log_path.exists():
-            shutil.copy(self.log_path, keep_log_in / "dovecot.log")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Dovecot:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

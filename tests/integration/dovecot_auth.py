@@ -16,29 +16,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
+from dovecot import DovecotProcess
+
 from mtaserver.auth.hashes import sha512_crypt
 
-from conftest import free_port, require_tool
 
+class DovecotAuth(DovecotProcess):
+    prefix = "mtaserver-dovecot-auth-"
+    kept_log = "dovecot-auth.log"
+    own_session = True  # so that stop_process() can end its auth child too
 
-class DovecotAuth:
     def __init__(self, users: dict[str, str]) -> None:
-        self.binary = require_tool("dovecot")
+        super().__init__()
         self.users = users
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="mtaserver-dovecot-auth-"))
-        self.conf = self.dir / "dovecot.conf"
-        self.log_path = self.dir / "dovecot.log"
         self.passwd = self.dir / "passwd"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -48,9 +44,6 @@ class DovecotAuth:
     @property
     def unix_path(self) -> Path:
         return self.dir / "run" / "auth-client"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def write_passwd(self) -> None:
         # passwd-file: user:{SCHEME}hash:uid:gid:gecos:home:shell:extra. The hashes are ours:
@@ -108,27 +101,6 @@ service anvil {{
 """
         )
 
-    def start(self, timeout: float = 15.0) -> DovecotAuth:
-        self.write_config()
-        r = subprocess.run([self.binary, "-n", "-c", str(self.conf)], capture_output=True, text=True, timeout=30)
-        if r.returncode != 0:
-            raise RuntimeError(f"dovecot -n refused the config: {r.stderr}")
-        self.proc = subprocess.Popen(
-            [self.binary, "-F", "-c", str(self.conf)], stdout=open(self.dir / "stdout", "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so that stop_process() can end its auth child too
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out = (self.dir / "stdout").read_text(errors="replace")
-                self.proc = None
-                raise RuntimeError(f"dovecot exited: {out}{self.log()}")
-            if self._answers():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"dovecot did not start: {self.log()}")
-
     def _answers(self) -> bool:
         """The auth handshake on the TCP port, through DONE (the UNIX socket is up by then too)."""
         try:
@@ -150,13 +122,7 @@ service anvil {{
         if self.proc is None:
             return
         group = self.proc.pid
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().stop_process()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -166,11 +132,3 @@ service anvil {{
             except ProcessLookupError:
                 break
             time.sleep(0.05)
-        self.proc = None
-
-    def stop(self, *, keep_log_in: Path | None = None) -> None:
-        """Stop Dovecot and remove its directory, first copying its log to `keep_log_in`."""
-        self.stop_process()
-        if keep_log_in is not None and self.log_path.exists():
-            shutil.copy(self.log_path, keep_log_in / "dovecot-auth.log")
-        shutil.rmtree(self.dir, ignore_errors=True)

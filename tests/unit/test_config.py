@@ -1,19 +1,14 @@
+from __future__ import annotations
+
 from pathlib import Path
 
 import pytest
+from builders import config_errors
 
 from mtaserver import config
-from mtaserver.config import ConfigError, load, parse_duration, parse_size
+from mtaserver.config import load, parse_duration, parse_size
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "mtaserver.yaml"
-
-
-def errors(text: str, tmp_path: Path) -> list[str]:
-    p = tmp_path / "m.yaml"
-    p.write_text(text)
-    with pytest.raises(ConfigError) as exc:
-        load(p)
-    return exc.value.errors
 
 
 def test_shipped_config_is_valid_and_covers_every_section():
@@ -61,12 +56,12 @@ def test_shipped_config_documents_every_key():
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path, text, expected):
-    errs = errors(text, tmp_path)
+    errs = config_errors(text, tmp_path)
     assert any(e.startswith(str(tmp_path / expected)) for e in errs), errs
 
 
 def test_every_error_is_reported(tmp_path):
-    errs = errors("server:\n  workers: 0\n  x: 1\nqueue:\n  y: 2\n", tmp_path)
+    errs = config_errors("server:\n  workers: 0\n  x: 1\nqueue:\n  y: 2\n", tmp_path)
     assert len(errs) == 3
 
 

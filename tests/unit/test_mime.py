@@ -10,10 +10,11 @@ import gzip
 import io
 import random
 import struct
-import tarfile
 import zipfile
 
+import builders
 import pytest
+from builders import b64, encrypted_flag, tar_of, zip_of
 
 from mtaserver.filters.mime import (
     AttachmentLimits,
@@ -25,10 +26,6 @@ from mtaserver.filters.mime import (
 
 # ---------------------------------------------------------------------------------------------
 # Builders (CRLF messages; `lf` turns them into LF ones)
-
-
-def b64(data: bytes) -> bytes:
-    return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
 def part(headers: list[str] | list[bytes], body: bytes = b"hello\r\n") -> bytes:
@@ -56,24 +53,6 @@ def forwarded(inner: bytes, cte: str | None = None) -> bytes:
     if cte == "base64":
         return part([*headers, "Content-Transfer-Encoding: base64"], b64(inner))
     return part(headers, inner)
-
-
-def zip_of(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", method) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
-
-
-def tar_of(members: dict[str, bytes], mode: str = "w") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def walk(data: bytes, limits: AttachmentLimits | None = None, chunk: int = 0) -> MimeReport:
@@ -341,12 +320,7 @@ def test_zip_bomb_by_declared_size():
 @pytest.fixture(scope="session")
 def zeros_zip() -> bytes:
     """200 MB of zeros deflate to ~200 KB: built once per test session."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z, z.open("zeros.bin", "w") as f:
-        chunk = bytes(1 << 20)
-        for _ in range(200):
-            f.write(chunk)
-    return buf.getvalue()
+    return builders.zeros_zip()
 
 
 def test_zip_bomb_highly_compressible(zeros_zip):
@@ -383,19 +357,8 @@ def test_gzip_declaring_a_huge_size():
     assert walk(multipart([attachment("g.gz", bytes(lying))])).problems == ["damaged archive: g.gz"]
 
 
-def encrypt_flag(data: bytes) -> bytes:
-    """Set general purpose flag bit 0 (encrypted) of every member, local and central headers."""
-    out = bytearray(data)
-    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-        i = out.find(sig)
-        while i >= 0:
-            out[i + off] |= 0x01
-            i = out.find(sig, i + 4)
-    return bytes(out)
-
-
 def test_encrypted_zip_member():
-    data = encrypt_flag(zip_of({"secret.doc": b"x" * 50}))
+    data = encrypted_flag(zip_of({"secret.doc": b"x" * 50}))
     r = walk(multipart([attachment("locked.zip", data)]))
     assert r.encrypted == ["locked.zip > secret.doc"]
     assert "locked.zip > secret.doc" in paths(r)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
-import tarfile
-import zipfile
 
+from builders import tar_of, zip_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,28 +24,10 @@ LIMITS = AttachmentLimits(max_depth=3, max_entries=200, max_expanded=4 << 20, ma
                           max_header_bytes=4096, max_nesting=20, max_parts=200, max_line=512)  # fmt: skip
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for n, d in members.items():
-            z.writestr(n, d)
-    return buf.getvalue()
-
-
-def _tgz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        for n, d in members.items():
-            info = tarfile.TarInfo(n)
-            info.size = len(d)
-            t.addfile(info, io.BytesIO(d))
-    return buf.getvalue()
-
-
 ARCHIVES = [
-    _zip({"a.exe": b"MZ" * 20, "dir/b.txt": b"text"}),
-    _zip({"inner.zip": _zip({"deep.js": b"x"})}),
-    _tgz({"x.scr": b"payload" * 10, "y.zip": _zip({"z.bat": b"@"})}),
+    zip_of({"a.exe": b"MZ" * 20, "dir/b.txt": b"text"}),
+    zip_of({"inner.zip": zip_of({"deep.js": b"x"})}),
+    tar_of({"x.scr": b"payload" * 10, "y.zip": zip_of({"z.bat": b"@"})}, "w:gz"),
     gzip.compress(b"MZ one file"),
 ]
 

@@ -11,13 +11,15 @@ The same items with the queue manager running (it polls and delivers): tests/int
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 
 import pytest
+from builders import commit_message
 
 from mtaserver.delivery.wire import DataStuffer, data_payload
-from mtaserver.model import ClientInfo, Envelope, Recipient
+from mtaserver.model import Recipient
 from mtaserver.queue import backoff
 from mtaserver.queue.manager import unique_recipients
 from mtaserver.queue.ops import QueueOps
@@ -26,14 +28,8 @@ from mtaserver.queue.store import NotOurs, QueueIdGenerator, QueueStore, open_re
 T0 = 1795600000.0
 
 
-async def _commit(store: QueueStore, rcpts: list[str], text: bytes = b"Subject: x\r\n\r\nhi\r\n", arrival: float = T0) -> str:
-    qid = store.new_id()
-    spool = store.new_spool(qid)
-    spool.write(text)
-    env = Envelope(queue_id=qid, sender="s@client.test", recipients=[Recipient(address=r) for r in rcpts],
-                   arrival=arrival, client=ClientInfo(ip="192.0.2.1", port=4711, helo="client.test"))  # fmt: skip
-    await store.commit(spool, env)
-    return qid
+# sender, text and arrival of these tests
+_commit = functools.partial(commit_message, sender="s@client.test", text=b"Subject: x\r\n\r\nhi\r\n", arrival=T0)
 
 
 # -- item 1: stray entries ---------------------------------------------------------------------
@@ -145,7 +141,7 @@ async def test_content_reads_its_queue_file_in_pieces(tmp_path):
     store = QueueStore(tmp_path)
     store.open()
     text = b"Subject: big\r\nX: y\r\n\r\n" + b"".join(b"%08d .line\r\n" % i for i in range(50000))
-    qid = await _commit(store, ["a@example.test"], text)
+    qid = await _commit(store, ["a@example.test"], text=text)
     store.move(qid, "incoming", "active")
     env, content = store.open_content("active", qid)
     try:

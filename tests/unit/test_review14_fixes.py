@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import pytest
+from builders import MAILDIR, NO_SCANNERS, commit_message, load_config
 
-from mtaserver import config
-from mtaserver.model import ClientInfo, Envelope, Recipient
 from mtaserver.queue.ops import QueueOps, RemoteQueueOps, Selector
 from mtaserver.queue.store import QueueStore
 from mtaserver.values import parse_duration
@@ -23,30 +21,9 @@ def test_remote_age_selectors_of_a_million_seconds_and_more_are_valid_durations(
     assert parse_duration(params["newer_than"]) == 1.5
 
 
-def _cfg(tmp_path):
-    text = f"""
-server: {{hostname: mx.example.test, data_dir: "{tmp_path}/var"}}
-domains: {{local: [example.test]}}
-outbound: {{relay_host: "[127.0.0.1]:9"}}
-antispam: {{enabled: false}}
-antivirus: {{enabled: false}}
-"""
-    return config.load(str(tmp_path / "mtaserver.yaml"), text=text)
-
-
-async def _commit(store: QueueStore, sender: str = "a@client.test", rcpts: tuple[str, ...] = ("x@remote.test",)) -> str:
-    qid = store.new_id()
-    spool = store.new_spool(qid)
-    spool.write(b"Subject: t\r\n\r\nhello\r\n")
-    env = Envelope(queue_id=qid, sender=sender, recipients=[Recipient(address=r) for r in rcpts], arrival=time.time(),
-                   client=ClientInfo(ip="192.0.2.1", port=4711, helo="client.test"))  # fmt: skip
-    await store.commit(spool, env)
-    return qid
-
-
 @pytest.fixture
 async def spool(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = load_config(tmp_path, "domains: {local: [example.test]}", 'outbound: {relay_host: "[127.0.0.1]:9"}', NO_SCANNERS)
     store = QueueStore(cfg.queue_path)
     store.open()
     yield cfg, store
@@ -55,7 +32,7 @@ async def spool(tmp_path):
 
 async def test_list_paging_goes_on_past_messages_delivered_during_the_scan(spool):
     cfg, store = spool
-    ids = [await _commit(store) for _ in range(6)]
+    ids = [await commit_message(store) for _ in range(6)]
     gone = [ids[1], ids[2]]
 
     class Racing(QueueOps):
@@ -87,25 +64,15 @@ def test_all_together_with_ids_is_an_error(tmp_path):
         check_selector(Selector(ids=["0" * 17], all=True))
 
 
-def _local_cfg(tmp_path):
-    text = f"""
-server: {{hostname: mx.example.test, data_dir: "{tmp_path}/var"}}
-domains: {{local: [example.test], local_delivery: {{type: maildir, path: mail}}}}
-antispam: {{enabled: false}}
-antivirus: {{enabled: false}}
-"""
-    return config.load(str(tmp_path / "mtaserver.yaml"), text=text)
-
-
 async def test_delete_bounce_of_a_message_under_delivery_lists_only_the_recipients_left(tmp_path):
     from mtaserver.queue.manager import QueueManager
     from mtaserver.queue.store import split_queue_file
 
-    cfg = _local_cfg(tmp_path)
+    cfg = load_config(tmp_path, MAILDIR, NO_SCANNERS)
     store = QueueStore(cfg.queue_path)
     store.open()
     try:
-        qid = await _commit(store, rcpts=("done@remote.test", "left@remote.test"))
+        qid = await commit_message(store, ("done@remote.test", "left@remote.test"))
         manager = QueueManager(lambda: cfg, store)
         # The manager took it: it is in active/ and being delivered (no manager loop runs here).
         store.move(qid, "incoming", "active")
@@ -132,7 +99,7 @@ async def test_a_failure_on_one_message_is_reported_per_id_and_the_others_are_do
     from mtaserver.queue.manager import QueueManager
 
     cfg, store = spool
-    ids = [await _commit(store) for _ in range(3)]
+    ids = [await commit_message(store) for _ in range(3)]
     os.mkdir(store.path("hold", ids[1]))  # rename(2) of the file onto a directory fails
     os.mknod(os.path.join(store.path("hold", ids[1]), "x"))
     for manager in (None, QueueManager(lambda: cfg, store)):
@@ -148,7 +115,7 @@ async def test_a_large_action_lets_the_event_loop_run_meanwhile(spool):
     cfg, store = spool
     n = CONTROL_BATCH + 10
     for _ in range(n):
-        await _commit(store)
+        await commit_message(store)
     manager = QueueManager(lambda: cfg, store)
     seen: list[int] = []
     finished = False

@@ -3,20 +3,10 @@ and what is accepted: sizes with B/MB/MiB, a relay host like "[foo", a CIDR with
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from builders import config_errors
 
-from mtaserver.config import ConfigError, load
 from mtaserver.values import check_nexthop, parse_network, parse_size
-
-
-def errors(text: str, tmp_path: Path) -> list[str]:
-    p = tmp_path / "m.yaml"
-    p.write_text(text)
-    with pytest.raises(ConfigError) as exc:
-        load(p)
-    return exc.value.errors
 
 
 @pytest.mark.parametrize("text", ["10MB", "10Mb", "10mb", "10 MiB", "10MiB", "500KB", "1GB", "10B", "1.5M", "10 kib"])
@@ -37,7 +27,7 @@ def test_the_documented_sizes():
 
 
 def test_a_size_with_mb_names_the_key(tmp_path):
-    errs = errors("advanced:\n  max_message_size: 10MB\n", tmp_path)
+    errs = config_errors("advanced:\n  max_message_size: 10MB\n", tmp_path)
     assert len(errs) == 1 and errs[0].startswith(f"{tmp_path / 'm.yaml'}:2: advanced.max_message_size: '10MB' is ambiguous")
 
 
@@ -55,7 +45,7 @@ def test_relay_host_forms_postfix_knows(text):
 
 
 def test_a_bad_relay_host_names_the_key(tmp_path):
-    errs = errors('outbound:\n  relay_host: "[foo"\n  fallback_relay_host: "[192.0.2.1]:x"\n', tmp_path)
+    errs = config_errors('outbound:\n  relay_host: "[foo"\n  fallback_relay_host: "[192.0.2.1]:x"\n', tmp_path)
     assert [e.split(": ", 2)[1] for e in errs] == ["outbound.relay_host", "outbound.fallback_relay_host"], errs
     assert "'[foo'" in errs[0] and "[host]:port" in errs[0]
 
@@ -66,5 +56,5 @@ def test_host_bits_set_are_refused_with_the_network_meant(tmp_path):
     with pytest.raises(ValueError, match=r"did you mean 2001:db8::/32"):
         parse_network("[2001:db8::1]/32")
     assert str(parse_network("!10.0.0.1")) == "!10.0.0.1/32" and str(parse_network("[::1]/128")) == "::1/128"
-    errs = errors('outbound:\n  mynetworks: ["127.0.0.0/8", "10.0.0.1/8"]\n', tmp_path)
+    errs = config_errors('outbound:\n  mynetworks: ["127.0.0.0/8", "10.0.0.1/8"]\n', tmp_path)
     assert len(errs) == 1 and ": outbound.mynetworks[1]: " in errs[0] and "did you mean 10.0.0.0/8" in errs[0], errs

@@ -14,7 +14,8 @@ DESCRIPTION
 
     A message with no recipient left is removed (envelope first, then body). A crash in the
     middle leaves the message in active/, which the next start moves back to incoming/:
-    delivery is at least once. So does the queue manager's own start (a queue manager process
+    delivery is at least once (but a hold or delete an administrator asked for during that
+    attempt, recorded in control/, is done instead: see control()). So does the queue manager's own start (a queue manager process
     that died is started again by the supervisor, with no recovery: active/ is only ever the
     queue manager's). DSNs are committed before the original is updated, so a crash may
     duplicate a DSN but never lose one.
@@ -70,7 +71,7 @@ from ..model import ClientInfo, Envelope, Fate, RcptState, Recipient
 from . import backoff
 from .dsn import MAX_ORIGINAL, RecipientStatus, build_dsn, notify_wants
 from .ops import FLUSH_TOKEN, SCAN_TOKEN, apply
-from .store import CorruptEnvelope, QueueStore, is_queue_id
+from .store import CONTROL_ACTIONS, CorruptEnvelope, QueueStore, is_queue_id
 
 log = logging.getLogger("qmgr")
 
@@ -191,6 +192,7 @@ class QueueManager:
         self._chain: Any = None  # filters/chain.FilterChain for requeued messages, built when first needed
         # An administrator's action on a message being delivered: (action, what runs first: delete --bounce).
         self._pending: dict[str, tuple[str, Callable[[str], Awaitable[Any]] | None]] = {}
+        self._marked: set[str] = set()  # pending ids with a control/<id> marker on disk (control)
         self._reserved: set[str] = set()  # ids an administrator's action works on now: not taken meanwhile
         self._stopped_short = False  # the last feed left work for when a slot frees up
         self._seen: Config | None = None  # the config the shared objects were last checked against
@@ -268,15 +270,37 @@ class QueueManager:
         running attempt). `before(qid)` runs first for each message (delete --bounce queues
         the notification: at the end of an attempt it names the recipients left). The loop
         turns every CONTROL_BATCH messages. Returns (done now, done when the attempt ends,
-        {queue id: error} of the messages an error left where they were)."""
+        {queue id: error} of the messages an error left where they were).
+
+        A hold or delete left for the end of an attempt is also recorded as control/<id>
+        (store.py), so that a crash meanwhile does not deliver the message: the next start
+        holds or removes it. delete --bounce is not recorded (in memory only): its notification
+        is queued by `before` when the attempt ends, and a start has no such step; after a
+        crash the message is delivered as any interrupted attempt's is. Requeue and release
+        need no record (a start puts the message back in incoming/, as a requeue does)."""
         done, later, errors = [], [], {}
         free = []
+        marks: dict[str, str] = {}
         for qid in dict.fromkeys(queue_ids):
             if qid in self._active:
                 self._pending[qid] = (action, before)  # the last request wins
                 later.append(qid)
+                if action in CONTROL_ACTIONS and before is None:
+                    marks[qid] = action
+                elif qid in self._marked:  # an earlier hold or delete is replaced: its record goes
+                    self._marked.discard(qid)
+                    self.store.remove_control(qid)
             elif qid not in self._reserved:
                 free.append(qid)
+        if marks:
+            # Here, with no await since the ids were found active: _after_attempt cannot run in
+            # between and leave a marker behind (fsyncs in the loop, as _finish's rewrite does;
+            # at most MAX_ACTIVE messages are under delivery).
+            failed = self.store.write_controls(marks)
+            self._marked.update(qid for qid in marks if qid not in failed)
+            for qid, why in failed.items():
+                log.error("%s: %s when the delivery attempt ends: cannot record it in control/: %s; a crash before then "
+                          "forgets it", qid, action, why)  # fmt: skip
         self._reserved.update(free)
         try:
             for i, qid in enumerate(free):
@@ -313,23 +337,18 @@ class QueueManager:
                 self.announce([qid])
         except Exception as exc:  # noqa: BLE001 - an OSError, a damaged file: logged, the message stays
             log.error("%s: %s after the delivery attempt failed: %s", qid, action, exc)
+        finally:
+            if qid in self._marked:  # after the action: a crash in between finds it done (the start drops the marker)
+                self._marked.discard(qid)
+                self.store.remove_control(qid)
 
     def _reclaim_active(self) -> int:
         """What a queue manager before this one left in active/ goes back to incoming/ (at least
         once, as the server's recovery at start). Only the queue manager moves files out of active/:
         one killed mid-delivery and started again by the supervisor (not a restart of the server,
-        whose recovery does this) would otherwise strand its messages there until the next start."""
-        n = 0
-        for qid in self.store.list("active"):
-            try:
-                self.store.move(qid, "active", "incoming")
-                n += 1
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # incoming/<id> is a directory, say: never stops the start
-                log.warning('cannot move "%s" from queue "active" to queue "incoming": %s', qid, exc.strerror or exc)
-                self.store.set_aside("active", qid)
-        return n
+        whose recovery does this) would otherwise strand its messages there until the next start.
+        A hold or delete asked during the interrupted attempt (control/<id>) is done instead."""
+        return self.store.reclaim_active()["active_requeued"]
 
     async def run(self, stop: asyncio.Event, *, listen: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -473,25 +492,27 @@ class QueueManager:
     # -- requeue: the content filters again ---------------------------------------------
 
     async def _refilter(self, env: Envelope, body: bytes) -> bool:
-        """A requeued message (queue/ops.py) through the content filters before its delivery
-        (filters/refilter.py says what each verdict does). True: nothing more to do now."""
+        """A requeued message (queue/ops.py) or one from the sendmail pickup through the content
+        filters before its delivery (filters/refilter.py says what each verdict does). The log
+        lines say which of the two ("requeue:", "pickup:"). True: nothing more to do now."""
         from ..filters.chain import FilterChain
         from ..filters.refilter import ADDED, refilter
         from ..model import TEMPFAIL_INTERNAL, Decision, Verdict
 
         cfg = self._cfg()
         qid = env.queue_id
+        what = "requeue" if env.extra.get("requeue") else "pickup"  # a requeued pickup is a requeue
         try:
             if self._chain is None or self._chain.cfg is not cfg:
                 self._chain = FilterChain(cfg, self._chain)
             verdict, msg = await refilter(cfg, self._chain, self.store, env, body)
         except Exception as exc:  # a bug, an unusable dkim.sign key: retried later, still flagged, never stranded in active/
-            log.exception("%s: requeue: the content filters failed", qid)
+            log.exception("%s: %s: the content filters failed", qid, what)
             verdict, msg = Verdict(Decision.TEMPFAIL, TEMPFAIL_INTERNAL, f"internal error: {type(exc).__name__}"), None
         d = verdict.decision
         if d is Decision.TEMPFAIL:  # retried later, still flagged
             reason = verdict.reply.line() if verdict.reply else verdict.reason
-            log.info("%s: requeue: content filters failed for now: %s", qid, sanitize(reason, 300))
+            log.info("%s: %s: content filters failed for now: %s", qid, what, sanitize(reason, 300))
             o = Outcome(Fate.DEFERRED, verdict.reply.status if verdict.reply else "4.7.1", reason, None, False)
             await self._finish(cfg, env, {r.address: o for r in env.recipients}, body)
             return True
@@ -505,10 +526,10 @@ class QueueManager:
         if d in (Decision.REJECT, Decision.DISCARD):
             if d is Decision.REJECT and verdict.reply is not None:
                 o = Outcome(Fate.BOUNCED, verdict.reply.status, verdict.reply.line(), None, False)
-                log.info("%s: requeue: refused by the content filters: %s", qid, sanitize(verdict.reply.line(), 300))
+                log.info("%s: %s: refused by the content filters: %s", qid, what, sanitize(verdict.reply.line(), 300))
                 await self._finish(cfg, env, {r.address: o for r in env.recipients}, body)
             else:
-                log.info("%s: requeue: discarded by the content filters: %s", qid, sanitize(verdict.reason, 300))
+                log.info("%s: %s: discarded by the content filters: %s", qid, what, sanitize(verdict.reason, 300))
                 self.store.remove("active", qid)
             return True
         # Queued again, rewritten: the new file first (incoming/ or hold/), then the old one out.
@@ -518,7 +539,8 @@ class QueueManager:
         hold = d is Decision.HOLD
         await self.store.commit(spool, env, announce=False, hold=hold)
         self.store.remove("active", qid)
-        log.info("%s: requeue: filtered again (%s)%s", qid, ", ".join(f"{t['filter']}={t['result']}" for t in msg.trail) or "no filter",
+        trail = ", ".join(f"{t['filter']}={t['result']}" for t in msg.trail) or "no filter"
+        log.info("%s: %s (%s)%s", qid, "requeue: filtered again" if what == "requeue" else "pickup: filtered", trail,
                  ", held" if hold else "")  # fmt: skip
         if not hold:
             self.announce([qid])

@@ -9,6 +9,7 @@ DESCRIPTION
       hold/       messages held by the administrator
       corrupt/    queue files that failed to parse; kept, never deleted
       status/     the queue manager's record of delivery progress (see below)
+      control/    an administrator's hold or delete of a message being delivered (see below)
 
     One message is one queue file, named by its queue id, in the directory of its state; every
     state transition is one rename(2). A queue file is the message content as received (CRLF
@@ -50,9 +51,17 @@ DESCRIPTION
     with an empty content part) to status/<id>, atomically; it supersedes the envelope in the
     queue file. Removal unlinks the queue file first, then status/<id>.
 
+    An administrator's hold or delete of a message under delivery is done when the attempt
+    ends (QueueManager.control); meanwhile control/<id> holds the action word ("hold\n",
+    "delete\n"), written atomically (tmp, fsync, rename, fsync of control/) and removed once the
+    action is done. A crash in between must not deliver what the administrator stopped.
+
     Recovery at start (before any worker accepts): tmp/ is swept, active/ moves back to
-    incoming/ (at-least-once: a crash may cause a duplicate, never a loss), incoming/ is
-    validated, and status files with no queue file are removed.
+    incoming/ (at-least-once: a crash may cause a duplicate, never a loss) unless control/ says
+    hold (then into hold/) or delete (then removed); every control/ marker is then removed (one
+    whose message is not in active/ was done already, or its message is gone). incoming/ is
+    validated, and status files with no queue file are removed. The queue manager's own start
+    does the same with active/ (reclaim_active).
 
     Anything else in a queue directory (a directory or a FIFO named like a queue id, a symlink,
     a file we may not read) stops nothing: it is never followed (O_NOFOLLOW on every open of a
@@ -93,7 +102,8 @@ from ..model import ClientInfo, Envelope, RcptState, Recipient, Reply
 log = logging.getLogger("queue")
 
 STATES = ("incoming", "active", "deferred", "hold", "corrupt")
-DIRS = ("tmp", "status", *STATES)
+DIRS = ("tmp", "status", "control", *STATES)
+CONTROL_ACTIONS = ("hold", "delete")  # what control/<id> may ask for (see DESCRIPTION)
 FORMAT_VERSION = 2
 _TRAILER = re.compile(rb"\nMTAQ(\d) ([0-9a-f]{8}) ([0-9a-f]{8})\n\Z")
 TRAILER_SIZE = 25  # len(b"\nMTAQ2 00000000 00000000\n")
@@ -745,7 +755,7 @@ class QueueStore:
         is gone already, or cannot be moved (logged; it stays where it is)."""
         src = f"{self._root}/{state}/{name}"
         dst = f"{self._root}/corrupt/{name}"
-        if state == "status" or os.path.lexists(dst):
+        if state in ("status", "control") or os.path.lexists(dst):
             dst = f"{dst}.{state}.{time.time_ns()}"
         try:
             os.rename(src, dst)
@@ -858,6 +868,103 @@ class QueueStore:
         _unlink(self.path(state, queue_id))
         _unlink(self.status_path(queue_id))
 
+    # -- an administrator's action on a message under delivery (control/) -------------------
+
+    def control_path(self, queue_id: str) -> str:
+        return f"{self._root}/control/{queue_id}"
+
+    def write_controls(self, actions: dict[str, str]) -> dict[str, str]:
+        """Record control/<id> = action (hold, delete) for each message: tmp + fsync + rename each,
+        then one fsync of control/. Returns {queue id: error} of those not recorded."""
+        errors: dict[str, str] = {}
+        for qid, action in actions.items():
+            assert action in CONTROL_ACTIONS and is_queue_id(qid)
+            tmp = f"{self._tmp}/{qid}.control"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                try:
+                    _write_all(fd, [action.encode() + b"\n"])
+                    self._fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, self.control_path(qid))
+            except OSError as exc:
+                _unlink(tmp)
+                errors[qid] = exc.strerror or str(exc)
+        if len(errors) < len(actions):
+            try:
+                _fsync_dir(f"{self._root}/control", self._fsync)
+            except OSError as exc:
+                errors.update((qid, exc.strerror or str(exc)) for qid in actions if qid not in errors)
+        return errors
+
+    def remove_control(self, queue_id: str) -> None:
+        """The action is done (or replaced by one that needs no record): control/<id> goes. Never
+        raises: a marker left behind is removed by the next start (its message is not in active/)."""
+        try:
+            _unlink(self.control_path(queue_id))
+        except OSError as exc:
+            log.error("%s: cannot remove control/%s: %s", queue_id, queue_id, exc.strerror or exc)
+
+    def read_controls(self) -> dict[str, str]:
+        """The control/ markers: {queue id: action}. A stray entry is set aside into corrupt/, a
+        marker that asks for no known action is removed (both logged)."""
+        out: dict[str, str] = {}
+        for name in os.listdir(self.root / "control"):
+            path = f"{self._root}/control/{name}"
+            try:
+                action = _read_file(path).decode("ascii", "replace").strip() if is_queue_id(name) else ""
+            except FileNotFoundError:
+                continue
+            except (NotOurs, OSError) as exc:
+                log.warning('stray entry "%s" in queue "control": %s', sanitize_name(name), exc)
+                self.set_aside("control", name)
+                continue
+            if action in CONTROL_ACTIONS:
+                out[name] = action
+                continue
+            log.warning('stray entry "%s" in queue "control": %s', sanitize_name(name),
+                        f"unknown action {sanitize(action, 20)!r}" if is_queue_id(name) else "not a queue id")  # fmt: skip
+            if not self.set_aside("control", name) and os.path.lexists(path):
+                _unlink(path)
+        return out
+
+    def reclaim_active(self) -> dict[str, int]:
+        """What a stop left in active/ goes back to incoming/ (at least once), but a message whose
+        hold or delete was asked during its attempt (control/<id>) goes into hold/ or is removed;
+        then every marker is removed. For recovery and the queue manager's own start: nobody else
+        works in active/ meanwhile. Returns counts: active_requeued, held, deleted, corrupt."""
+        controls = self.read_controls()
+        counts = {"active_requeued": 0, "held": 0, "deleted": 0, "corrupt": 0}
+        for qid in self.list("active"):
+            action = controls.get(qid)
+            try:
+                if action == "hold":
+                    self.move(qid, "active", "hold")
+                    log.info("%s: placed on hold (from active, asked during the delivery attempt a stop cut short)", qid)
+                    counts["held"] += 1
+                elif action == "delete":
+                    os.unlink(self.path("active", qid))
+                    _unlink(self.status_path(qid))
+                    log.info("%s: removed (from active, asked during the delivery attempt a stop cut short)", qid)
+                    counts["deleted"] += 1
+                else:
+                    self.move(qid, "active", "incoming")
+                    counts["active_requeued"] += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # incoming/<id> is a directory, say: never stops the start
+                if action == "delete":
+                    log.warning('cannot remove "%s" from queue "active": %s', qid, exc.strerror or exc)
+                else:
+                    log.warning('cannot move "%s" from queue "active" to queue "%s": %s', qid, action or "incoming",
+                                exc.strerror or exc)  # fmt: skip
+                if self.set_aside("active", qid):
+                    counts["corrupt"] += 1
+        for qid in controls:
+            _unlink(self.control_path(qid))
+        return counts
+
     async def inject(self, *, sender: str, recipients: list[str], body: bytes, client: ClientInfo) -> str:
         """Queue a message we generate ourselves (bounces, warnings) through the same commit."""
         qid = self.new_id()
@@ -928,16 +1035,12 @@ class QueueStore:
                 log.warning('stray entry "%s" in queue "tmp": %s', sanitize_name(name), exc.strerror or exc)
                 if self.set_aside("tmp", name):
                     counts["corrupt"] += 1
-        for qid in self.list("active"):
-            try:
-                self.move(qid, "active", "incoming")
-                counts["active_requeued"] += 1
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # incoming/<id> is a directory, say
-                log.warning('cannot move "%s" from queue "active" to queue "incoming": %s', qid, exc.strerror or exc)
-                if self.set_aside("active", qid):
-                    counts["corrupt"] += 1
+        reclaimed = self.reclaim_active()  # back to incoming/, or hold/ or removed as control/ asks
+        counts["active_requeued"] += reclaimed["active_requeued"]
+        counts["corrupt"] += reclaimed["corrupt"]
+        for key in ("held", "deleted"):
+            if reclaimed[key]:
+                counts[key] = reclaimed[key]
         for qid in self.list("incoming"):
             try:
                 self.read("incoming", qid)

@@ -82,6 +82,6 @@ def test_mail_from_sendmail_goes_through_the_filters_before_delivery(make_mta):
         content = sink.messages[0][2]
         assert content.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test;")
         assert b"Received: by mx.example.test (mtaserver, from userid " in content
-        wait_for_log(mta, re.compile(r"requeue: filtered again \(attachments=clean, dkim-sign=signed\)"))
+        wait_for_log(mta, re.compile(r"pickup: filtered \(attachments=clean, dkim-sign=signed\)"))
     finally:
         sink.controller.stop()

@@ -179,9 +179,11 @@ class RcptHook(Hook):
         if verdict.reply is not None and verdict.reply.is_error:
             # the view was taken before this hook waited for the client name: log the name it got
             label = s.label if facts.client_name is None else s.label_as(facts.client_name.name)
+            # the reply quotes the client's HELO or address: escaped like the fields after it
             log.info(
                 "NOQUEUE: reject: RCPT from %s: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
-                label, verdict.reply.line(), sanitize(str(ctx.tx.sender)), sanitize(str(ctx.rcpt)), s.proto, sanitize(s.helo or ""),
+                label, sanitize(verdict.reply.line(), 1024), sanitize(str(ctx.tx.sender)), sanitize(str(ctx.rcpt)), s.proto,
+                sanitize(s.helo or ""),
             )  # fmt: skip
         return verdict if verdict.final else CONTINUE
 

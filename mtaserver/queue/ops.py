@@ -799,7 +799,9 @@ def format_show(m: dict) -> str:
             lines.append(f"  {sanitize(str(t.get('filter')))}: {sanitize(str(t.get('result')))}{score}{ms} "
                          f"{sanitize(str(t.get('detail') or ''), 300)}".rstrip())  # fmt: skip
     lines.append("headers:")
-    lines += [f"  {sanitize(h, 998)}" for h in m.get("headers", [])]
+    for h in m.get("headers", []):
+        fold = min(8, len(h) - len(h.lstrip(" \t")))  # a folded line's indent shown as one, not as "\t"
+        lines.append(f"  {h[:fold].expandtabs(8)}{sanitize(h[fold:], 998)}")
     return "\n".join(lines)
 
 

@@ -502,6 +502,8 @@ class QueueManager:
         cfg = self._cfg()
         qid = env.queue_id
         what = "requeue" if env.extra.get("requeue") else "pickup"  # a requeued pickup is a requeue
+        if what == "pickup":  # Postfix pickup's line: no smtpd logged a from= for this message
+            log.info("%s: uid=%s from=<%s>", qid, sanitize(str(env.extra.get("uid", "?"))), sanitize(env.sender))
         try:
             if self._chain is None or self._chain.cfg is not cfg:
                 self._chain = FilterChain(cfg, self._chain)

@@ -10,12 +10,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import yaml
@@ -167,6 +168,12 @@ class Mta:
 
         return bytes(split_queue_file((self.queue / state / qid).read_bytes())[1])
 
+    def envelope(self, qid: str, state: str = "incoming") -> Any:
+        """The envelope of a queue file."""
+        from mtaserver.queue.store import parse_envelope
+
+        return parse_envelope((self.queue / state / qid).read_bytes())
+
     def start(self, timeout: float = 10.0) -> Mta:
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -202,6 +209,12 @@ class Mta:
         code = self.proc.returncode
         self.proc = None
         return code
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def kill9(self) -> None:
         """kill -9 the whole process tree we started (supervisor and workers)."""
@@ -258,15 +271,26 @@ def mta(make_mta: Any) -> Mta:
     return make_mta()
 
 
-@pytest.fixture(scope="session")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate and key for mx.example.test, made with openssl (TLS tests)."""
+def self_signed(d: Path, cn: str, *, days: int = 1) -> tuple[Path, Path]:
+    """A self-signed certificate for `cn` and its key, made with openssl in `d`: (cert.pem, key.pem)."""
     openssl = require_tool("openssl")
-    d = tmp_path_factory.mktemp("cert")
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.example.test", "-days", "1",
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-days", str(days),
          "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return d / "cert.pem", d / "key.pem"
+
+
+def tls_server_context(d: Path, cn: str) -> ssl.SSLContext:
+    """A server-side TLS context with a self-signed certificate for `cn` (made in `d`)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*self_signed(d, cn))
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for mx.example.test, made with openssl (TLS tests)."""
+    return self_signed(tmp_path_factory.mktemp("cert"), "mx.example.test")
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 from conftest import free_port, require_tool, stop_process
 
@@ -59,7 +60,8 @@ class Nsd:
                 (d / f"{name}.zone").write_text(text)
             conf += ["zone:", f'  name: "{name}"', f'  zonefile: "{name}.zone"']
         (d / "nsd.conf").write_text("\n".join(conf) + "\n")
-        self.proc = subprocess.Popen([self.binary, "-d", "-c", str(d / "nsd.conf")], stdout=subprocess.DEVNULL, stderr=open(d / "stderr", "wb"))
+        with open(d / "stderr", "wb") as stderr:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([self.binary, "-d", "-c", str(d / "nsd.conf")], stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -83,3 +85,9 @@ class Nsd:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

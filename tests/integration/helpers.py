@@ -2,19 +2,28 @@
 imports another).
 
     Sink, wait_for, send, delivering, queue_empty, maildir_messages   delivery (an aiosmtpd sink as the next hop)
+    open_dir_fixture (the fixture `open_dir`), as_root                 servers that drop to another user
+    until, manager_running, run_manager_until                          a QueueManager in the test's event loop
     cli                                                                `mtaserver queue ...` through the real command line
     RedisServer                                                        a throwaway redis-server
     nsd (fixture), start, connect, WAIT, MSG                           postscreen against NSD serving DNSBL zones
+    resolver_fixture (the fixture `resolver`)                          the production resolver asking a module's `nsd`
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import shutil
 import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,8 @@ from aiosmtpd.controller import Controller
 from conftest import deep_merge, free_port, require_tool, stop_process
 from dnsserver import Nsd, zone
 from smtpclient import Reply, SmtpClient
+
+from mtaserver.dns import Resolver
 
 # -- delivery ----------------------------------------------------------------------------------
 
@@ -99,6 +110,56 @@ def maildir_messages(mta, address: str) -> list[bytes]:
     return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
 
 
+# -- servers that drop privileges ---------------------------------------------------------------
+
+
+@pytest.fixture(name="open_dir")
+def open_dir_fixture() -> Iterator[Path]:
+    """A directory every user may traverse (pytest's tmp_path is root's, 0700): for servers that drop
+    to another user and must still reach their data_dir and config."""
+    d = Path(tempfile.mkdtemp(prefix="mtaserver-open-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the privilege drop)")
+
+
+# -- the queue manager in the test's own event loop ---------------------------------------------
+
+
+async def until(predicate: Callable[[], Any], what: str = "condition", timeout: float = 15.0) -> Any:
+    """Poll `predicate` in the running loop until it is true: its value (an AssertionError naming `what`
+    after `timeout` seconds)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not (value := predicate()):
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+    return value
+
+
+@contextlib.asynccontextmanager
+async def manager_running(manager: Any) -> AsyncIterator[None]:
+    """A QueueManager running in this loop (no control socket) while the block runs; stopped after it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(manager.run(stop, listen=False))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def run_manager_until(manager: Any, done: Callable[[], Any], timeout: float = 20.0) -> None:
+    async with manager_running(manager):
+        await until(done, "the queue manager's work", timeout)
+
+
 # -- the queue command ---------------------------------------------------------------------------
 
 
@@ -161,9 +222,16 @@ def nsd(tmp_path_factory):
         "bl2.test": zone("bl2.test", "5.0.0.127 A 127.0.0.3\n", negative_ttl=1, ttl=1),
         "wl.test": zone("wl.test", "4.0.0.127 A 127.0.5.2\n", negative_ttl=1, ttl=1),
     }
-    server = Nsd(tmp_path_factory.mktemp("psnsd"), zones).start()
-    yield server
-    server.stop()
+    with Nsd(tmp_path_factory.mktemp("psnsd"), zones) as server:
+        yield server
+
+
+@pytest.fixture(name="resolver")
+async def resolver_fixture(nsd):
+    """The production resolver asking the `nsd` fixture of the test module (1 s timeout)."""
+    r = Resolver([nsd.address], timeout=1.0)
+    yield r
+    r.close()
 
 
 def start(make_mta, nsd, ps: dict[str, Any] | None = None, *, extra: dict[str, Any] | None = None, postscreen: bool = True):

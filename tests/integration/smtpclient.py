@@ -11,14 +11,14 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from conftest import IN_CI, Mta, require_tool
 
 __all__ = [
     "IN_CI", "TRUSTED", "UNTRUSTED", "UNTRUSTED2", "Mta", "Reply", "SmtpClient", "dot_stuff", "queue_id_of",
-    "require_tool", "restart", "wait_for", "wait_for_log",
+    "require_tool", "restart", "send_one", "wait_for", "wait_for_log",
 ]  # fmt: skip
 
 TRUSTED = "127.0.0.1"  # in outbound.mynetworks of the test config
@@ -100,7 +100,7 @@ class SmtpClient:
         lines: list[str] = []
         while True:
             raw = self.read_line()
-            m = re.match(rb"^(\d{3})([ -])(.*)$", raw, re.S)
+            m = re.match(rb"^(\d{3})([ -])(.*)$", raw, re.DOTALL)
             assert m, f"not an SMTP reply line: {raw!r}"
             c = int(m.group(1))
             assert code is None or c == code, f"code changed inside a multi-line reply: {raw!r}"
@@ -135,7 +135,7 @@ class SmtpClient:
                 if not data:
                     break
                 self.buf += data
-        except (TimeoutError, socket.timeout, ssl.SSLWantReadError):
+        except (TimeoutError, ssl.SSLWantReadError):
             pass
         finally:
             self.sock.settimeout(self.timeout)
@@ -154,7 +154,7 @@ class SmtpClient:
                 self.buf += data
         except (ConnectionResetError, BrokenPipeError):
             return not self.buf
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         finally:
             self.sock.settimeout(self.timeout)
@@ -180,16 +180,37 @@ class SmtpClient:
             ctx.verify_mode = ssl.CERT_NONE
         self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname)
 
-    def send_message(self, sender: str, rcpts: list[str], content: bytes, *, mail_params: str = "") -> Reply:
-        """MAIL, RCPT..., DATA, the content (dot-stuffed, ending in CRLF), '.'; the final reply."""
+    def hello(self, name: str = "client.test") -> SmtpClient:
+        """The 220 greeting, then EHLO `name`: the client, ready for a transaction."""
+        self.greeting()
+        self.ehlo(name)
+        return self
+
+    def open_data(self, sender: str = "s@client.test", rcpts: Sequence[str] = ("a@example.test",), *, mail_params: str = "") -> Reply:
+        """MAIL (250 2.1.0), RCPT... (250 2.1.5 each), DATA: its 354, the content is the caller's to send."""
         self.expect(f"MAIL FROM:<{sender}>{' ' + mail_params if mail_params else ''}", 250, "2.1.0")
         for r in rcpts:
             self.expect(f"RCPT TO:<{r}>", 250, "2.1.5")
-        self.expect("DATA", 354)
+        return self.expect("DATA", 354)
+
+    def send_message(self, sender: str, rcpts: Sequence[str], content: bytes, *, mail_params: str = "") -> Reply:
+        """MAIL, RCPT..., DATA, the content (dot-stuffed, ending in CRLF), '.'; the final reply."""
+        self.open_data(sender, rcpts, mail_params=mail_params)
         if not content.endswith(b"\r\n"):
             content += b"\r\n"
         self.send(dot_stuff(content) + b".\r\n")
         return self.reply()
+
+
+def send_one(mta: Mta, content: bytes, client: str = UNTRUSTED, *, sender: str = "s@client.test",
+             rcpts: Sequence[str] = ("a@example.test",), goes_on: bool = True) -> Reply:  # fmt: skip
+    """One message over a session of its own (EHLO client.test): the reply to its final dot. With
+    `goes_on`, the session must go on after that verdict (a NOOP is answered 250)."""
+    with SmtpClient(mta.port, client, timeout=30).hello() as c:
+        r = c.send_message(sender, rcpts, content)
+        if goes_on:
+            assert c.cmd("NOOP").line == "250 2.0.0 Ok", "the session goes on after the verdict"
+        return r
 
 
 def dot_stuff(content: bytes) -> bytes:

@@ -8,35 +8,17 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conftest import Mta
+from helpers import as_root, open_dir_fixture  # noqa: F401  (the fixture open_dir)
 from smtpclient import wait_for_log
 
 ADMIN = "a" * 20 + "admintoken"
 READ = "r" * 20 + "readtoken"
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every user may traverse (tmp_path is root's, 0700): for servers that drop to
-    another user and must still reach their data_dir and config."""
-    d = Path(tempfile.mkdtemp(prefix="mtaserver-hardening-", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def as_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (the privilege drop)")
 
 
 def with_tokens(make_mta, overrides: dict | None = None) -> Mta:

@@ -4,23 +4,16 @@ attachment is queued; blocked_extensions_action: discard -> 250 and nothing queu
 
 from __future__ import annotations
 
-import base64
-import io
 import re
-import tarfile
-import zipfile
 
 import pytest
-from smtpclient import UNTRUSTED, SmtpClient, queue_id_of, wait_for_log
+from builders import b64, tar_of, zeros_zip, zip_of
+from smtpclient import queue_id_of, send_one, wait_for_log
 
 pytestmark = pytest.mark.integration
 
 QUIET = {"notify_admin": False, "notify_recipient": False}  # no notices: the queue shows only what got through
 BLOCKING = {"inbound": {"blocked_extensions": ["@common", "iso"], **QUIET}}
-
-
-def b64(data: bytes) -> bytes:
-    return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
 def message(*parts: bytes, subject: str = "files") -> bytes:
@@ -35,34 +28,6 @@ def message(*parts: bytes, subject: str = "files") -> bytes:
 
 def attachment(headers: list[str], data: bytes = b"MZ\x90\x00 not really a program") -> bytes:
     return "".join(h + "\r\n" for h in headers).encode() + b"Content-Transfer-Encoding: base64\r\n\r\n" + b64(data)
-
-
-def zip_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for n, d in members.items():
-            z.writestr(n, d)
-    return buf.getvalue()
-
-
-def tgz_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        for n, d in members.items():
-            info = tarfile.TarInfo(n)
-            info.size = len(d)
-            t.addfile(info, io.BytesIO(d))
-    return buf.getvalue()
-
-
-def zip_bomb() -> bytes:
-    """200 MB of zeros in a ~200 KB zip (over max_expanded, 100M by default)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z, z.open("zeros.bin", "w") as f:
-        chunk = bytes(1 << 20)
-        for _ in range(200):
-            f.write(chunk)
-    return buf.getvalue()
 
 
 def forwarded(inner: bytes) -> bytes:
@@ -87,24 +52,15 @@ BLOCKED = [
                  "Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n".encode(),
      'File "caf\\xc3\\xa9.ISO" has the unacceptable extension "ISO"'),
     ("zip-in-forwarded-message", forwarded(INNER), 'File "Report.PDF.exe" has the unacceptable extension "exe"'),
-    ("tgz", attachment(['Content-Type: application/gzip; name="logs.tgz"'], tgz_of({"logs/run.cmd": b"@echo off"})),
+    ("tgz", attachment(['Content-Type: application/gzip; name="logs.tgz"'], tar_of({"logs/run.cmd": b"@echo off"}, "w:gz")),
      'File "logs/run.cmd" has the unacceptable extension "cmd"'),
 ]  # fmt: skip
-
-
-def send(mta, content: bytes):
-    with SmtpClient(mta.port, UNTRUSTED, timeout=30) as c:
-        c.greeting()
-        c.ehlo("client.test")
-        r = c.send_message("s@client.test", ["a@example.test"], content)
-        assert c.cmd("NOOP").line == "250 2.0.0 Ok", "the session goes on after the verdict"
-        return r
 
 
 def test_every_encoding_is_rejected(make_mta):
     mta = make_mta(BLOCKING)
     for label, part, text in BLOCKED:
-        r = send(mta, message(part))
+        r = send_one(mta, message(part))
         assert (r.code, r.status) == (550, "5.7.1"), f"{label}: {r}"
         assert r.text == f"5.7.1 Attachment type not allowed. {text}", f"{label}: {r}"
     assert mta.queued() == [] and mta.queued("tmp") == []
@@ -112,7 +68,7 @@ def test_every_encoding_is_rejected(make_mta):
 
 def test_a_zip_bomb_is_rejected(make_mta):
     mta = make_mta(BLOCKING)
-    r = send(mta, message(attachment(['Content-Type: application/zip; name="big.zip"'], zip_bomb())))
+    r = send_one(mta, message(attachment(['Content-Type: application/zip; name="big.zip"'], zeros_zip())))
     assert r.line == f"550 5.7.1 Attachment not allowed: zip bomb: big.zip expands to {200 << 20} bytes"
     assert mta.queued() == []
 
@@ -123,7 +79,7 @@ def test_an_innocent_attachment_is_queued(make_mta):
                                  b"%PDF-1.7 a report"),
                       forwarded(message(attachment(['Content-Type: application/zip; name="docs.zip"'],
                                                    zip_of({"a.txt": b"a", "b.docx": b"PK"})))))  # fmt: skip
-    r = send(mta, content)
+    r = send_one(mta, content)
     qid = queue_id_of(r)
     assert mta.queued() == [qid]
     assert mta.body(qid).endswith(content)
@@ -132,7 +88,7 @@ def test_an_innocent_attachment_is_queued(make_mta):
 
 def test_discard_answers_250_and_queues_nothing(make_mta):
     mta = make_mta({"inbound": {"blocked_extensions": ["exe"], "blocked_extensions_action": "discard", **QUIET}})
-    r = send(mta, message(BLOCKED[0][1]))
+    r = send_one(mta, message(BLOCKED[0][1]))
     assert r.code == 250, r
     assert mta.queued() == [] and mta.queued("tmp") == []
-    assert queue_id_of(send(mta, message(subject="no attachment"))) in mta.queued()
+    assert queue_id_of(send_one(mta, message(subject="no attachment"))) in mta.queued()

@@ -36,7 +36,6 @@ from dovecot_auth import DovecotAuth
 from smtpclient import TRUSTED, UNTRUSTED, Mta, Reply, SmtpClient, queue_id_of, wait_for_log
 
 from mtaserver.auth.hashes import hash_password
-from mtaserver.queue.store import parse_envelope
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -307,16 +306,14 @@ def test_authenticated_outsider_may_relay_with_headers(make_mta: Any, cert: tupl
     assert "X-Originating-IP: [127.0.0.2]" in head, head
     assert "X-Authenticated-User: alice" in head, head
     assert "Subject: relayed" in head
-    env = parse_envelope((m.queue / "incoming" / qid).read_bytes())
+    env = m.envelope(qid)
     assert (env.client.login, env.client.protocol, env.client.trusted) == ("alice", "ESMTPSA", True)
     assert [r.address for r in env.recipients] == ["friend@remote.test"]
     wait_for_log(m, f"{qid}: client=unknown[127.0.0.2], sasl_username=alice")
 
 
 def test_unauthenticated_outsider_may_not_relay(srv: Mta) -> None:
-    with SmtpClient(srv.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(srv.port, UNTRUSTED).hello() as c:
         c.expect("MAIL FROM:<someone@client.test>", 250)
         assert c.cmd("RCPT TO:<friend@remote.test>").line == "554 5.7.1 <friend@remote.test>: Relay access denied"
         assert c.cmd("RCPT TO:<a@example.test>").line == "250 2.1.5 Ok"  # our own domain is fine
@@ -341,9 +338,7 @@ def test_sender_login_mismatch_both_ways(srv: Mta) -> None:
         c.expect("RSET", 250)
         c.expect("MAIL FROM:<alice@example.test>", 250)
         assert c.cmd("RCPT TO:<friend@remote.test>").line == "250 2.1.5 Ok"
-    with SmtpClient(srv.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(srv.port, UNTRUSTED).hello() as c:
         assert sender_refused(c, "alice@example.test", "a@example.test") == (
             "553 5.7.1 <alice@example.test>: Sender address rejected: not logged in"
         )

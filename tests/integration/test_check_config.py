@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mtaserver.auth.hashes import hash_password
+from conftest import require_tool, self_signed
 
-from conftest import require_tool
+from mtaserver.auth.hashes import hash_password
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:
@@ -54,8 +54,7 @@ def test_usable_files_are_ok(tmp_path):
 
 
 def make_cert(tmp_path: Path) -> None:
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mail.example.test", "-days", "2",
-                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)  # fmt: skip
+    self_signed(tmp_path, "mail.example.test", days=2)
 
 
 def test_a_missing_key_file_is_named(tmp_path):

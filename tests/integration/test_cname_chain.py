@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import free_port
 from dnsserver import Nsd, zone
 from helpers import Sink, queue_empty, send, wait_for
 
-from conftest import free_port
 from mtaserver.dns import NotFound, Resolver
 
 CHAIN = "".join(f"c{i} CNAME c{i + 1}\n" for i in range(10)) + "c10 MX 10 mx\nc10 A 127.0.0.2\nmx A 127.0.0.2\n"
@@ -68,9 +68,8 @@ class Relay(asyncio.DatagramProtocol):
 
 @pytest.fixture
 def nsd(tmp_path):
-    server = Nsd(tmp_path, {"chain.test": zone("chain.test", CHAIN + BROKEN)}).start()
-    yield server
-    server.stop()
+    with Nsd(tmp_path, {"chain.test": zone("chain.test", CHAIN + BROKEN)}) as server:
+        yield server
 
 
 @pytest.fixture

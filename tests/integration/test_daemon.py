@@ -6,26 +6,23 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import Mta, _children, deep_merge
+from helpers import as_root, open_dir_fixture  # noqa: F401  (the fixture open_dir)
 from smtpclient import TRUSTED, SmtpClient, queue_id_of, restart, wait_for, wait_for_log
 
-from conftest import Mta, _children, deep_merge
 from mtaserver.supervisor import holder_pid
 
 
 def one_message_sent(port: int) -> str:
-    with SmtpClient(port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(port, TRUSTED).hello() as c:
         qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: t\r\n\r\nx\r\n"))
         c.expect("QUIT", 221)
     return qid
@@ -52,21 +49,6 @@ def gone(pid: int) -> bool:
 def uid_of(pid: int) -> list[int]:
     line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Uid:"))
     return [int(x) for x in line.split()[1:]]
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every user may traverse (pytest's tmp_path is root's, 0700): for servers
-    that drop to another user and must still reach their data_dir and config."""
-    d = Path(tempfile.mkdtemp(prefix="mtaserver-daemon-", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def as_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (the privilege drop)")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -203,7 +185,7 @@ def test_log_file_is_reopened_on_sigusr1_in_every_process(make_mta):
     writers = {int(m) for m in re.findall(r"mtaserver/\w+\[(\d+)\]: reload: applied", log)}
     assert writers == pids - {mta.proc.pid}  # both SMTP workers and the queue manager
     assert "reload: applied" not in rotated.read_text()
-    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} mtaserver/\w+\[\d+\]: ", log, re.M)
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} mtaserver/\w+\[\d+\]: ", log, re.MULTILINE)
 
 
 def test_syslog_target_sends_mail_facility_datagrams(make_mta):

@@ -70,9 +70,8 @@ class Counter:
 @pytest.fixture
 def many_mx(tmp_path):
     records = "".join(f"@ MX 10 mx{n}\nmx{n} A 127.0.1.{n}\n" for n in range(1, HOSTS + 1))
-    server = Nsd(tmp_path, {"many.test": zone("many.test", records)}).start()
-    yield server
-    server.stop()
+    with Nsd(tmp_path, {"many.test": zone("many.test", records)}) as server:
+        yield server
 
 
 def _config(dns: Nsd, port: int, **outbound) -> dict:

@@ -53,9 +53,7 @@ def _big(size: int) -> bytes:
 def test_message_bigger_than_the_free_space(small_disk):
     mta = small_disk
     assert _free(mta.queue) <= 3 * MB
-    with SmtpClient(mta.port, TRUSTED, timeout=20) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED, timeout=20).hello() as c:
         c.expect("MAIL FROM:<s@client.test>", 250)  # no SIZE declared: found out while writing
         c.expect("RCPT TO:<a@example.test>", 250)
         c.expect("DATA", 354)
@@ -77,9 +75,7 @@ def test_message_that_fills_the_disk_exactly_while_committing(small_disk):
     with 452, and the spool never keeps a partial file."""
     mta = small_disk
     free = _free(mta.queue)
-    with SmtpClient(mta.port, TRUSTED, timeout=20) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED, timeout=20).hello() as c:
         for size in (free - 64 * 1024, free - 8192, free - 4096, free, free + 4096):
             c.expect("MAIL FROM:<s@client.test>", 250)
             c.expect("RCPT TO:<a@example.test>", 250)
@@ -98,9 +94,7 @@ def test_message_that_fills_the_disk_exactly_while_committing(small_disk):
 
 def test_declared_size_over_the_free_space_is_refused_at_mail(small_disk):
     mta = small_disk
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         assert c.cmd("MAIL FROM:<s@client.test> SIZE=4000000").line == "452 4.3.1 Insufficient system storage"
         assert c.cmd("MAIL FROM:<s@client.test> SIZE=1000").line == "250 2.1.0 Ok"
     wait_for_log(mta, "NOQUEUE: reject: MAIL from unknown[127.0.0.1]: 452 4.3.1 Insufficient system storage")
@@ -111,9 +105,7 @@ def test_min_free_on_a_small_disk(make_mta, small_disk):
     small_disk.config["queue"]["min_free"] = "10M"
     small_disk.write_config()
     restart(small_disk)
-    with SmtpClient(small_disk.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(small_disk.port, TRUSTED).hello() as c:
         assert c.cmd("MAIL FROM:<s@client.test>").line == "452 4.3.1 Insufficient system storage"
 
 
@@ -121,15 +113,11 @@ def test_min_free_above_the_free_space(make_mta, tmp_path):
     """queue.min_free: refuse MAIL while the spool has less free space (no root needed)."""
     free = _free(tmp_path)
     mta = make_mta({"queue": {"min_free": free + 1024 * MB}})
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         assert c.cmd("MAIL FROM:<s@client.test>").line == "452 4.3.1 Insufficient system storage"
         assert c.cmd("NOOP").line == "250 2.0.0 Ok"
     mta2 = make_mta({"queue": {"min_free": "1M"}})
-    with SmtpClient(mta2.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta2.port, TRUSTED).hello() as c:
         assert c.cmd("MAIL FROM:<s@client.test>").line == "250 2.1.0 Ok"
 
 
@@ -148,12 +136,8 @@ def test_no_inode_left_for_the_spool_file(small_disk):
             n += 1
     except OSError:
         pass
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
-        c.expect("MAIL FROM:<s@client.test>", 250)
-        c.expect("RCPT TO:<a@example.test>", 250)
-        c.expect("DATA", 354)
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
+        c.open_data()
         c.send(b"Subject: t\r\n\r\nx\r\n.\r\n")
         assert c.reply().line == "452 4.3.1 Insufficient system storage"
         assert mta.queued("tmp") == [] and mta.queued() == []

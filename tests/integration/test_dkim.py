@@ -80,9 +80,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 @pytest.fixture(scope="module")
 def nsd(tmp_path_factory: pytest.TempPathFactory, keys: Keys):
     published = "\n".join(keys.txt[n] for n in ("rsa.example.org", "ed.example.org"))
-    server = Nsd(tmp_path_factory.mktemp("dkimdns"), {"example.org": zone("example.org", published), "dead.test": None}).start()
-    yield server
-    server.stop()
+    with Nsd(tmp_path_factory.mktemp("dkimdns"), {"example.org": zone("example.org", published), "dead.test": None}) as server:
+        yield server
 
 
 MESSAGE = (
@@ -214,9 +213,7 @@ def start(make_mta, keys: Keys, nsd: Nsd, dkim: dict) -> Mta:
 
 
 def send(mta: Mta, content: bytes, client: str, sender: str = "alice@example.org") -> Reply:
-    with SmtpClient(mta.port, client, timeout=30) as c:
-        c.greeting()
-        c.ehlo("client.test")
+    with SmtpClient(mta.port, client, timeout=30).hello() as c:
         return c.send_message(sender, ["bob@example.test"], content)
 
 

@@ -62,7 +62,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(make_mta):
     missing = set(snapshot) - incoming
     assert not missing, f"acknowledged but lost: {sorted(missing)}"
     for qid, (t, i) in snapshot.items():
-        env = parse_envelope((mta.queue / "incoming" / qid).read_bytes())
+        env = mta.envelope(qid)
         assert env.queue_id == qid
         assert env.sender == f"s{t}@client.test"
         assert [r.address for r in env.recipients] == [f"r{t}.{i}@example.test"]
@@ -74,11 +74,9 @@ def test_kill_9_under_load_loses_no_acknowledged_message(make_mta):
     assert mta.queued("tmp") == []
     assert mta.queued("active") == [] and mta.queued("corrupt") == []
     for qid in incoming - set(snapshot):  # sent but not acknowledged: allowed (at least once), but whole
-        parse_envelope((mta.queue / "incoming" / qid).read_bytes())
+        mta.envelope(qid)
     # and the restarted server works
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: after\r\n\r\nx\r\n"))
 
 
@@ -88,9 +86,7 @@ def _trailer_len(data: bytes) -> int:
 
 
 def _committed_message(mta) -> str:
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         return queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: t\r\n\r\nx\r\n"))
 
 
@@ -154,12 +150,8 @@ def test_acknowledged_message_survives_kill_9_right_after_the_250(make_mta):
     instant the reply arrives, and the message is there."""
     mta = make_mta()
     for _ in range(3):
-        with SmtpClient(mta.port, TRUSTED) as c:
-            c.greeting()
-            c.ehlo()
-            c.expect("MAIL FROM:<s@client.test>", 250)
-            c.expect("RCPT TO:<a@example.test>", 250)
-            c.expect("DATA", 354)
+        with SmtpClient(mta.port, TRUSTED).hello() as c:
+            c.open_data()
             c.send(b"Subject: k\r\n\r\nkill me\r\n.\r\n")
             qid = queue_id_of(c.reply())
             mta.kill9()

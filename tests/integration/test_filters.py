@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import free_port
 from scanners import (  # noqa: F401  (the fixtures spamd and clamd)
     GTUBE,
     VIRUS_NAME,
@@ -15,9 +16,7 @@ from scanners import (  # noqa: F401  (the fixtures spamd and clamd)
     message_with_attachment,
     spamd_fixture,
 )
-from smtpclient import TRUSTED, UNTRUSTED, SmtpClient, queue_id_of, wait_for_log
-
-from conftest import free_port
+from smtpclient import TRUSTED, queue_id_of, send_one, wait_for_log
 
 pytestmark = pytest.mark.integration
 
@@ -32,26 +31,11 @@ def filters(spamd_address: str | None, clamd_address: str | None, **antispam: ob
     }
 
 
-def send(mta, content: bytes, client: str = UNTRUSTED):
-    with SmtpClient(mta.port, client, timeout=30) as c:
-        c.greeting()
-        c.ehlo("client.test")
-        r = c.send_message("s@client.test", ["a@example.test"], content)
-        assert c.cmd("NOOP").line == "250 2.0.0 Ok", "the session goes on after the verdict"
-        return r
-
-
-def envelope_of(mta, qid: str, state: str = "incoming"):
-    from mtaserver.queue.store import parse_envelope
-
-    return parse_envelope((mta.queue / state / qid).read_bytes())
-
-
 def notices(mta) -> list[tuple[str, list[str], str]]:
     """(sender, recipients, Subject) of every queued message."""
     out = []
     for qid in mta.queued():
-        env = envelope_of(mta, qid)
+        env = mta.envelope(qid)
         out.append((env.sender, [r.address for r in env.recipients], headers_of(mta, qid)["Subject"]))
     return out
 
@@ -67,14 +51,14 @@ def headers_of(mta, qid: str) -> dict[str, str]:
 
 def test_clean_message_is_queued_with_the_spam_report(make_mta, spamd, clamd):
     mta = make_mta(filters(spamd.address, clamd.address))
-    qid = queue_id_of(send(mta, CLEAN))
+    qid = queue_id_of(send_one(mta, CLEAN))
     h = headers_of(mta, qid)
     assert "X-Spam-Flag" not in h and h["Subject"] == "meeting"
     assert h["X-Spam-Status"].startswith("No, score=") and "required=6.6" in h["X-Spam-Status"]
     assert float(h["X-Spam-Score"]) < 5
-    assert list(h)[0] == "Received", "our Received: stays the topmost header"
+    assert next(iter(h)) == "Received", "our Received: stays the topmost header"
     assert mta.body(qid).endswith(b"discuss the quarterly report.\r\n")
-    trail = envelope_of(mta, qid).trail
+    trail = mta.envelope(qid).trail
     assert [(t["filter"], t["result"]) for t in trail] == [("antivirus", "clean"), ("dkim-verify", "none"), ("antispam", "ham")], trail
     assert trail[2]["score"] == float(h["X-Spam-Score"]) and trail[2]["detail"], "the score and spamd's rules are kept"
     wait_for_log(mta, re.compile(rf"{qid}: filters: antivirus=clean \d+ms, dkim-verify=none \(none\) \d+ms, antispam=ham score=[-0-9.]+ \(.+\) \d+ms"))
@@ -82,7 +66,7 @@ def test_clean_message_is_queued_with_the_spam_report(make_mta, spamd, clamd):
 
 def test_gtube_is_discarded_by_default(make_mta, spamd):
     mta = make_mta(filters(spamd.address, None))
-    r = send(mta, SPAM)
+    r = send_one(mta, SPAM)
     assert r.code == 250, "the sender is not told (Amavis D_DISCARD, Postfix DISCARD)"
     assert mta.queued() == [] and mta.queued("tmp") == []
     wait_for_log(mta, re.compile(rf"{queue_id_of(r)}: filter-discard: END-OF-MESSAGE from unknown\[127\.0\.0\.2\]: spam: score (99\d|10\d\d)\.\d \(\d+%\), tag 6\.6 \(33%\), kill 15\.0 \(75%\)"))
@@ -90,7 +74,7 @@ def test_gtube_is_discarded_by_default(make_mta, spamd):
 
 def test_gtube_rejected(make_mta, spamd):
     mta = make_mta(filters(spamd.address, None, blocked_spam_action="reject"))
-    r = send(mta, SPAM)
+    r = send_one(mta, SPAM)
     assert r.line == "550 5.7.1 Rejected: message looks like spam"
     assert mta.queued() == []
     wait_for_log(mta, re.compile(r"filter-reject: END-OF-MESSAGE from unknown\[127\.0\.0\.2\]: 550 5\.7\.1 Rejected: message looks like spam "
@@ -100,7 +84,7 @@ def test_gtube_rejected(make_mta, spamd):
 @pytest.mark.parametrize("in_memory", ["256K", "1K"])  # held in memory, or spilled to tmp/ while it arrived
 def test_spam_delivered_anyway_is_tagged(make_mta, spamd, in_memory):
     mta = make_mta({**filters(spamd.address, None, blocked_spam_action="deliver"), "queue": {"spool_in_memory": in_memory}})
-    qid = queue_id_of(send(mta, SPAM + b"padding\r\n" * 200))
+    qid = queue_id_of(send_one(mta, SPAM + b"padding\r\n" * 200))
     h = headers_of(mta, qid)
     assert h["X-Spam-Flag"] == "YES" and h["Subject"] == "[SPAM] offer"
     assert re.match(r"Yes, score=(99\d|10\d\d)\.\d required=6\.6 tests=\[.*\bGTUBE\b", h["X-Spam-Status"]), h["X-Spam-Status"]
@@ -111,7 +95,7 @@ def test_spam_delivered_anyway_is_tagged(make_mta, spamd, in_memory):
 @pytest.mark.parametrize("content", [message_with_attachment(VIRUS_PAYLOAD), message(b"see: " + VIRUS_PAYLOAD + b"\r\n")], ids=["attachment", "body"])
 def test_virus_is_rejected(make_mta, clamd, content):
     mta = make_mta(filters(None, clamd.address))
-    r = send(mta, content)
+    r = send_one(mta, content)
     assert r.line == f"554 5.7.0 Rejected: virus found: {VIRUS_NAME}.UNOFFICIAL"
     assert mta.queued("tmp") == []
     # Only the notices are queued (antivirus.notify_admin and notify_recipient default on):
@@ -126,14 +110,14 @@ def test_virus_is_rejected(make_mta, clamd, content):
 
 def test_virus_from_a_trusted_client_is_rejected_too_and_its_spam_check_can_be_skipped(make_mta, spamd, clamd):
     mta = make_mta(filters(spamd.address, clamd.address, check_outbound=False))
-    assert send(mta, message_with_attachment(VIRUS_PAYLOAD), TRUSTED).code == 554
-    qid = queue_id_of(send(mta, SPAM, TRUSTED))  # outbound mail is not spam-checked
+    assert send_one(mta, message_with_attachment(VIRUS_PAYLOAD), TRUSTED).code == 554
+    qid = queue_id_of(send_one(mta, SPAM, TRUSTED))  # outbound mail is not spam-checked
     assert "X-Spam-Status" not in headers_of(mta, qid)
 
 
 def test_virus_discarded(make_mta, clamd):
     mta = make_mta(filters(None, clamd.address) | {"antivirus": {"enabled": True, "clamd": {"address": clamd.address}, "action": "discard"}})
-    r = send(mta, message_with_attachment(VIRUS_PAYLOAD))
+    r = send_one(mta, message_with_attachment(VIRUS_PAYLOAD))
     assert r.code == 250 and queue_id_of(r) not in mta.queued() and len(notices(mta)) == 2
     wait_for_log(mta, f"filter-discard: END-OF-MESSAGE from unknown[127.0.0.2]: virus {VIRUS_NAME}.UNOFFICIAL")
 
@@ -141,17 +125,17 @@ def test_virus_discarded(make_mta, clamd):
 def test_a_large_message_is_scanned_for_viruses_but_not_for_spam(make_mta, spamd, clamd):
     mta = make_mta({**filters(spamd.address, clamd.address), "queue": {"spool_in_memory": "64K"}})
     big = message(GTUBE + "\r\n" + ("y" * 998 + "\r\n") * 600)  # ~600 KB: spamc's limit is 500K
-    qid = queue_id_of(send(mta, big))
+    qid = queue_id_of(send_one(mta, big))
     assert "X-Spam-Status" not in headers_of(mta, qid)
     big_virus = message_with_attachment(b"\x00" * 600_000 + VIRUS_PAYLOAD)
-    assert send(mta, big_virus).code == 554, "clamd sees all of a message that spilled to disk"
+    assert send_one(mta, big_virus).code == 554, "clamd sees all of a message that spilled to disk"
 
 
 @pytest.mark.parametrize("down", ["spamd", "clamd"])
 def test_a_scanner_that_is_down_means_try_again_later(make_mta, spamd, clamd, down):
     dead = f"127.0.0.1:{free_port()}"
     mta = make_mta(filters(dead if down == "spamd" else spamd.address, dead if down == "clamd" else clamd.address))
-    r = send(mta, CLEAN)
+    r = send_one(mta, CLEAN)
     assert r.line == "451 4.7.1 Try again later: content scanner unavailable"
     assert mta.queued() == []
     wait_for_log(mta, f"filter-reject: END-OF-MESSAGE from unknown[127.0.0.2]: 451 4.7.1 Try again later: content scanner unavailable ({'antispam' if down == 'spamd' else 'antivirus'} unavailable: {down}: ")
@@ -162,7 +146,7 @@ def test_on_error_accept_queues_the_message_unscanned(make_mta):
     cfg = filters(dead, dead, on_error="accept")
     cfg["antivirus"]["on_error"] = "accept"
     mta = make_mta(cfg)
-    qid = queue_id_of(send(mta, CLEAN))
+    qid = queue_id_of(send_one(mta, CLEAN))
     assert "X-Spam-Status" not in headers_of(mta, qid)
     wait_for_log(mta, "antivirus unavailable, message accepted unchecked (on_error: accept): clamd: ")
     wait_for_log(mta, "antispam unavailable, message accepted unchecked (on_error: accept): spamd: ")

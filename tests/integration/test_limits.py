@@ -9,8 +9,6 @@ import time
 import pytest
 from smtpclient import TRUSTED, UNTRUSTED, UNTRUSTED2, Mta, SmtpClient, queue_id_of, wait_for_log
 
-from mtaserver.queue.store import parse_envelope
-
 LIMITS = {
     "server": {"limits": {"command_line": 100, "text_line": 1000, "recipients": 3, "header_size": 2000}},
     "advanced": {"max_message_size": 10000},
@@ -19,9 +17,8 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory):
-    m = Mta(tmp_path_factory.mktemp("limits"), LIMITS).start()
-    yield m
-    m.stop()
+    with Mta(tmp_path_factory.mktemp("limits"), LIMITS).start() as m:
+        yield m
 
 
 def session(srv: Mta, source: str = TRUSTED) -> SmtpClient:
@@ -85,7 +82,7 @@ def test_recipient_limit(srv):
         c.expect("DATA", 354)
         c.send(b"Subject: t\r\n\r\nx\r\n.\r\n")
         qid = queue_id_of(c.reply())
-    env = parse_envelope((srv.queue / "incoming" / qid).read_bytes())
+    env = srv.envelope(qid)
     assert [r.address for r in env.recipients] == ["r0@example.test", "r1@example.test", "r2@example.test"]
     _clear(srv)
 
@@ -218,9 +215,7 @@ def test_hard_error_limit(make_mta):
 
 def test_error_count_restarts_after_a_delivered_message(make_mta):
     mta = make_mta({"server": {"limits": {"hard_error_limit": 3}}})
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, UNTRUSTED).hello() as c:
         assert c.cmd("BOGUS").code == 502
         assert c.cmd("RCPT TO:<a@example.test>").code == 503
         queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: t\r\n\r\nx\r\n"))
@@ -323,9 +318,7 @@ def test_client_that_never_reads_is_cut_off(make_mta):
 def test_junk_count_restarts_after_a_delivered_message(mta):
     """Postfix: 'The junk command count is reset after mail is delivered.' A client that
     sends RSET (or NOOP) before each of many messages on one connection is not cut off."""
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         qids = []
         for i in range(120):
             c.send(b"RSET\r\nNOOP\r\nMAIL FROM:<s@client.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\n")

@@ -7,10 +7,9 @@ MX hosts resolve to 127.0.0.x addresses where the test runs SMTP sinks, all on o
 from __future__ import annotations
 
 import pytest
+from conftest import free_port
 from dnsserver import Nsd, zone
 from helpers import Sink, maildir_messages, queue_empty, send, wait_for
-
-from conftest import free_port
 
 
 @pytest.fixture
@@ -22,9 +21,8 @@ def dns(tmp_path):
         "nullmx.test": zone("nullmx.test", "@ MX 0 .\n"),
         "broken.test": None,  # no zone file: SERVFAIL
     }
-    server = Nsd(tmp_path, zones).start()
-    yield server
-    server.stop()
+    with Nsd(tmp_path, zones) as server:
+        yield server
 
 
 @pytest.fixture

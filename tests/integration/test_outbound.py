@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import ssl
-import subprocess
-
 import pytest
 from aiosmtpd.smtp import AuthResult
+from conftest import tls_server_context
 from helpers import Sink, delivering, maildir_messages, queue_empty, send, wait_for
-
-from conftest import require_tool
 
 
 @pytest.fixture
 def tls_context(tmp_path):
-    openssl = require_tool("openssl")
-    cert, key = tmp_path / "sink.crt", tmp_path / "sink.key"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=sink.test", "-days", "1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+    return tls_server_context(tmp_path, "sink.test")
 
 
 class TlsSink(Sink):

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from smtpclient import TRUSTED, UNTRUSTED, SmtpClient, queue_id_of, wait_for_log
 
-from mtaserver.queue.store import parse_envelope
-
 
 def test_pipelined_envelope_then_message_and_quit(mta):
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, UNTRUSTED).hello() as c:
         c.send(
             b"MAIL FROM:<s@client.test>\r\n"
             b"RCPT TO:<a@example.test>\r\n"
@@ -31,15 +27,13 @@ def test_pipelined_envelope_then_message_and_quit(mta):
         qid = queue_id_of(r)
         assert c.reply().line == "221 2.0.0 Bye"
         assert c.closed_by_server(2)
-    env = parse_envelope((mta.queue / "incoming" / qid).read_bytes())
+    env = mta.envelope(qid)
     assert [x.address for x in env.recipients] == ["a@example.test", "b@relay.test"]
     assert mta.body(qid).endswith(b"Subject: pipelined\r\n\r\nbody\r\n")
 
 
 def test_pipelined_group_without_data_replies_in_order(mta):
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         c.send(b"MAIL FROM:<s@client.test>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nRSET\r\nNOOP\r\n")
         got = [r.line for r in c.replies(5)]
         assert got == ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok", "250 2.0.0 Ok", "250 2.0.0 Ok"]
@@ -47,9 +41,7 @@ def test_pipelined_group_without_data_replies_in_order(mta):
 
 def test_several_messages_pipelined_in_one_session(mta):
     n = 5
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, UNTRUSTED).hello() as c:
         qids = []
         for i in range(n):
             c.send(b"MAIL FROM:<s%d@client.test>\r\nRCPT TO:<a%d@example.test>\r\nDATA\r\n" % (i, i))
@@ -66,7 +58,7 @@ def test_several_messages_pipelined_in_one_session(mta):
                 assert last.line == "221 2.0.0 Bye"
     assert mta.queued() == sorted(qids) and len(set(qids)) == n
     for i, q in enumerate(qids):
-        env = parse_envelope((mta.queue / "incoming" / q).read_bytes())
+        env = mta.envelope(q)
         assert env.sender == f"s{i}@client.test"
         assert [r.address for r in env.recipients] == [f"a{i}@example.test"]
         assert mta.body(q).endswith(b"Subject: m%d\r\n\r\n.dot\r\n" % i)
@@ -75,9 +67,7 @@ def test_several_messages_pipelined_in_one_session(mta):
 def test_two_whole_transactions_in_one_write(mta):
     """After DATA's 354 the client may send the message and a whole next transaction
     up to its DATA; the server answers each in order."""
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         c.send(b"MAIL FROM:<s@client.test>\r\nRCPT TO:<a@example.test>\r\nDATA\r\n")
         assert [r.code for r in c.replies(3)] == [250, 250, 354]
         c.send(b"Subject: one\r\n\r\n1\r\n.\r\nMAIL FROM:<t@client.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
@@ -91,9 +81,7 @@ def test_two_whole_transactions_in_one_write(mta):
 
 
 def test_content_before_354_is_improper_pipelining(mta):
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, UNTRUSTED).hello() as c:
         c.send(b"MAIL FROM:<s@client.test>\r\nRCPT TO:<a@example.test>\r\n")
         assert [r.code for r in c.replies(2)] == [250, 250]
         c.send(b"DATA\r\nSubject: too early\r\n\r\nbody\r\n.\r\n")

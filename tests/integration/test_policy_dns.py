@@ -12,6 +12,7 @@ import socket
 
 import pytest
 from dnsserver import Nsd, zone
+from helpers import resolver_fixture  # noqa: F401  (the fixture `resolver`, asking this module's nsd)
 
 from mtaserver.address import parse_mailbox
 from mtaserver.config import InboundConfig, ProtocolChecks
@@ -52,16 +53,8 @@ def nsd(tmp_path_factory):
         "3.0.192.in-addr.arpa": None,  # SERVFAIL
         "dead.test": None,  # SERVFAIL
     }
-    server = Nsd(tmp_path_factory.mktemp("policy"), zones).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def resolver(nsd):
-    r = Resolver([nsd.address], timeout=1.0)
-    yield r
-    r.close()
+    with Nsd(tmp_path_factory.mktemp("policy"), zones) as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import socket
 
 import pytest
 from dnsserver import Nsd, zone
+from helpers import resolver_fixture  # noqa: F401  (the fixture `resolver`, asking this module's nsd)
 
 from mtaserver.dns import Resolver, TempFail
 from mtaserver.postscreen.dnsbl import Lookup, parse_sites, query_all
@@ -37,16 +38,8 @@ def nsd(tmp_path_factory):
         "big.test": zone("big.test", "", negative_ttl=86400, ttl=86400),
         "dead.test": None,  # no zone file: SERVFAIL
     }
-    server = Nsd(tmp_path_factory.mktemp("dnsbl"), zones).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def resolver(nsd):
-    r = Resolver([nsd.address], timeout=1.0)
-    yield r
-    r.close()
+    with Nsd(tmp_path_factory.mktemp("dnsbl"), zones) as server:
+        yield server
 
 
 SITES = parse_sites(["bl.test=127.0.0.[2..11]*3, wl.test=127.0.[0..255].[1..3]*-2, other.test"])

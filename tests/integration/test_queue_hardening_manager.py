@@ -10,35 +10,21 @@ which keeps the parts that need no running manager):
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
 
-from mtaserver import config
+from builders import MAILDIR, commit_message, load_config
+from helpers import run_manager_until
+
 from mtaserver.delivery.maildir import mailbox_dir
-from mtaserver.model import ClientInfo, Envelope, Recipient
 from mtaserver.queue.manager import QueueManager
 from mtaserver.queue.store import QueueIdGenerator, QueueStore
 
 T0 = 1795600000.0
 
 
-def _config(tmp_path, extra: str = ""):
-    text = f"""
-server: {{hostname: mx.example.test, data_dir: "{tmp_path}/var"}}
-domains: {{local: [example.test], local_delivery: {{type: maildir, path: mail}}}}
-{extra}
-"""
-    return config.load(str(tmp_path / "mtaserver.yaml"), text=text)
-
-
-async def _commit(store: QueueStore, rcpts: list[str], text: bytes = b"Subject: x\r\n\r\nhi\r\n", arrival: float = T0) -> str:
-    qid = store.new_id()
-    spool = store.new_spool(qid)
-    spool.write(text)
-    env = Envelope(queue_id=qid, sender="s@client.test", recipients=[Recipient(address=r) for r in rcpts],
-                   arrival=arrival, client=ClientInfo(ip="192.0.2.1", port=4711, helo="client.test"))  # fmt: skip
-    await store.commit(spool, env)
-    return qid
+# sender, text and arrival of these tests
+_commit = functools.partial(commit_message, sender="s@client.test", text=b"Subject: x\r\n\r\nhi\r\n", arrival=T0)
 
 
 def _maildir(cfg, address: str) -> list[bytes]:
@@ -46,24 +32,12 @@ def _maildir(cfg, address: str) -> list[bytes]:
     return [(new / n).read_bytes() for n in sorted(os.listdir(new))] if new.exists() else []
 
 
-async def _run_until(manager: QueueManager, done, timeout: float = 20.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(manager.run(stop, listen=False))
-    try:
-        async with asyncio.timeout(timeout):
-            while not done():
-                await asyncio.sleep(0.02)
-    finally:
-        stop.set()
-        await task
-
-
 async def test_the_manager_sets_strays_aside_and_keeps_delivering(tmp_path):
-    cfg = _config(tmp_path)
+    cfg = load_config(tmp_path, MAILDIR)
     store = QueueStore(cfg.queue_path)
     store.open()
     good = await _commit(store, ["user@example.test"])
-    outside = await _commit(store, ["victim@example.test"], b"Subject: not to be delivered\r\n\r\nsecret\r\n")
+    outside = await _commit(store, ["victim@example.test"], text=b"Subject: not to be delivered\r\n\r\nsecret\r\n")
     os.rename(cfg.queue_path / "incoming" / outside, tmp_path / "outside")
     ids = QueueIdGenerator()
     a_link, a_dir, d_dir = ids.next(), ids.next(), ids.next()
@@ -73,7 +47,7 @@ async def test_the_manager_sets_strays_aside_and_keeps_delivering(tmp_path):
     (cfg.queue_path / "deferred" / d_dir).mkdir()
     manager = QueueManager(lambda: cfg, store)
     try:
-        await _run_until(manager, lambda: not store.list("incoming") and not store.list("active") and not store.list("deferred"))
+        await run_manager_until(manager, lambda: not store.list("incoming") and not store.list("active") and not store.list("deferred"))
     finally:
         store.close()
     assert len(_maildir(cfg, "user@example.test")) == 1
@@ -83,7 +57,7 @@ async def test_the_manager_sets_strays_aside_and_keeps_delivering(tmp_path):
 
 
 async def test_a_next_attempt_far_in_the_future_is_clamped_when_read(tmp_path):
-    cfg = _config(tmp_path, "queue: {max_backoff: 4000s, min_backoff: 300s}")
+    cfg = load_config(tmp_path, MAILDIR, "queue: {max_backoff: 4000s, min_backoff: 300s}")
     store = QueueStore(cfg.queue_path)
     store.open()
     qid = await _commit(store, ["user@example.test"])
@@ -96,20 +70,20 @@ async def test_a_next_attempt_far_in_the_future_is_clamped_when_read(tmp_path):
         assert store.list("deferred") == [qid]
         assert store.due("deferred", qid) == T0 + 4000, "clamped, and written back"
         now[0] = T0 + 4001  # within max_backoff, not 30 days
-        await _run_until(manager, lambda: not store.list("deferred") and not store.list("active"))
+        await run_manager_until(manager, lambda: not store.list("deferred") and not store.list("active"))
     finally:
         store.close()
     assert len(_maildir(cfg, "user@example.test")) == 1
 
 
 async def test_duplicate_recipients_are_delivered_once(tmp_path):
-    cfg = _config(tmp_path)
+    cfg = load_config(tmp_path, MAILDIR)
     store = QueueStore(cfg.queue_path)
     store.open()
     await _commit(store, ["user@example.test", "user@EXAMPLE.test", "user@example.test"])
     manager = QueueManager(lambda: cfg, store)
     try:
-        await _run_until(manager, lambda: not store.list("incoming") and not store.list("active"))
+        await run_manager_until(manager, lambda: not store.list("incoming") and not store.list("active"))
     finally:
         store.close()
     assert len(_maildir(cfg, "user@example.test")) == 1

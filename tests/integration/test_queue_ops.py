@@ -6,44 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
-from helpers import Sink
+from builders import NO_SCANNERS, commit_message, load_config
+from helpers import Sink, until
 
-from mtaserver import config
-from mtaserver.model import ClientInfo, Envelope, Recipient
 from mtaserver.queue.manager import QueueManager
 from mtaserver.queue.ops import QueueOps, Selector
 from mtaserver.queue.store import QueueStore
 
 
 def _config(tmp_path, relay_port: int, min_backoff: str = "1h"):
-    text = f"""
-server: {{hostname: mx.example.test, data_dir: "{tmp_path}/var"}}
-domains: {{local: [example.test]}}
-outbound: {{relay_host: "[127.0.0.1]:{relay_port}"}}
-queue: {{min_backoff: {min_backoff}, max_backoff: 2h}}
-antispam: {{enabled: false}}   # a requeue runs the content filters again: no scanner runs here
-antivirus: {{enabled: false}}
-"""
-    return config.load(str(tmp_path / "mtaserver.yaml"), text=text)
-
-
-async def _commit(store: QueueStore, sender: str, rcpt: str) -> str:
-    qid = store.new_id()
-    spool = store.new_spool(qid)
-    spool.write(b"Subject: t\r\n\r\nhello\r\n")
-    env = Envelope(queue_id=qid, sender=sender, recipients=[Recipient(address=rcpt)], arrival=time.time(),
-                   client=ClientInfo(ip="192.0.2.1", port=4711, helo="client.test"))  # fmt: skip
-    await store.commit(spool, env)
-    return qid
-
-
-async def _until(predicate, what: str, timeout: float = 15.0):
-    async with asyncio.timeout(timeout):
-        while not (value := predicate()):
-            await asyncio.sleep(0.02)
-    return value
+    # a requeue runs the content filters again: no scanner runs here (NO_SCANNERS)
+    return load_config(tmp_path, "domains: {local: [example.test]}", f'outbound: {{relay_host: "[127.0.0.1]:{relay_port}"}}',
+                       f"queue: {{min_backoff: {min_backoff}, max_backoff: 2h}}", NO_SCANNERS)  # fmt: skip
 
 
 class Running:
@@ -76,12 +51,12 @@ class Running:
 async def test_hold_of_a_message_under_delivery_takes_effect_when_the_attempt_ends(tmp_path):
     with Sink(delay=1.0, data_replies=["451 4.3.0 try again later"]) as sink:
         async with Running(tmp_path, sink.port) as r:
-            qid = await _commit(r.store, "a@client.test", "x@remote.test")
-            await _until(lambda: qid in r.ls("active"), "the attempt")
+            qid = await commit_message(r.store, ["x@remote.test"], sender="a@client.test")
+            await until(lambda: qid in r.ls("active"), "the attempt")
             result = await r.ops.hold(Selector(ids=[qid]))
             assert result["pending"] == [qid] and result["count"] == 1
             assert r.ls("active") == [qid] and r.ls("hold") == []  # nothing moves under a running attempt
-            await _until(lambda: r.ls("hold"), "the hold")
+            await until(lambda: r.ls("hold"), "the hold")
             assert r.ls("deferred") == [] and r.ls("active") == []
             shown = r.ops.show(qid)
             assert shown["queue_name"] == "hold" and shown["recipients"][0]["last_reply"] == "451 4.3.0 try again later"
@@ -93,12 +68,12 @@ async def test_hold_of_a_message_under_delivery_takes_effect_when_the_attempt_en
 async def test_delete_of_a_message_under_delivery_removes_it_after_the_attempt(tmp_path):
     with Sink(delay=1.0, data_replies=["451 4.3.0 try again later"]) as sink:
         async with Running(tmp_path, sink.port) as r:
-            qid = await _commit(r.store, "a@client.test", "x@remote.test")
-            await _until(lambda: qid in r.ls("active"), "the attempt")
+            qid = await commit_message(r.store, ["x@remote.test"], sender="a@client.test")
+            await until(lambda: qid in r.ls("active"), "the attempt")
             result = await r.ops.delete(Selector(all=True))
             assert result["pending"] == [qid]
             assert os.path.exists(r.store.path("active", qid))
-            await _until(lambda: not r.ls("active"), "the end of the attempt")
+            await until(lambda: not r.ls("active"), "the end of the attempt")
             assert r.ops.stats()["queues"] == {"incoming": 0, "active": 0, "deferred": 0, "hold": 0, "corrupt": 0}
             assert os.listdir(r.cfg.queue_path / "status") == []
 
@@ -106,18 +81,18 @@ async def test_delete_of_a_message_under_delivery_removes_it_after_the_attempt(t
 async def test_flush_release_and_requeue_go_through_the_manager(tmp_path):
     with Sink(data_replies=["451 4.3.0 try again later"] * 3) as sink:
         async with Running(tmp_path, sink.port) as r:
-            a = await _commit(r.store, "a@client.test", "x@remote.test")
-            await _commit(r.store, "b@client.test", "y@remote.test")
-            c = await _commit(r.store, "c@client.test", "z@remote.test")
-            await _until(lambda: len(r.ls("deferred")) == 3, "three deferred messages (next attempt in an hour)")
+            a = await commit_message(r.store, ["x@remote.test"], sender="a@client.test")
+            await commit_message(r.store, ["y@remote.test"], sender="b@client.test")
+            c = await commit_message(r.store, ["z@remote.test"], sender="c@client.test")
+            await until(lambda: len(r.ls("deferred")) == 3, "three deferred messages (next attempt in an hour)")
             done = await r.ops.hold(Selector(ids=[a]))
             assert done["ids"] == [a] and "pending" not in done and r.ls("hold") == [a]
             assert (await r.ops.requeue(Selector(ids=[c])))["ids"] == [c]
-            await _until(lambda: len(sink.messages) == 1, "the requeued message's delivery")
+            await until(lambda: len(sink.messages) == 1, "the requeued message's delivery")
             assert sink.messages[0][0] == "c@client.test"
             assert (await r.ops.flush())["count"] == 1
-            await _until(lambda: len(sink.messages) == 2, "the flushed message's delivery")
+            await until(lambda: len(sink.messages) == 2, "the flushed message's delivery")
             assert sink.messages[1][0] == "b@client.test" and r.ls("hold") == [a]
             assert (await r.ops.release(Selector(all=True)))["ids"] == [a]
-            await _until(lambda: len(sink.messages) == 3, "the released message's delivery")
-            await _until(lambda: not any(r.ls(s) for s in ("incoming", "active", "deferred", "hold")), "an empty queue")
+            await until(lambda: len(sink.messages) == 3, "the released message's delivery")
+            await until(lambda: not any(r.ls(s) for s in ("incoming", "active", "deferred", "hold")), "an empty queue")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import struct
-import time
 from pathlib import Path
 
 import pytest
+from builders import commit_message
 
-from mtaserver.model import ClientInfo, Envelope, Recipient
 from mtaserver.queue.ops import QueueOps, Selector
 from mtaserver.queue.store import QueueStore
 
@@ -48,14 +48,8 @@ class Watch:
         os.close(self.fd)
 
 
-async def _commit(store: QueueStore, text: bytes) -> str:
-    qid = store.new_id()
-    spool = store.new_spool(qid)
-    spool.write(text)
-    env = Envelope(queue_id=qid, sender="s@client.test", recipients=[Recipient(address="victim@remote.test")],
-                   arrival=time.time(), client=ClientInfo(ip="192.0.2.1", port=4711, helo="client.test"))  # fmt: skip
-    await store.commit(spool, env)
-    return qid
+# every message of these tests: from s@client.test to victim@remote.test
+_commit = functools.partial(commit_message, rcpts=["victim@remote.test"], sender="s@client.test")
 
 
 @pytest.fixture
@@ -64,9 +58,9 @@ async def planted(tmp_path):
     outside the queue (following the link would read a message that parses)."""
     store = QueueStore(tmp_path / "q")
     store.open()
-    good = await _commit(store, b"Subject: good\r\n\r\nx\r\n")
+    good = await _commit(store, text=b"Subject: good\r\n\r\nx\r\n")
     store.move(good, "incoming", "deferred")
-    link = await _commit(store, SECRET + b"padding\r\n" * 500)
+    link = await _commit(store, text=SECRET + b"padding\r\n" * 500)
     outside = tmp_path / "outside"
     os.rename(store.path("incoming", link), outside)
     os.utime(outside, (1_000_000_000, 1_000_000_000))  # an mtime nobody would report as a next attempt

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import signal
 
-from smtpclient import SmtpClient, wait_for, wait_for_log
 from helpers import connect, nsd, start  # noqa: F401 (nsd is a fixture)
+from smtpclient import SmtpClient, wait_for, wait_for_log
 
 
 def reload(m) -> str:
@@ -93,16 +93,12 @@ def test_implicit_tls_serves_a_renewed_certificate_after_sighup(make_mta, tmp_pa
     import ssl
     import subprocess
 
-    from conftest import require_tool
+    from conftest import require_tool, self_signed
 
     openssl = require_tool("openssl")
 
     def make_cert(cn: str) -> None:
-        subprocess.run(
-            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-days", "1",
-             "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        self_signed(tmp_path, cn)
 
     def served_cn(port: int) -> str:
         ctx = ssl.create_default_context()

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
-
-import pytest
-from helpers import Sink, delivering, queue_empty, wait_for
 
 from conftest import Mta
+from helpers import Sink, as_root, delivering, open_dir_fixture, queue_empty, wait_for  # noqa: F401  (the fixture open_dir)
+
 from mtaserver.queue.store import split_queue_file
 
 
@@ -84,17 +80,8 @@ def test_exit_statuses(make_mta):
     assert mta.queued("incoming") == [] and mta.queued("tmp") == []
 
 
-@pytest.fixture
-def open_dir():
-    d = Path(tempfile.mkdtemp(prefix="mtaserver-sendmail-", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def test_as_root_it_writes_as_server_user_and_others_get_ex_noperm(open_dir):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    as_root()
     nobody, other = pwd.getpwnam("nobody"), pwd.getpwnam("daemon")
     mta = Mta(open_dir, {"server": {"user": "nobody"}})
     mta.config_path.chmod(0o644)

@@ -15,11 +15,9 @@ import asyncio
 import base64
 import contextlib
 import ssl
-import subprocess
 
 import pytest
-
-from conftest import free_port, require_tool
+from conftest import free_port, tls_server_context
 
 from mtaserver.delivery import smtp
 from mtaserver.delivery.smtp import SmtpClient
@@ -519,16 +517,7 @@ async def test_addresses_with_control_characters_are_never_sent():
 
 @pytest.fixture(scope="module")
 def server_tls(tmp_path_factory):
-    openssl = require_tool("openssl")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "mx.crt", d / "mx.key"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mx.test", "-days", "1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+    return tls_server_context(tmp_path_factory.mktemp("tls"), "mx.test")
 
 
 async def test_starttls_required_but_missing_defers_4_7_4():

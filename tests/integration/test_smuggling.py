@@ -9,8 +9,6 @@ import time
 import pytest
 from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, wait_for_log
 
-from mtaserver.queue.store import parse_envelope
-
 SMUGGLED = b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nsmuggled\r\n"
 
 # (end-of-data look-alike, the bare newline it contains or None)
@@ -33,7 +31,7 @@ def smuggling_message(form: bytes) -> bytes:
 
 
 def envelopes(mta: Mta, qids) -> list:
-    return [parse_envelope((mta.queue / "incoming" / q).read_bytes()) for q in qids]
+    return [mta.envelope(q) for q in qids]
 
 
 def assert_nothing_smuggled(mta: Mta, before: set[str]) -> set[str]:
@@ -62,9 +60,8 @@ def send_form(mta: Mta, source: str, form: bytes, *, follow: bytes = b"") -> tup
 @pytest.fixture(scope="module")
 def default(tmp_path_factory: pytest.TempPathFactory):
     """Default policy: bare_newline reject, mynetworks excluded (normalized)."""
-    m = Mta(tmp_path_factory.mktemp("default")).start()
-    yield m
-    m.stop()
+    with Mta(tmp_path_factory.mktemp("default")).start() as m:
+        yield m
 
 
 @pytest.mark.parametrize(("form", "bare"), FORMS, ids=IDS)
@@ -89,9 +86,8 @@ def test_smuggling_with_bare_newline_reject(default, form, bare):
 
 @pytest.fixture(scope="module")
 def normalizing(tmp_path_factory: pytest.TempPathFactory):
-    m = Mta(tmp_path_factory.mktemp("normalize"), {"inbound": {"bare_newline": "normalize"}}).start()
-    yield m
-    m.stop()
+    with Mta(tmp_path_factory.mktemp("normalize"), {"inbound": {"bare_newline": "normalize"}}).start() as m:
+        yield m
 
 
 @pytest.mark.parametrize(("form", "bare"), FORMS, ids=IDS)
@@ -103,7 +99,7 @@ def test_smuggling_with_bare_newline_normalize(normalizing, form, bare):
         qid = queue_id_of(r)
         assert c.reply().line == "221 2.0.0 Bye"
     assert assert_nothing_smuggled(mta, before) == {qid}  # exactly one message
-    env = parse_envelope((mta.queue / "incoming" / qid).read_bytes())
+    env = mta.envelope(qid)
     assert env.sender == "s@client.test" and [x.address for x in env.recipients] == ["a@example.test"]
     body = mta.body(qid)
     assert SMUGGLED in body  # the would-be commands are content

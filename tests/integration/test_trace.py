@@ -7,13 +7,11 @@ import smtplib
 
 from smtpclient import TRUSTED, UNTRUSTED, SmtpClient, queue_id_of, wait_for_log
 
-from mtaserver.queue.store import is_queue_id, parse_envelope
+from mtaserver.queue.store import is_queue_id
 
 
 def test_received_header_with_one_recipient(mta):
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo("client.test")
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: t\r\n\r\nx\r\n"))
     body = mta.body(qid).decode()
     header, _, rest = body.partition("\r\nSubject: t\r\n")
@@ -40,30 +38,24 @@ def test_received_header_with_two_recipients_has_no_for_clause(mta):
 
 def test_queue_ids_are_unique_and_time_ordered(mta):
     qids = []
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         for i in range(60):
             qids.append(queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: %d\r\n\r\nx\r\n" % i)))
     # a second session in parallel order: still later than all of the first
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(mta.port, UNTRUSTED).hello() as c:
         qids.append(queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: last\r\n\r\nx\r\n")))
     assert len(set(qids)) == len(qids) == 61
     assert all(is_queue_id(q) for q in qids)
     assert sorted(qids) == qids  # the name sorts by arrival
     assert mta.queued() == qids
     for i, q in enumerate(qids[:60]):
-        env = parse_envelope((mta.queue / "incoming" / q).read_bytes())
+        env = mta.envelope(q)
         assert env.queue_id == q
         assert mta.body(q).endswith(b"Subject: %d\r\n\r\nx\r\n" % i)
 
 
 def test_log_lines_of_one_delivery(mta):
-    with SmtpClient(mta.port, TRUSTED) as c:
-        c.greeting()
-        c.ehlo("client.test")
+    with SmtpClient(mta.port, TRUSTED).hello() as c:
         qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: t\r\n\r\nx\r\n"))
         c.expect("QUIT", 221, "2.0.0")
     log = wait_for_log(mta, "disconnect from unknown[127.0.0.1]")
@@ -81,9 +73,7 @@ def test_log_lines_of_one_delivery(mta):
 
 
 def test_disconnect_line_counts_failed_commands(mta):
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo("client.test")
+    with SmtpClient(mta.port, UNTRUSTED).hello() as c:
         c.expect("MAIL FROM:<s@client.test>", 250)
         c.expect("RCPT TO:<a@remote.test>", 554, "5.7.1")
         c.expect("RCPT TO:<a@example.test>", 250)
@@ -96,9 +86,7 @@ def test_disconnect_line_counts_failed_commands(mta):
 
 
 def test_noqueue_reject_line(mta):
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo("client.test")
+    with SmtpClient(mta.port, UNTRUSTED).hello() as c:
         c.expect("MAIL FROM:<s@client.test>", 250)
         c.expect("RCPT TO:<u@remote.test>", 554, "5.7.1")
     wait_for_log(

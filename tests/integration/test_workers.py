@@ -22,9 +22,7 @@ def pids_of(log: str, text: str) -> set[int]:
 
 
 def one_message(port: int, subject: bytes = b"t", source: str = TRUSTED) -> str:
-    with SmtpClient(port, source) as c:
-        c.greeting()
-        c.ehlo()
+    with SmtpClient(port, source).hello() as c:
         qid = queue_id_of(c.send_message("s@client.test", ["a@example.test"], b"Subject: " + subject + b"\r\n\r\nx\r\n"))
         c.expect("QUIT", 221)
     return qid
@@ -138,12 +136,8 @@ def test_sigterm_says_421_to_idle_sessions_and_exits_0(make_mta, workers):
 
 def test_sigterm_lets_a_message_in_progress_finish(make_mta):
     mta = make_mta()
-    with SmtpClient(mta.port, UNTRUSTED) as c:
-        c.greeting()
-        c.ehlo()
-        c.expect("MAIL FROM:<s@client.test>", 250)
-        c.expect("RCPT TO:<a@example.test>", 250)
-        c.expect("DATA", 354)
+    with SmtpClient(mta.port, UNTRUSTED).hello() as c:
+        c.open_data()
         c.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
         proc = mta.proc
         mta.signal(signal.SIGTERM)

@@ -15,15 +15,12 @@ import time
 import pytest
 from smtpclient import TRUSTED, UNTRUSTED, Mta, SmtpClient, queue_id_of, require_tool, wait_for, wait_for_log
 
-from mtaserver.queue.store import parse_envelope
-
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory):
     """One server for the tests of this module that queue nothing (or check only their own qid)."""
-    m = Mta(tmp_path_factory.mktemp("session")).start()
-    yield m
-    m.stop()
+    with Mta(tmp_path_factory.mktemp("session")).start() as m:
+        yield m
 
 
 def client(srv: Mta, source: str = TRUSTED) -> SmtpClient:
@@ -57,65 +54,54 @@ def test_helo_is_a_one_line_250(srv):
     assert r.line == "250 mx.example.test"
 
 
-@pytest.mark.parametrize("verb", ["EHLO", "HELO"])
-def test_helo_without_a_name_is_a_syntax_error(srv, verb):
+MAIL_OK = ("MAIL FROM:<s@client.test>", "250 2.1.0 Ok")
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+NOOP_OK = ("NOOP", "250 2.0.0 Ok")
+UTF8_NEEDED = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+
+# (name, EHLO first, [(command, the exact reply line)]): one session of the trusted client each.
+DIALOGUES = [
+    *((f"helo_without_a_name_is_a_syntax_error[{verb}]", False, [(verb, f"501 5.5.4 Syntax: {verb} hostname")])
+      for verb in ("EHLO", "HELO")),
+    ("mail_before_helo", False, [("MAIL FROM:<s@client.test>", "503 5.5.1 Error: send HELO/EHLO first")]),
+    ("nested_mail", True, [MAIL_OK, ("MAIL FROM:<t@client.test>", "503 5.5.1 Error: nested MAIL command")]),
+    ("rcpt_before_mail", True, [("RCPT TO:<a@example.test>", NEED_MAIL)]),
+    ("data_before_mail_and_before_rcpt", True, [("DATA", NEED_MAIL), MAIL_OK, ("DATA", "503 5.5.1 Error: need RCPT command")]),
+    ("unknown_command", False, [("XYZZY plugh", "502 5.5.2 Error: command not recognized"), NOOP_OK]),  # the session goes on
+    ("empty_line_is_bad_syntax", False, [("", "500 5.5.2 Error: bad syntax"), NOOP_OK]),
+    # RSET ends the transaction: MAIL is not nested after it, RCPT without MAIL is refused
+    ("rset_and_noop", True, [NOOP_OK, MAIL_OK, ("RSET", "250 2.0.0 Ok"), ("RCPT TO:<a@example.test>", NEED_MAIL), MAIL_OK]),
+    ("vrfy_is_disabled", True, [("VRFY postmaster", "502 5.5.1 VRFY command is disabled")]),
+    *((f"bad_sender_syntax[{arg}]", True, [(f"MAIL {arg}", "501 5.1.7 Bad sender address syntax")])
+      for arg in ("FROM:<a b@client.test>", "FROM:<s@client..test>", "FROM:<s@client.test", "FROM:<<s@client.test>>")),
+    *((f"bad_recipient_syntax[{arg}]", True, [MAIL_OK, (f"RCPT {arg}", "501 5.1.3 Bad recipient address syntax")])
+      for arg in ("TO:<a b@example.test>", "TO:<a@exa_mple.test>", "TO:<a@example.test", "TO:<>")),
+    ("mail_and_rcpt_without_colon", True, [("MAIL FROM <s@client.test>", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+                                           ("MAIL", "501 5.5.4 Syntax: MAIL FROM:<address>"), MAIL_OK,
+                                           ("RCPT TO <a@example.test>", "501 5.5.4 Syntax: RCPT TO:<address>")]),
+    # and a parameter after HELO (no ESMTP) is refused too
+    ("unsupported_mail_parameter", True, [("MAIL FROM:<s@client.test> XFOO=bar", "555 5.5.4 Unsupported option: XFOO"),
+                                          ("HELO client.test", "250 mx.example.test"),
+                                          ("MAIL FROM:<s@client.test> BODY=8BITMIME", "555 5.5.4 Unsupported option: BODY")]),
+    ("unsupported_rcpt_parameter", True, [MAIL_OK, ("RCPT TO:<a@example.test> XFOO", "555 5.5.4 Unsupported option: XFOO")]),
+    ("size_parameter", True, [("MAIL FROM:<s@client.test> SIZE=10240001", "552 5.3.4 Message size exceeds fixed limit"),
+                              ("MAIL FROM:<s@client.test> SIZE=ten", "501 5.5.4 Bad message size syntax"),
+                              ("MAIL FROM:<s@client.test> SIZE=10240000", "250 2.1.0 Ok")]),
+    ("body_parameter", True, [("MAIL FROM:<s@client.test> BODY=BINARYMIME", "501 5.5.4 Bad BODY keyword: BINARYMIME"),
+                              ("MAIL FROM:<s@client.test> BODY=8BITMIME", "250 2.1.0 Ok")]),
+    ("non_ascii_sender_needs_smtputf8", True, [("MAIL FROM:<jörg@client.test>", UTF8_NEEDED), MAIL_OK,
+                                               ("RCPT TO:<jürgen@example.test>", UTF8_NEEDED)]),
+    ("auth_is_not_enabled", True, [("AUTH PLAIN AGVtAGU=", "503 5.5.1 Error: authentication not enabled")]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("ehlo", "dialogue"), [d[1:] for d in DIALOGUES], ids=[d[0] for d in DIALOGUES])
+def test_command_replies(srv, ehlo, dialogue):
     with client(srv) as c:
-        assert c.cmd(verb).line == f"501 5.5.4 Syntax: {verb} hostname"
-
-
-def test_mail_before_helo(srv):
-    with client(srv) as c:
-        assert c.cmd("MAIL FROM:<s@client.test>").line == "503 5.5.1 Error: send HELO/EHLO first"
-
-
-def test_nested_mail(srv):
-    with client(srv) as c:
-        c.ehlo()
-        c.expect("MAIL FROM:<s@client.test>", 250, "2.1.0")
-        assert c.cmd("MAIL FROM:<t@client.test>").line == "503 5.5.1 Error: nested MAIL command"
-
-
-def test_rcpt_before_mail(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("RCPT TO:<a@example.test>").line == "503 5.5.1 Error: need MAIL command"
-
-
-def test_data_before_mail_and_before_rcpt(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("DATA").line == "503 5.5.1 Error: need MAIL command"
-        c.expect("MAIL FROM:<s@client.test>", 250, "2.1.0")
-        assert c.cmd("DATA").line == "503 5.5.1 Error: need RCPT command"
-
-
-def test_unknown_command(srv):
-    with client(srv) as c:
-        assert c.cmd("XYZZY plugh").line == "502 5.5.2 Error: command not recognized"
-        assert c.cmd("NOOP").line == "250 2.0.0 Ok"  # the session goes on
-
-
-def test_empty_line_is_bad_syntax(srv):
-    with client(srv) as c:
-        assert c.cmd("").line == "500 5.5.2 Error: bad syntax"
-        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
-
-
-def test_rset_and_noop(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("NOOP").line == "250 2.0.0 Ok"
-        c.expect("MAIL FROM:<s@client.test>", 250, "2.1.0")
-        assert c.cmd("RSET").line == "250 2.0.0 Ok"
-        # RSET ended the transaction: MAIL is not nested now, RCPT without MAIL is refused
-        assert c.cmd("RCPT TO:<a@example.test>").line == "503 5.5.1 Error: need MAIL command"
-        assert c.cmd("MAIL FROM:<s@client.test>").line == "250 2.1.0 Ok"
-
-
-def test_vrfy_is_disabled(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("VRFY postmaster").line == "502 5.5.1 VRFY command is disabled"
+        if ehlo:
+            c.ehlo()
+        for command, want in dialogue:
+            assert c.cmd(command).line == want, command
 
 
 def test_quit(srv):
@@ -132,76 +118,13 @@ def test_http_request_gets_goodbye_and_close(srv, line):
         assert c.closed_by_server(2)
 
 
-@pytest.mark.parametrize("arg", ["FROM:<a b@client.test>", "FROM:<s@client..test>", "FROM:<s@client.test", "FROM:<<s@client.test>>"])
-def test_bad_sender_syntax(srv, arg):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd(f"MAIL {arg}").line == "501 5.1.7 Bad sender address syntax"
-
-
-@pytest.mark.parametrize("arg", ["TO:<a b@example.test>", "TO:<a@exa_mple.test>", "TO:<a@example.test", "TO:<>"])
-def test_bad_recipient_syntax(srv, arg):
-    with client(srv) as c:
-        c.ehlo()
-        c.expect("MAIL FROM:<s@client.test>", 250, "2.1.0")
-        assert c.cmd(f"RCPT {arg}").line == "501 5.1.3 Bad recipient address syntax"
-
-
-def test_mail_and_rcpt_without_colon(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("MAIL FROM <s@client.test>").line == "501 5.5.4 Syntax: MAIL FROM:<address>"
-        assert c.cmd("MAIL").line == "501 5.5.4 Syntax: MAIL FROM:<address>"
-        c.expect("MAIL FROM:<s@client.test>", 250, "2.1.0")
-        assert c.cmd("RCPT TO <a@example.test>").line == "501 5.5.4 Syntax: RCPT TO:<address>"
-
-
-def test_unsupported_mail_parameter(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("MAIL FROM:<s@client.test> XFOO=bar").line == "555 5.5.4 Unsupported option: XFOO"
-        # and a parameter after HELO (no ESMTP) is refused too
-        c.expect("HELO client.test", 250)
-        assert c.cmd("MAIL FROM:<s@client.test> BODY=8BITMIME").line == "555 5.5.4 Unsupported option: BODY"
-
-
-def test_unsupported_rcpt_parameter(srv):
-    with client(srv) as c:
-        c.ehlo()
-        c.expect("MAIL FROM:<s@client.test>", 250, "2.1.0")
-        assert c.cmd("RCPT TO:<a@example.test> XFOO").line == "555 5.5.4 Unsupported option: XFOO"
-
-
-def test_size_parameter(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("MAIL FROM:<s@client.test> SIZE=10240001").line == "552 5.3.4 Message size exceeds fixed limit"
-        assert c.cmd("MAIL FROM:<s@client.test> SIZE=ten").line == "501 5.5.4 Bad message size syntax"
-        assert c.cmd("MAIL FROM:<s@client.test> SIZE=10240000").line == "250 2.1.0 Ok"
-
-
-def test_body_parameter(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("MAIL FROM:<s@client.test> BODY=BINARYMIME").line == "501 5.5.4 Bad BODY keyword: BINARYMIME"
-        assert c.cmd("MAIL FROM:<s@client.test> BODY=8BITMIME").line == "250 2.1.0 Ok"
-
-
-def test_non_ascii_sender_needs_smtputf8(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("MAIL FROM:<jörg@client.test>").line == "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
-        assert c.cmd("MAIL FROM:<s@client.test>").line == "250 2.1.0 Ok"
-        assert c.cmd("RCPT TO:<jürgen@example.test>").line == "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
-
-
 def test_non_ascii_addresses_accepted_with_smtputf8(srv):
     with client(srv, UNTRUSTED) as c:
         c.ehlo()
         r = c.send_message("jörg@client.test", ["jürgen@example.test"], "Subject: ü\r\n\r\nhällo\r\n".encode(), mail_params="SMTPUTF8")
         qid = queue_id_of(r)
         c.expect("QUIT", 221)
-    env = parse_envelope((srv.queue / "incoming" / qid).read_bytes())
+    env = srv.envelope(qid)
     assert env.sender == "jörg@client.test"
     assert [r.address for r in env.recipients] == ["jürgen@example.test"]
     assert env.smtputf8 is True
@@ -218,7 +141,7 @@ def test_postmaster_without_domain_is_accepted_from_outside(srv):
         c.expect("DATA", 354)
         c.send(b"Subject: to postmaster\r\n\r\nhi\r\n.\r\n")
         qid = queue_id_of(c.reply())
-    env = parse_envelope((srv.queue / "incoming" / qid).read_bytes())
+    env = srv.envelope(qid)
     assert [r.address for r in env.recipients] == ["postmaster@example.test", "Postmaster@example.test"]
 
 
@@ -227,13 +150,7 @@ def test_null_sender_is_accepted(srv):
         c.ehlo()
         r = c.send_message("", ["a@example.test"], b"Subject: bounce\r\n\r\nx\r\n")
         qid = queue_id_of(r)
-    assert parse_envelope((srv.queue / "incoming" / qid).read_bytes()).sender == ""
-
-
-def test_auth_is_not_enabled(srv):
-    with client(srv) as c:
-        c.ehlo()
-        assert c.cmd("AUTH PLAIN AGVtAGU=").line == "503 5.5.1 Error: authentication not enabled"
+    assert srv.envelope(qid).sender == ""
 
 
 def test_smtplib_session_and_envelope(srv):
@@ -245,7 +162,7 @@ def test_smtplib_session_and_envelope(srv):
         code, text = s.data(b"Subject: smtplib\r\n\r\n.leading dot\r\nbody\r\n")
         assert code == 250
     qid = text.decode().rsplit(" ", 1)[1]
-    env = parse_envelope((srv.queue / "incoming" / qid).read_bytes())
+    env = srv.envelope(qid)
     assert env.queue_id == qid
     assert env.sender == "s@client.test"
     assert [r.address for r in env.recipients] == ["a@example.test", "b@relay.test"]
@@ -305,7 +222,7 @@ def test_empty_message_and_dot_lines(srv):
 
 
 def envelope_of(srv: Mta, qid: str):
-    return parse_envelope((srv.queue / "incoming" / qid).read_bytes())
+    return srv.envelope(qid)
 
 
 def test_replies_after_the_client_half_closes(srv):

@@ -645,6 +645,8 @@ class Session(asyncio.Protocol):
                 if content:
                     msg.spool.write(content)
         finally:
+            if self._data:  # not taken (BDAT 0 LAST): the commands pipelined behind it go back
+                e.unread(b"".join(self._data))
             self._data = None
             self._data_bytes = 0
             if self._reading_paused and not e.input_full and self.transport is not None:

@@ -5,9 +5,8 @@ Found by walking README.md with a pipelining client: after `BDAT 0 LAST` the mes
 but the commands that came in the same packet are never answered (a QUIT waits for the command
 timeout; a MAIL FROM is dropped without a reply, so the client's replies go out of step).
 mtaserver/smtp/protocol.py `_receive_chunk`: `_collect_input()` takes the engine's pending input,
-`while need:` does not run for size 0, and the `finally` sets `self._data = None`, losing it.
-Marked xfail (strict) until the fix in mtaserver/smtp/ lands: then this test passes and the
-marker must go.
+`while need:` did not run for size 0, and the `finally` set `self._data = None`, losing it; it
+now gives what was not taken back to the engine.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ pytestmark = pytest.mark.integration
 ENVELOPE = b"EHLO client.test\r\nMAIL FROM:<s@client.test>\r\nRCPT TO:<a@example.test>\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason="smtp/protocol.py _receive_chunk drops the input pipelined behind BDAT 0 LAST")
 @pytest.mark.parametrize("chunks", [b"BDAT 0 LAST\r\n", b"BDAT 18\r\nSubject: x\r\n\r\nab\r\nBDAT 0 LAST\r\n"])
 def test_commands_pipelined_after_bdat_0_last_are_answered(mta, chunks):
     with SmtpClient(mta.port, TRUSTED, timeout=3.0) as c:

@@ -45,8 +45,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import applied, logutil, supervisor
 from . import config as config_mod
-from . import logutil, supervisor
 from .admin import metrics, rootwriter
 from .admin.rootwriter import RootWriter
 from .admin.tokens import TokenFileError, load_tokens
@@ -231,6 +231,14 @@ class Worker:
         changed = config_mod.diff(old_cfg, new)
         rebuilt = f" (rebuilt: {', '.join(rt.changes)})" if rt is not None and rt.changes else ""
         log.info("reload: applied from %s: %s%s", self.path, f"changed {', '.join(changed)}" if changed else "no change", rebuilt)
+        self._record_applied()
+
+    def _record_applied(self) -> None:
+        """data_dir/run/config.<pid>: this process runs self.config (applied.py)."""
+        try:
+            applied.record(self.config.data_path, os.getpid(), self.config.digest)
+        except OSError as exc:
+            log.warning("cannot record the configuration this process runs: %s", exc.strerror or exc)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -277,8 +285,10 @@ class Worker:
             log.info("worker %d ready: %s", self.index, ", ".join(f"{x.name}={x.address}" for x in cfg.server.listeners))
         else:
             log.info("queue manager process ready")
+        self._record_applied()
         await self._stop.wait()
         log.info("worker %d stopping", self.index)
+        applied.forget(self.config.data_path, os.getpid())
         if admin is not None:
             admin.stop()  # stop accepting; open requests get a few seconds (awaited below)
         for ls in listening:
@@ -499,13 +509,16 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
         send(sig)
 
     def hup() -> None:
-        """SIGHUP (or a change written for the admin API): validate, apply our part, forward."""
+        """SIGHUP (or a change written for the admin API): validate, apply our part, forward.
+        A worker started again after a crash gets this config, not the one of the start."""
+        nonlocal cfg
         try:
             new = config_mod.load(path)
         except ConfigError as exc:
             for line in exc.errors:
                 log.error("reload refused: %s", line)
             return
+        cfg = new
         logutil.set_level(new.advanced.log_level)
         if len(socks) > 2:  # one SMTP worker (under server.user): no reuseport group to steer
             set_steering(socks, len(socks) - 1, steering_wanted(new))

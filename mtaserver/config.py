@@ -17,6 +17,7 @@ CONFIG
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -29,6 +30,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -690,6 +692,13 @@ class Config(Strict):
 
     # Filled in by load(): where the file was, so relative paths resolve against it.
     source: str = ""
+    # Filled in by load(): the SHA-256 of the file's text (text_digest), no key: which
+    # configuration a process runs (applied.py; the admin API waits for every process's).
+    _digest: str = PrivateAttr(default="")
+
+    @property
+    def digest(self) -> str:
+        return self._digest
 
     @property
     def data_path(self) -> Path:
@@ -827,7 +836,13 @@ def load(path: str | os.PathLike[str], *, text: str | None = None) -> Config:
             effective = node_cfg
     if errors:
         raise ConfigError(errors)
+    effective._digest = text_digest(text)
     return effective
+
+
+def text_digest(text: str) -> str:
+    """What identifies a configuration file's text (Config.digest)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _cross_checks(cfg: Config, filename: str, lines: dict) -> list[str]:

@@ -33,8 +33,10 @@ DESCRIPTION
     PUT and PATCH (configfile.py) validate, write the file back (comments kept, atomic, the
     old one as `<file>.bak`) and apply it through the SIGHUP path: in one process the worker's
     own reload, else SIGHUP to the supervisor (which forwards it to every worker, this one
-    included). The answer waits for this process's reload and lists the keys that changed
-    (config.diff). A reload refused after the write (it should not be: the same checks ran
+    included). The answer waits for this process's reload, then (APPLY_WAIT at most) for every
+    other server process to run the new file (applied.py), and lists the keys that changed
+    (config.diff); a process still behind then is named in "not_applied_by" (its log says
+    why). A reload refused here after the write (it should not be: the same checks ran
     first), or a SIGHUP that cannot be sent, restores the old file and says so.
 
     With server.user set this process runs as the mail user and the file is root's: it
@@ -101,6 +103,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import applied
 from .. import config as config_mod
 from ..config import Config
 from ..logutil import sanitize
@@ -115,6 +118,8 @@ log = logging.getLogger("admin")
 MAX_BODY = 1 << 20  # bytes of a PUT/PATCH/POST body; a config file is a few tens of KB
 PROBE_TIMEOUT = 2.0  # seconds each services probe may take (they run concurrently)
 RELOAD_WAIT = 30.0  # seconds a PUT/PATCH waits for the supervisor's SIGHUP to reach this process
+APPLY_WAIT = 10.0  # then, seconds it waits for every other server process to run the new file (applied.py)
+APPLY_POLL = 0.02
 SHUTDOWN_GRACE = 5.0  # seconds open API requests get when the worker stops
 
 try:
@@ -526,11 +531,13 @@ class AdminServer:
                 self.audit.write(caller.name, caller.ip, action, selector, {"status": 409, "errors": errors})
                 return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 409)
             changed = config_mod.diff(old, self.worker.config)
-            self.audit.write(caller.name, caller.ip, action, selector, {"status": 200, "changed": changed})
+            behind = await self._wait_applied(text)
+            self.audit.write(caller.name, caller.ip, action, selector, {"status": 200, "changed": changed, **behind})
             log.info("admin API: configuration %s by %s from %s: %s", action.removeprefix("config."), caller.name, caller.ip,
                      f"changed {', '.join(changed)}" if changed else "no change")  # fmt: skip
             backup = str(path) + ".bak"
-            return JSONResponse({"node": self.node, "applied": True, "changed": changed, "file": str(path), "backup": backup})
+            return JSONResponse({"node": self.node, "applied": True, "changed": changed, "file": str(path), "backup": backup,
+                                 **behind})  # fmt: skip
 
     async def _change_as_root(
         self, caller: Caller, action: str, selector: dict[str, Any], text: str, old: Config
@@ -561,11 +568,27 @@ class AdminServer:
             self.audit.write(caller.name, caller.ip, action, selector, {"status": 409, "errors": errors})
             return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 409)
         changed = config_mod.diff(old, self.worker.config)
-        self.audit.write(caller.name, caller.ip, action, selector, {"status": 200, "changed": changed})
+        behind = await self._wait_applied(text)
+        self.audit.write(caller.name, caller.ip, action, selector, {"status": 200, "changed": changed, **behind})
         log.info("admin API: configuration %s by %s from %s (written by the supervisor): %s", action.removeprefix("config."),
                  caller.name, caller.ip, f"changed {', '.join(changed)}" if changed else "no change")  # fmt: skip
         return JSONResponse({"node": self.node, "applied": True, "changed": changed, "file": answer.get("file"),
-                             "backup": answer.get("backup")})  # fmt: skip
+                             "backup": answer.get("backup"), **behind})  # fmt: skip
+
+    async def _wait_applied(self, text: str) -> dict[str, list[int]]:
+        """Wait (APPLY_WAIT at most) until every server process runs the file `text` (applied.py):
+        the SMTP workers take the supervisor's SIGHUP a moment after this process. {} when they
+        all do, else {"not_applied_by": [pids]} (each one's log says why: a refused reload)."""
+        digest = config_mod.text_digest(text)
+        data_path = self.worker.config.data_path
+        deadline = time.monotonic() + APPLY_WAIT
+        while behind := applied.behind(data_path, digest):
+            if time.monotonic() >= deadline:
+                log.warning("admin API: the new configuration is not applied by process %s within %gs (see its log)",
+                            ", ".join(map(str, behind)), APPLY_WAIT)  # fmt: skip
+                return {"not_applied_by": behind}
+            await asyncio.sleep(APPLY_POLL)
+        return {}
 
     async def _reload(self) -> bool:
         """Apply the file as SIGHUP does; True when this process took the new config."""

@@ -179,3 +179,54 @@ def test_patch_with_several_workers_goes_through_the_supervisor(make_mta, worker
     for _ in range(4):  # connections land on either worker
         assert recipients_accepted(mta) == [250, 250, 452]
     assert json.loads(json.dumps(yaml.safe_load(mta.config_path.read_text())))["server"]["limits"]["recipients"] == 2
+
+
+def test_patch_answers_once_every_process_runs_the_new_file(make_mta):
+    """The 200 comes when every process has applied the file (data_dir/run/config.<pid>), not
+    only the API's own: the next connection, whichever worker takes it, has the change."""
+    import hashlib
+
+    mta = commented(make_mta, 2)
+    status, _, body = api(mta, "PATCH", "/api/config", {"server": {"limits": {"recipients": 2}}}, token=mta.admin_token())
+    assert status == 200 and "not_applied_by" not in body, body
+    digest = hashlib.sha256(mta.config_path.read_bytes()).hexdigest()
+    records = {p.name: p.read_text() for p in (mta.data_dir / "run").glob("config.*")}
+    assert len(records) == 3 and set(records.values()) == {digest}, records  # two SMTP workers and the manager's
+    assert mta.log().count("reload: applied") == 3  # no waiting: they all had reloaded before the answer
+    for _ in range(4):
+        assert recipients_accepted(mta) == [250, 250, 452]
+
+
+def test_a_process_that_does_not_apply_the_change_is_named(make_mta):
+    import os
+    import signal
+
+    mta = commented(make_mta, 2)
+    wait_for(lambda: len(re.findall(r"\[(\d+)\]: worker \d ready", mta.log())) == 2, 10.0, "two SMTP workers")
+    stuck = int(re.findall(r"\[(\d+)\]: worker \d ready", mta.log())[0])
+    os.kill(stuck, signal.SIGSTOP)  # it takes its SIGHUP only once continued
+    try:
+        status, _, body = api(mta, "PATCH", "/api/config", {"server": {"limits": {"recipients": 2}}}, token=mta.admin_token())
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    assert status == 200 and body["not_applied_by"] == [stuck], body
+    assert re.search(rf"not applied by process {stuck} within", mta.log())
+    wait_for(lambda: mta.log().count("reload: applied") == 3, 10.0, "the stopped worker applied it once continued")
+    status, _, body = api(mta, "PATCH", "/api/config", {"server": {"limits": {"recipients": 3}}}, token=mta.admin_token())
+    assert status == 200 and "not_applied_by" not in body, body
+
+
+def test_a_worker_started_again_after_a_crash_runs_the_changed_config(make_mta):
+    """The supervisor starts a dead worker again with the config of its last reload, not the
+    one it was started with."""
+    import os
+    import signal
+
+    mta = commented(make_mta, 2)
+    status, _, body = api(mta, "PATCH", "/api/config", {"server": {"limits": {"recipients": 2}}}, token=mta.admin_token())
+    assert status == 200 and "not_applied_by" not in body, body
+    for pid in (int(p) for p in re.findall(r"\[(\d+)\]: worker \d ready", mta.log())):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: len(re.findall(r"\[(\d+)\]: worker \d ready", mta.log())) == 4, 15.0, "both workers started again")
+    for _ in range(4):
+        assert recipients_accepted(mta) == [250, 250, 452]

@@ -776,6 +776,7 @@ class Result:
     status: int = 200
     changed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    not_applied_by: list[int] = field(default_factory=list)  # processes that did not take it in time (pids)
 
 
 def _admin(request: Request) -> Any:
@@ -818,12 +819,15 @@ async def apply(request: Request, session: Session, patch: dict[str, Any]) -> Re
         return Result(status=exc.status_code, errors=[f"(file): {exc.detail}"])
     body = json.loads(bytes(resp.body))
     if resp.status_code == 200:
-        return Result(changed=list(body.get("changed") or []))
+        return Result(changed=list(body.get("changed") or []), not_applied_by=list(body.get("not_applied_by") or []))
     return Result(status=resp.status_code, errors=list(body.get("errors") or [str(body.get("detail", "not saved"))]))
 
 
-def _saved_text(changed: list[str]) -> str:
-    return f"saved: changed {', '.join(changed)}" if changed else "saved: no change"
+def _saved_text(result: Result) -> str:
+    text = f"saved: changed {', '.join(result.changed)}" if result.changed else "saved: no change"
+    if result.not_applied_by:
+        text += f" (not yet applied by process {', '.join(map(str, result.not_applied_by))}: see the server's log)"
+    return text
 
 
 async def _form(request: Request) -> dict[str, list[str]]:
@@ -933,7 +937,7 @@ async def _save(request: Request, session: Session, page: Page) -> Response:
         return RedirectResponse(PATHS[page.name], status_code=303)
     result = await apply(request, session, patch)
     if result.status == 200:
-        session.flash(_saved_text(result.changed))
+        session.flash(_saved_text(result))
         return RedirectResponse(PATHS[page.name], status_code=303)
     return await _show(request, session, page, values=typed, overridden=over, errors=result.errors, status=422)
 
@@ -1000,5 +1004,5 @@ async def dkim_keygen(request: Request, session: Session = Depends(require_sessi
                                                                             "key": rel}]}})  # fmt: skip
     if result.status != 200:
         return await _show(request, session, ANTIVIRUS, errors=result.errors, status=422, extra={"new_key": typed})
-    session.flash(f"{made} for {entry.selector}._domainkey.{entry.domain}; {_saved_text(result.changed)}; publish its TXT record")
+    session.flash(f"{made} for {entry.selector}._domainkey.{entry.domain}; {_saved_text(result)}; publish its TXT record")
     return RedirectResponse(PATHS["antivirus"], status_code=303)

@@ -436,7 +436,7 @@ class FilterChain:
 
     def _originating(self, s: SessionView) -> Outcome | None:
         out = self.cfg.outbound
-        if not s.trusted:
+        if not s.trusted or s.listener == "pickup":  # refilter.PICKUP: a local program has no client IP to show
             return None
         headers = []
         if out.add_client_ip_header:

@@ -127,12 +127,15 @@ class QueuedMessage:
         self.content = edit(self.content[:end]) + self.content[end:]
 
 
+PICKUP = "pickup"  # the listener name of mail from `mtaserver sendmail` (no SMTP client: no X-Originating-IP)
+
+
 async def refilter(cfg: Config, chain: FilterChain, store: Any, env: Envelope, content: bytes) -> tuple[Verdict, QueuedMessage]:
     """Run `content` through `chain` as its client sent it; the verdict and the rewritten message."""
     c = env.client
     login = c.login
     session = SessionView(
-        listener="requeue", ip=c.ip, port=c.port, name=c.name, helo=c.helo, esmtp=True,
+        listener=PICKUP if c.protocol == "local" else "requeue", ip=c.ip, port=c.port, name=c.name, helo=c.helo, esmtp=True,
         login=login, mynetworks=bool(c.trusted and login is None),
     )  # fmt: skip
     tx = TxView(env.sender, {}, [r.address for r in env.recipients])  # type: ignore[arg-type]

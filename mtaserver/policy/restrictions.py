@@ -66,6 +66,7 @@ CONFIG
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -240,9 +241,14 @@ def helo_lookup_name(helo: str) -> str | None:
 # Replies
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _reply(code: int, dsn: str, text: str) -> Reply:
+    """A reply that quotes the client (its HELO, its addresses) with what a terminal would
+    act on (control and bidi characters) as "?", as Postfix's printable() does."""
     room = MAX_REPLY - len(f"{code} {dsn} ")
-    return Reply(code, dsn, text[:room])
+    return Reply(code, dsn, _UNPRINTABLE.sub("?", text[:room]))
 
 
 def _need_fqdn_recipient(rcpt: Mailbox) -> Reply:

@@ -696,7 +696,7 @@ class Engine:
             reply = R.UTF8_UNDECLARED
         if reply is not None:
             self.reply(reply)
-            self._emit(Log("NOQUEUE: reject: MAIL", f"{reply.line()}; from=<{sanitize(str(sender))}> proto={self.proto} helo=<{sanitize(self.helo or '')}>"))
+            self._emit(Log("NOQUEUE: reject: MAIL", f"{sanitize(reply.line())}; from=<{sanitize(str(sender))}> proto={self.proto} helo=<{sanitize(self.helo or '')}>"))
             return None
         return Mail(sender, params)
 

@@ -538,7 +538,7 @@ class Session(asyncio.Protocol):
             metrics.rejected("mail", verdict.reply.code, verdict.reason if reply is None else "no_space")
             log.info(
                 "NOQUEUE: reject: MAIL from %s: %s; from=<%s> proto=%s helo=<%s>",
-                self._label(), verdict.reply.line(), sanitize(str(ev.sender)), self.engine.proto, sanitize(self.engine.helo or ""),
+                self._label(), sanitize(verdict.reply.line()), sanitize(str(ev.sender)), self.engine.proto, sanitize(self.engine.helo or ""),
             )  # fmt: skip
         self.engine.resolve(verdict)
         if verdict.decision is Decision.HOLD:

@@ -30,3 +30,6 @@ def test_a_sendmail_message_is_logged_with_its_uid_and_sender_once(make_mta):
         mine = [line.split("]: ", 1)[1] for line in log.splitlines() if f"]: {qid}: " in line]
         assert mine[0] == f"{qid}: uid={os.getuid()} from=<cron@example.test>", mine
         assert sum("from=<" in line for line in mine) == 1, mine
+        # A local program has no client IP: no X-Originating-IP (outbound.add_client_ip_header is on)
+        content = sink.messages[0][2]
+        assert b"Subject: nightly" in content and b"X-Originating-IP" not in content, content

@@ -465,3 +465,12 @@ def test_needed_skips_senders_that_are_not_looked_up():
 def test_a_missing_fact_at_decide_counts_as_temporary():
     c = cfg(550, reject_unknown_client_hostname=True)
     assert line(facts(client_name=None), c) == "450 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.7]"
+
+
+def test_a_reply_quoting_the_helo_has_no_control_or_bidi_character():
+    from mtaserver.config import ProtocolChecks
+    from mtaserver.policy.restrictions import check_helo_syntax
+
+    reply = check_helo_syntax("evil\x1b[31m\x07\u202e_x", ProtocolChecks(reject_invalid_helo_hostname=True))
+    assert reply is not None and reply.code == 501
+    assert reply.text == "<evil?[31m??_x>: Helo command rejected: Invalid name", reply

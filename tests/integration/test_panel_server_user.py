@@ -13,25 +13,17 @@ import yaml
 from browser import TOKENS, PanelPage, chromium, page  # noqa: F401 - fixtures
 from conftest import Mta
 from helpers import as_root, open_dir_fixture  # noqa: F401  (the fixture open_dir)
+from scanners import message_with_attachment
 from smtpclient import UNTRUSTED, SmtpClient, wait_for_log
 
 pytestmark = pytest.mark.integration
-
-
-def attachment(filename: str) -> bytes:
-    return (
-        "From: s@client.test\r\nTo: a@example.test\r\nSubject: files\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n'
-        f'--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="{filename}"\r\n'
-        "Content-Transfer-Encoding: base64\r\n\r\nTVqQAA==\r\n--b--\r\n"
-    ).encode()
 
 
 def send(mta: Mta, filename: str) -> tuple[int, str]:
     with SmtpClient(mta.port, UNTRUSTED) as c:
         c.greeting()
         c.ehlo()
-        r = c.send_message("s@client.test", ["a@example.test"], attachment(filename))
+        r = c.send_message("s@client.test", ["a@example.test"], message_with_attachment(b"MZ", filename))
         return r.code, r.text
 
 

@@ -409,6 +409,7 @@ def _run_locked(cfg: Config, path: str, ident: supervisor.Identity | None) -> in
     with supervisor.as_user(ident):  # root's work in the mail user's tree touches only what it could
         counts = store.recover()
         metrics.setup(metrics.directory_for(cfg.data_path), cfg.queue_path)  # on tmpfs, emptied; before any fork
+        applied.clear(cfg.data_path)  # a killed instance's records: their pids may be anyone's now
     if any(counts.values()):
         log.info("queue recovery: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     n = cfg.server.worker_count()

@@ -11,7 +11,8 @@ DESCRIPTION
     the SIGHUP a moment after the API's process; a client's next message went to a worker
     that still ran the old config.)
 
-    A record whose process is gone (kill -9) is removed by `behind`. Records are written as
+    A record whose process is gone (kill -9) is removed by `behind`, and every record by
+    `clear` when the server starts. Records are written as
     a temporary file and a rename (a reader never sees half a digest) and are not fsync'd: they
     describe running processes, which a crash ends.
 
@@ -46,6 +47,17 @@ def forget(data_path: Path, pid: int) -> None:
     """Process `pid` stops: its record goes (never raises)."""
     with contextlib.suppress(OSError):
         (Path(data_path) / RUN_DIR / f"{PREFIX}{pid}").unlink()
+
+
+def clear(data_path: Path) -> None:
+    """At the server's start, before any process serves: the records of an instance that was
+    killed go (their pids may belong to anyone by now). Never raises."""
+    d = Path(data_path) / RUN_DIR
+    with contextlib.suppress(OSError):
+        for name in os.listdir(d):
+            if name.startswith((PREFIX, f".{PREFIX}")):
+                with contextlib.suppress(OSError):
+                    (d / name).unlink()
 
 
 def behind(data_path: Path, digest: str) -> list[int]:

@@ -230,3 +230,19 @@ def test_a_worker_started_again_after_a_crash_runs_the_changed_config(make_mta):
     wait_for(lambda: len(re.findall(r"\[(\d+)\]: worker \d ready", mta.log())) == 4, 15.0, "both workers started again")
     for _ in range(4):
         assert recipients_accepted(mta) == [250, 250, 452]
+
+
+def test_records_of_a_killed_instance_are_cleared_at_start(make_mta):
+    """A record left by an instance killed with -9 names a pid that may be anyone's by now (here
+    pid 1, always alive): the start clears it, so a PATCH does not wait for it."""
+    mta = make_mta({"server": {"workers": 2}}, start=False)
+    run = mta.data_dir / "run"
+    run.mkdir(parents=True)
+    (run / "config.1").write_text("0" * 64)
+    mta.config_path.write_text(COMMENTED.format(data_dir=mta.data_dir, port=mta.port, admin=mta.config["admin"]["listen"],
+                                                workers=2))  # fmt: skip
+    mta.start()
+    wait_for_log(mta, "admin API ready")
+    assert not (run / "config.1").exists()
+    status, _, body = api(mta, "PATCH", "/api/config", {"server": {"limits": {"recipients": 2}}}, token=mta.admin_token())
+    assert status == 200 and "not_applied_by" not in body, body

@@ -124,6 +124,32 @@ _SO_DETACH_REUSEPORT_BPF = 68
 _SKF_NET_OFF = -0x100000  # linux/filter.h: load relative to the network header
 
 
+def listeners_after(bound: list[Listener], new: Config) -> list[Listener]:
+    """The settings each bound socket serves under `new` (in the order of `bound`, the listeners
+    the sockets were bound for): the new config's listener of the same name, else of the same
+    address; else (renamed and moved: a restart binds it) the one it served. Pure."""
+    by_name = {x.name: x for x in new.server.listeners}
+    by_address = {str(x.address): x for x in new.server.listeners}
+    out = []
+    for old in bound:
+        lst = by_name.get(old.name) or by_address.get(str(old.address)) or old
+        if (lst.tls == "implicit") != (old.tls == "implicit"):
+            # The socket was bound with (or without) TLS: a session must not believe otherwise
+            # (AUTH in cleartext). The switch waits for a restart; it is logged by reload().
+            lst = lst.model_copy(update={"tls": old.tls})
+        out.append(lst)
+    return out
+
+
+def bound_to(bound: list[Listener], new: Config) -> Config:
+    """`new` as a worker started on sockets bound for `bound` must run it: its listeners are
+    listeners_after (the supervisor restarts a dead worker on the sockets of the start)."""
+    listeners = listeners_after(bound, new)
+    if listeners == list(new.server.listeners):
+        return new
+    return new.model_copy(update={"server": new.server.model_copy(update={"listeners": listeners})})
+
+
 class Worker:
     """One process serving every listener; owns its event loop, sessions and queue handle."""
 
@@ -156,23 +182,6 @@ class Worker:
         # One worker is enough for the periodic postscreen cache cleanup.
         return Runtime.build(cfg, previous, listeners=listeners, screener_cleanup=self.index == 0)
 
-    def _listeners_after(self, new: Config) -> list[Listener]:
-        """The settings each bound socket serves after a reload: the new config's listener of
-        the same name, else of the same address; else (renamed and moved: a restart binds it)
-        the one it served."""
-        by_name = {x.name: x for x in new.server.listeners}
-        by_address = {str(x.address): x for x in new.server.listeners}
-        out = []
-        for srv in self.servers:
-            old = srv.listener
-            lst = by_name.get(old.name) or by_address.get(str(old.address)) or old
-            if (lst.tls == "implicit") != (old.tls == "implicit"):
-                # The socket was bound with (or without) TLS: a session must not believe otherwise
-                # (AUTH in cleartext). The switch waits for a restart; it is logged by reload().
-                lst = lst.model_copy(update={"tls": old.tls})
-            out.append(lst)
-        return out
-
     def reload(self) -> None:
         """SIGHUP: validate the file and hot-apply it (or log why not); then the reload hooks run."""
         self.reloads += 1
@@ -193,7 +202,7 @@ class Worker:
         old_rt = self.runtime
         rt = None
         if self.sockets:
-            listeners = self._listeners_after(new)
+            listeners = listeners_after([srv.listener for srv in self.servers], new)
             try:  # before anything is applied: all or nothing
                 rt = self._build(new, old_rt, listeners)
             except (OSError, ValueError) as exc:
@@ -442,6 +451,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
     stopping = False
     ident = supervisor.identity(cfg.server.user, cfg.server.group)
     me = os.getpid()
+    bound = list(cfg.server.listeners)  # what socks[i] were bound for, in order
     writer: RootWriter | None = None
     theirs: socket.socket | None = None  # the queue manager's end of the channel, kept for its restarts
     if ident is not None and admin is not None:  # before any fork: the channel of admin/rootwriter.py
@@ -519,7 +529,7 @@ def _supervise(cfg: Config, path: str, socks: list[list[socket.socket]], admin: 
             for line in exc.errors:
                 log.error("reload refused: %s", line)
             return
-        cfg = new
+        cfg = bound_to(bound, new)  # a listener added, moved or reordered: the sockets stay those of the start
         logutil.set_level(new.advanced.log_level)
         if len(socks) > 2:  # one SMTP worker (under server.user): no reuseport group to steer
             set_steering(socks, len(socks) - 1, steering_wanted(new))

@@ -722,6 +722,9 @@ def resolve_path(source: str, path: str) -> Path:
 # Loading with line numbers.
 
 
+MAX_NODES = 100_000  # values in a config file, aliases counted at each use; the shipped one has about 400
+
+
 def _compose(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     """YAML -> (plain data, {key path: line}). Duplicate keys are errors."""
     try:
@@ -730,11 +733,17 @@ def _compose(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], int]]
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         raise ConfigError([f"{filename}:{line}: (yaml): {getattr(exc, 'problem', None) or exc}"]) from None
+    except RecursionError:  # nesting deeper than the parser's stack: no config is that deep
+        raise ConfigError([f"{filename}:1: (yaml): nested too deeply"]) from None
     lines: dict[tuple[Any, ...], int] = {}
     errors: list[str] = []
     constructor = yaml.SafeLoader("")
+    budget = [MAX_NODES]
 
     def walk(node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:  # aliases repeat their node at every use ("billion laughs")
+            raise ConfigError([f"{filename}:{node.start_mark.line + 1}: (yaml): more than {MAX_NODES} values (aliases?)"])
         lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
@@ -749,7 +758,12 @@ def _compose(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], int]]
             return [walk(v, path + (i,)) for i, v in enumerate(node.value)]
         return constructor.construct_object(node, deep=True)
 
-    data = walk(root, ()) if root is not None else {}
+    try:
+        data = walk(root, ()) if root is not None else {}
+    except TypeError as exc:  # a key that is a list or a mapping (`? [a]`): unhashable
+        raise ConfigError([f"{filename}:1: (yaml): {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{filename}:1: (yaml): nested too deeply"]) from None
     if errors:
         raise ConfigError(errors)
     return data, lines

@@ -128,7 +128,11 @@ class RootWriter:
                 return
             if not packet:  # the other end closed everywhere: cannot happen while we hold it
                 return
-            self._packet(packet, time.monotonic())
+            try:
+                self._packet(packet, time.monotonic())
+            except Exception:  # the root supervisor outlives any request (its sender may be compromised)
+                log.exception("config channel: a request failed: dropped")
+                self._request = None
 
     def _packet(self, packet: bytes, now: float) -> None:
         kind, body = packet[:1], packet[1:]

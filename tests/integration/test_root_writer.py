@@ -217,9 +217,9 @@ def test_a_broken_request_is_dropped_and_the_channel_goes_on(tmp_path):
     theirs.send(b"B" + json.dumps({"id": 3, "op": "rm -rf", "size": 0}).encode())
     w.on_readable()
     assert json.loads(theirs.recv(65536)[1:])["status"] == 400
-    for junk in (b"Xjunk", b"B{not json", b"Dstray data"):
+    for junk in (b"Xjunk", b"B{not json", b"Dstray data", b"B" + b"[" * 30000):  # the last: a RecursionError in json
         theirs.send(junk)
-    w.on_readable()
+        w.on_readable()
     # Incomplete: half a request, then nothing until it expires (now injected); its rest is then stray.
     theirs.send(b"B" + json.dumps({"id": 4, "op": "change", "size": 10}).encode())
     theirs.send(b"D12345")

@@ -46,7 +46,7 @@ def test_a_foreign_host_is_refused_everywhere_and_our_names_pass(make_mta):
     # One warning line (they are rate-limited), the host as it came (sanitized).
     log = wait_for_log(mta, "Host evil.example:")
     assert "is not a name of this server (admin.allowed_hosts): refused" in log
-    assert log.count("is not a name of this server") < len(PATHS) + 2
+    assert log.count("is not a name of this server") == 1  # admin/api.py HOST_WARN_INTERVAL is 60 s
     # Our names: the port is not compared, case and a trailing dot do not matter.
     good = [f"localhost:{port}", "LOCALHOST", f"127.0.0.1:{port}", "127.0.0.2", f"mx.example.test:{port}",
             "MX.example.test.", f"mail-admin.example.com:{port}", "mail-admin.example.com:443"]  # fmt: skip

@@ -228,6 +228,13 @@ def test_a_worker_started_again_after_a_crash_runs_the_changed_config(make_mta):
     for pid in (int(p) for p in re.findall(r"\[(\d+)\]: worker \d ready", mta.log())):
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: len(re.findall(r"\[(\d+)\]: worker \d ready", mta.log())) == 4, 15.0, "both workers started again")
+    # Each restarted worker says which config it runs (data_dir/run/config.<pid>): the file's text.
+    import hashlib
+
+    digest = hashlib.sha256(mta.config_path.read_bytes()).hexdigest()
+    for pid in re.findall(r"\[(\d+)\]: worker \d ready", mta.log())[2:]:
+        wait_for(lambda pid=pid: (mta.data_dir / "run" / f"config.{pid}").exists(), 10.0, f"worker {pid}'s record")
+        assert (mta.data_dir / "run" / f"config.{pid}").read_text() == digest
     for _ in range(4):
         assert recipients_accepted(mta) == [250, 250, 452]
 

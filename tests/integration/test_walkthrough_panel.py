@@ -38,3 +38,4 @@ def test_every_page_loads_without_a_console_error_or_a_failed_request(make_mta, 
         assert response is not None and response.status == 200, (path, response and response.status)
     assert not problems, problems
     assert not [u for u in requested if u.endswith("/favicon.ico")]
+    assert page.locator("link[rel=icon]").get_attribute("href") == "data:,"  # what keeps chromium from asking

@@ -550,7 +550,8 @@ class AdminServer:
         except ChannelError as exc:
             errors = [f"(supervisor): {exc}; the file may have been changed (see the log)"]
             self.audit.write(caller.name, caller.ip, action, selector, {"status": 503, "errors": errors})
-            return JSONResponse({"node": self.node, "detail": "the configuration was not changed", "errors": errors}, 503)
+            return JSONResponse({"node": self.node, "detail": "the supervisor did not answer: the configuration may have been changed",
+                                 "errors": errors}, 503)  # fmt: skip
         if not answer.get("ok"):
             status = int(answer.get("status") or 500)
             errors = [str(e) for e in answer.get("errors") or []] or ["(supervisor): refused"]

@@ -59,10 +59,11 @@ SECURITY
     Label values never come from a client: listener names and filter names are the
     administrator's or ours, reasons are mapped to a fixed set (`reason_label`), TLS protocol
     and cipher are what our own TLS context negotiated. The directory holds numbers only; it is
-    made 0700 under data_dir and given to server.user with the rest of data_dir.
+    made 0700 (`directory_for`: /dev/shm/mtaserver-<hash of data_dir>, else data_dir/metrics)
+    and belongs to server.user.
 
 CONFIG
-    server.data_dir (the metrics directory: data_dir/metrics), server.listeners[].name
+    server.data_dir (the metrics directory is named after it: directory_for), server.listeners[].name
 """
 
 from __future__ import annotations
